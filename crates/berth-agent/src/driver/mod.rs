@@ -1,0 +1,142 @@
+//! Drivers run tasks. Every driver (exec, fake, docker) implements [`Driver`]; the agent
+//! runtime never knows which one it is talking to.
+
+use berth_core::app::{AppDefinition, DriverKind};
+use berth_core::node::NodeResources;
+use berth_core::task::TaskState;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Everything a driver needs to start one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub task_id: String,
+    pub app_id: String,
+    /// App version the task runs.
+    pub version: String,
+    /// The app definition at that version (cmd, args, env, container, health checks, labels).
+    pub app: AppDefinition,
+    /// Host ports assigned by the scheduler, in port-definition order.
+    pub ports: Vec<u16>,
+    /// The node's hostname/address, exported as `HOST`.
+    pub host: String,
+    pub node_id: String,
+    /// Resources reserved for the task (limits are derived from these).
+    pub resources: NodeResources,
+    /// Pinned CPU cores (empty: shared CPU).
+    #[serde(default)]
+    pub cpuset: Vec<u32>,
+}
+
+impl TaskSpec {
+    /// Marathon's environment for a task: `PORT0..n`, `PORTS`, `PORT`, `HOST`,
+    /// `MARATHON_APP_ID`, `MARATHON_APP_VERSION`, `MESOS_TASK_ID`, `MARATHON_APP_LABEL_*`,
+    /// plus Berth's `BERTH_CPUS`/`BERTH_MEM_MB` so the app knows its limits.
+    /// The app's own `env` is applied on top (it wins), as in Marathon.
+    pub fn environment(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            env.insert(format!("PORT{i}"), p.to_string());
+        }
+        if let Some(first) = self.ports.first() {
+            env.insert("PORT".into(), first.to_string());
+        }
+        env.insert(
+            "PORTS".into(),
+            self.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","),
+        );
+        if let Some(defs) = &self.app.port_definitions {
+            for (def, port) in defs.iter().zip(&self.ports) {
+                if let Some(name) = &def.name {
+                    env.insert(format!("PORT_{}", name.to_uppercase().replace('-', "_")), port.to_string());
+                }
+            }
+        }
+        env.insert("HOST".into(), self.host.clone());
+        env.insert("MARATHON_APP_ID".into(), self.app_id.clone());
+        env.insert("MARATHON_APP_VERSION".into(), self.version.clone());
+        env.insert("MARATHON_APP_RESOURCE_CPUS".into(), self.resources.cpus.to_string());
+        env.insert("MARATHON_APP_RESOURCE_MEM".into(), self.resources.mem.to_string());
+        env.insert("MARATHON_APP_RESOURCE_DISK".into(), self.resources.disk.to_string());
+        env.insert("MESOS_TASK_ID".into(), self.task_id.clone());
+        env.insert("MESOS_SANDBOX".into(), String::new());
+        let mut label_names = Vec::new();
+        for (k, v) in &self.app.labels {
+            let name = k.to_uppercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>();
+            env.insert(format!("MARATHON_APP_LABEL_{name}"), v.clone());
+            label_names.push(name);
+        }
+        env.insert("MARATHON_APP_LABELS".into(), label_names.join(" "));
+        env.insert("BERTH_CPUS".into(), self.resources.cpus.to_string());
+        env.insert("BERTH_MEM_MB".into(), self.resources.mem.to_string());
+        if !self.cpuset.is_empty() {
+            env.insert(
+                "BERTH_CPUSET".into(),
+                self.cpuset.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+            );
+        }
+        for (k, v) in &self.app.env {
+            env.insert(k.clone(), v.clone());
+        }
+        env
+    }
+}
+
+/// A state change observed by a driver, sent to the agent runtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub task_id: String,
+    pub state: TaskState,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Addresses the task is reachable at (container IPs for bridge networking).
+    #[serde(default)]
+    pub ip_addresses: Vec<String>,
+}
+
+/// Where drivers send status changes; the agent runtime owns the receiving end.
+pub type StatusSink = mpsc::UnboundedSender<TaskStatus>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("task {0} is not known to this driver")]
+    UnknownTask(String),
+    #[error("invalid task spec: {0}")]
+    InvalidSpec(String),
+    #[error("driver unavailable: {0}")]
+    Unavailable(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One way of running tasks. Implementations must be cheap to share (`Arc<dyn Driver>`).
+///
+/// Contract:
+/// - `start` returns once the task is launched; further changes (RUNNING, exit) are sent to
+///   the [`StatusSink`] given at construction. Starting a task id that is already running is a
+///   no-op returning `Ok` (the agent may retry after a restart).
+/// - `kill` sends SIGTERM (or the driver's equivalent), waits up to `grace`, then SIGKILL; it
+///   returns once the task is gone, and a terminal status (`TASK_KILLED`) is sent to the sink.
+///   Killing an unknown or finished task is `Ok`.
+/// - `recover` is called once at agent start: it re-attaches to tasks launched by an earlier
+///   agent process (which may have been `kill -9`ed) WITHOUT restarting them, and returns the
+///   current status of each. Tasks that exited while the agent was down are returned with their
+///   terminal state and exit code.
+/// - `list` returns the current status of every task the driver knows (running or exited and
+///   not yet forgotten).
+/// - `forget` drops the bookkeeping of a terminal task (its logs may stay on disk).
+pub trait Driver: Send + Sync + 'static {
+    fn kind(&self) -> DriverKind;
+    fn start(&self, spec: TaskSpec) -> BoxFuture<'_, Result<(), DriverError>>;
+    fn kill(&self, task_id: &str, grace: Duration) -> BoxFuture<'_, Result<(), DriverError>>;
+    fn recover(&self) -> BoxFuture<'_, Result<Vec<TaskStatus>, DriverError>>;
+    fn list(&self) -> BoxFuture<'_, Result<Vec<TaskStatus>, DriverError>>;
+    fn forget(&self, task_id: &str);
+}

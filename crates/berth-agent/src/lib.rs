@@ -1,0 +1,4 @@
+//! The node agent: registers its host with the server, runs the tasks assigned to it through
+//! drivers behind one trait, and reports every state change.
+
+pub mod driver;

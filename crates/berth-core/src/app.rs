@@ -1,0 +1,442 @@
+//! The Marathon v2 app definition, as clients send it and as Berth stores and returns it.
+//! Field names and defaults follow Marathon; only keys marathon-python 0.13 accepts are emitted.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+fn d_cpus() -> f64 {
+    1.0
+}
+fn d_mem() -> f64 {
+    128.0
+}
+fn d_instances() -> i64 {
+    1
+}
+fn d_backoff_seconds() -> f64 {
+    1.0
+}
+fn d_backoff_factor() -> f64 {
+    1.15
+}
+fn d_max_launch_delay() -> f64 {
+    300.0
+}
+fn d_kill_selection() -> String {
+    "YOUNGEST_FIRST".into()
+}
+fn d_one() -> f64 {
+    1.0
+}
+fn d_tcp() -> String {
+    "tcp".into()
+}
+fn d_docker() -> String {
+    "DOCKER".into()
+}
+fn d_rw() -> String {
+    "RW".into()
+}
+fn d_http() -> String {
+    "HTTP".into()
+}
+fn d_grace() -> f64 {
+    300.0
+}
+fn d_interval() -> f64 {
+    60.0
+}
+fn d_timeout() -> f64 {
+    20.0
+}
+fn d_max_failures() -> i64 {
+    3
+}
+fn d_delay() -> f64 {
+    15.0
+}
+fn d_host_networks() -> Vec<Network> {
+    vec![Network { mode: "host".into(), name: None, labels: BTreeMap::new() }]
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppDefinition {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default = "d_instances")]
+    pub instances: i64,
+    #[serde(default = "d_cpus")]
+    pub cpus: f64,
+    #[serde(default = "d_mem")]
+    pub mem: f64,
+    #[serde(default)]
+    pub disk: f64,
+    #[serde(default)]
+    pub gpus: i64,
+    #[serde(default)]
+    pub executor: String,
+    #[serde(default)]
+    pub constraints: Vec<Vec<String>>,
+    /// Deprecated input form of `fetch`; folded into `fetch` by normalisation.
+    #[serde(default, skip_serializing)]
+    pub uris: Vec<String>,
+    #[serde(default)]
+    pub fetch: Vec<Value>,
+    #[serde(default)]
+    pub store_urls: Vec<String>,
+    #[serde(default = "d_backoff_seconds")]
+    pub backoff_seconds: f64,
+    #[serde(default = "d_backoff_factor")]
+    pub backoff_factor: f64,
+    #[serde(default = "d_max_launch_delay")]
+    pub max_launch_delay_seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    #[serde(default)]
+    pub health_checks: Vec<HealthCheck>,
+    #[serde(default)]
+    pub readiness_checks: Vec<Value>,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    #[serde(default)]
+    pub upgrade_strategy: UpgradeStrategy,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_resource_roles: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residency: Option<Value>,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_kill_grace_period_seconds: Option<f64>,
+    #[serde(default)]
+    pub unreachable_strategy: UnreachableStrategy,
+    #[serde(default = "d_kill_selection")]
+    pub kill_selection: String,
+    #[serde(default)]
+    pub require_ports: bool,
+    /// Deprecated input form of `portDefinitions`; folded in by normalisation.
+    #[serde(default, skip_serializing)]
+    pub ports: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_definitions: Option<Vec<PortDefinition>>,
+    #[serde(default = "d_host_networks")]
+    pub networks: Vec<Network>,
+    /// Read-only: set by the server on every change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_info: Option<VersionInfo>,
+}
+
+impl Default for AppDefinition {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({}))
+            .unwrap_or_else(|e| panic!("an empty object always deserialises: {e}"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    #[serde(rename = "type", default = "d_docker")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_mappings: Option<Vec<PortMapping>>,
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DockerSpec {
+    #[serde(default)]
+    pub image: String,
+    /// Deprecated (Marathon < 1.5); folded into `networks` by normalisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Deprecated (Marathon < 1.5); moved to `container.portMappings` by normalisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_mappings: Option<Vec<PortMapping>>,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub parameters: Vec<DockerParameter>,
+    #[serde(default)]
+    pub force_pull_image: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerParameter {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    #[serde(default)]
+    pub container_port: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<i64>,
+    #[serde(default)]
+    pub service_port: i64,
+    #[serde(default = "d_tcp")]
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    #[serde(default)]
+    pub container_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<String>,
+    #[serde(default = "d_rw")]
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortDefinition {
+    #[serde(default)]
+    pub port: i64,
+    #[serde(default = "d_tcp")]
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    #[serde(default)]
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    #[serde(default = "d_http")]
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_index: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandCheck>,
+    #[serde(default = "d_grace")]
+    pub grace_period_seconds: f64,
+    #[serde(default = "d_interval")]
+    pub interval_seconds: f64,
+    #[serde(default = "d_timeout")]
+    pub timeout_seconds: f64,
+    #[serde(default = "d_max_failures")]
+    pub max_consecutive_failures: i64,
+    #[serde(default = "d_delay")]
+    pub delay_seconds: f64,
+    #[serde(default)]
+    pub ignore_http1xx: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandCheck {
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeStrategy {
+    #[serde(default = "d_one")]
+    pub minimum_health_capacity: f64,
+    #[serde(default = "d_one")]
+    pub maximum_over_capacity: f64,
+}
+
+impl Default for UpgradeStrategy {
+    fn default() -> Self {
+        Self { minimum_health_capacity: 1.0, maximum_over_capacity: 1.0 }
+    }
+}
+
+/// `"disabled"` or `{inactiveAfterSeconds, expungeAfterSeconds}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UnreachableStrategy {
+    Enabled(UnreachableEnabled),
+    /// Only the string `"disabled"` is valid; validation rejects anything else.
+    Disabled(String),
+}
+
+impl Default for UnreachableStrategy {
+    fn default() -> Self {
+        Self::Enabled(UnreachableEnabled::default())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UnreachableEnabled {
+    #[serde(default)]
+    pub inactive_after_seconds: f64,
+    #[serde(default)]
+    pub expunge_after_seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    pub last_scaling_at: String,
+    pub last_config_change_at: String,
+}
+
+/// Which driver runs an app's tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    Docker,
+    Exec,
+    Fake,
+}
+
+impl DriverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Exec => "exec",
+            Self::Fake => "fake",
+        }
+    }
+}
+
+/// Label that forces a driver (`fake` for simulations); otherwise the driver follows the app.
+pub const LABEL_DRIVER: &str = "BERTH_DRIVER";
+
+impl AppDefinition {
+    /// The driver this app needs: `container.docker` -> docker, else exec, unless the
+    /// `BERTH_DRIVER` label names one explicitly.
+    pub fn driver(&self) -> DriverKind {
+        match self.labels.get(LABEL_DRIVER).map(String::as_str) {
+            Some("fake") => return DriverKind::Fake,
+            Some("exec") => return DriverKind::Exec,
+            Some("docker") => return DriverKind::Docker,
+            _ => {}
+        }
+        match &self.container {
+            Some(c) if c.kind == "DOCKER" && c.docker.is_some() => DriverKind::Docker,
+            _ => DriverKind::Exec,
+        }
+    }
+
+    /// Number of host ports each task needs: one per port definition (host networking) or
+    /// per port mapping with a host port (bridge networking).
+    pub fn host_port_count(&self) -> usize {
+        self.requested_host_ports().len()
+    }
+
+    /// The host ports each task asks for: 0 means "any port from the node's range".
+    pub fn requested_host_ports(&self) -> Vec<u16> {
+        if let Some(mappings) = self.container.as_ref().and_then(|c| c.port_mappings.as_ref()) {
+            if self.networks.iter().any(|n| n.mode == "container/bridge") {
+                return mappings
+                    .iter()
+                    .filter_map(|m| m.host_port)
+                    .map(|p| u16::try_from(p).unwrap_or(0))
+                    .collect();
+            }
+            if self.networks.iter().any(|n| n.mode == "container") {
+                return mappings
+                    .iter()
+                    .filter_map(|m| m.host_port)
+                    .map(|p| u16::try_from(p).unwrap_or(0))
+                    .collect();
+            }
+        }
+        let defs = self.port_definitions.as_deref().unwrap_or(&[]);
+        defs.iter()
+            .map(|d| if self.require_ports { u16::try_from(d.port).unwrap_or(0) } else { 0 })
+            .collect()
+    }
+
+    /// The version of the configuration (ignoring scaling): tasks launched from an older
+    /// config version are replaced by a deployment.
+    pub fn config_version(&self) -> &str {
+        self.version_info
+            .as_ref()
+            .map(|v| v.last_config_change_at.as_str())
+            .or(self.version.as_deref())
+            .unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_marathon() {
+        let app: AppDefinition = serde_json::from_str(r#"{"id":"/a","cmd":"sleep 1"}"#).unwrap();
+        assert_eq!(app.cpus, 1.0);
+        assert_eq!(app.mem, 128.0);
+        assert_eq!(app.instances, 1);
+        assert_eq!(app.backoff_factor, 1.15);
+        assert_eq!(app.upgrade_strategy, UpgradeStrategy::default());
+        assert_eq!(app.kill_selection, "YOUNGEST_FIRST");
+        assert_eq!(app.networks[0].mode, "host");
+        assert_eq!(app.driver(), DriverKind::Exec);
+    }
+
+    #[test]
+    fn unreachable_strategy_forms() {
+        let app: AppDefinition =
+            serde_json::from_str(r#"{"id":"/a","unreachableStrategy":"disabled"}"#).unwrap();
+        assert_eq!(app.unreachable_strategy, UnreachableStrategy::Disabled("disabled".into()));
+        let app: AppDefinition = serde_json::from_str(
+            r#"{"id":"/a","unreachableStrategy":{"inactiveAfterSeconds":5,"expungeAfterSeconds":10}}"#,
+        )
+        .unwrap();
+        assert!(matches!(app.unreachable_strategy, UnreachableStrategy::Enabled(e) if e.inactive_after_seconds == 5.0));
+    }
+
+    #[test]
+    fn driver_follows_container_and_label() {
+        let mut app: AppDefinition = serde_json::from_str(
+            r#"{"id":"/a","container":{"type":"DOCKER","docker":{"image":"busybox"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(app.driver(), DriverKind::Docker);
+        app.labels.insert(LABEL_DRIVER.into(), "fake".into());
+        assert_eq!(app.driver(), DriverKind::Fake);
+    }
+}
