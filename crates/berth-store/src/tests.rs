@@ -1,0 +1,381 @@
+use super::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+fn open(dir: &tempfile::TempDir) -> RedbStore {
+    RedbStore::open(dir.path()).unwrap()
+}
+
+async fn next_event(w: &mut WatchStream) -> WatchEvent {
+    tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .expect("watch timed out")
+        .expect("watch ended")
+        .expect("watch error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_exactly_one_wins_and_loser_runs_failure_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let rev = s.put("job/leader", "none").await.unwrap();
+    let contender = |name: &'static str| {
+        Txn::new()
+            .when(Compare::mod_revision("job/leader", rev))
+            .then(Op::put("job/leader", name))
+            .otherwise(Op::put(format!("lost/{name}"), "1"))
+    };
+    let (a, b) = tokio::join!(s.txn(contender("a")), s.txn(contender("b")));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(
+        a.succeeded ^ b.succeeded,
+        "exactly one must win: {a:?} {b:?}"
+    );
+    let (winner, loser) = if a.succeeded { ("a", "b") } else { ("b", "a") };
+    let kv = s.get("job/leader").await.unwrap().unwrap();
+    assert_eq!(kv.value, winner.as_bytes());
+    assert!(s.get(&format!("lost/{loser}")).await.unwrap().is_some());
+    assert!(s.get(&format!("lost/{winner}")).await.unwrap().is_none());
+    // Both changed something, so each has its own revision.
+    assert_ne!(a.revision, b.revision);
+    assert_eq!(s.revision(), rev + 2);
+
+    // ModRevision 0 means "absent".
+    let r = s
+        .txn(
+            Txn::new()
+                .when(Compare::mod_revision("fresh", 0))
+                .then(Op::put("fresh", "x")),
+        )
+        .await
+        .unwrap();
+    assert!(r.succeeded);
+    let r = s
+        .txn(
+            Txn::new()
+                .when(Compare::mod_revision("fresh", 0))
+                .then(Op::put("fresh", "y")),
+        )
+        .await
+        .unwrap();
+    assert!(!r.succeeded);
+}
+
+#[tokio::test]
+async fn multi_key_txn_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.put("a", "1").await.unwrap();
+    let before = s.revision();
+    // Second compare fails: none of the success ops may apply, and no revision is used.
+    let r = s
+        .txn(
+            Txn::new()
+                .when(Compare::exists("a"))
+                .when(Compare::exists("missing"))
+                .then(Op::put("a", "2"))
+                .then(Op::put("b", "2"))
+                .then(Op::delete("a")),
+        )
+        .await
+        .unwrap();
+    assert!(!r.succeeded);
+    assert_eq!(r.revision, before);
+    assert_eq!(s.revision(), before);
+    assert_eq!(s.get("a").await.unwrap().unwrap().value, b"1");
+    assert!(s.get("b").await.unwrap().is_none());
+    let commits = s.commit_count();
+
+    // All succeed together, sharing one revision.
+    let r = s
+        .txn(
+            Txn::new()
+                .when(Compare::exists("a"))
+                .when(Compare::absent("b"))
+                .then(Op::put("b", "2"))
+                .then(Op::put("c", "3"))
+                .then(Op::delete("a")),
+        )
+        .await
+        .unwrap();
+    assert!(r.succeeded);
+    assert_eq!(r.revision, before + 1);
+    assert!(s.get("a").await.unwrap().is_none());
+    let b = s.get("b").await.unwrap().unwrap();
+    let c = s.get("c").await.unwrap().unwrap();
+    assert_eq!((b.mod_revision, c.mod_revision), (before + 1, before + 1));
+    assert_eq!(s.commit_count(), commits + 1);
+
+    // A txn that changes nothing (delete of a missing key) uses no revision and no fsync.
+    let r = s.delete("nope").await.unwrap();
+    assert_eq!(r, before + 1);
+    assert_eq!(s.commit_count(), commits + 1);
+}
+
+#[tokio::test]
+async fn prefix_range_delete_prefix_and_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let mut last = 0;
+    for k in ["app/b", "app/a", "app/c/1", "apple", "zz", "ap"] {
+        let r = s.put(k, k).await.unwrap();
+        assert!(r > last, "revisions must increase");
+        last = r;
+    }
+    let (kvs, at) = s.range("app/").await.unwrap();
+    let keys: Vec<_> = kvs.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, ["app/a", "app/b", "app/c/1"]);
+    assert_eq!(at, s.revision());
+    let (all, _) = s.range("").await.unwrap();
+    assert_eq!(all.len(), 6);
+
+    // create_revision survives updates; mod_revision moves.
+    let first = s.get("app/a").await.unwrap().unwrap();
+    let r = s.put("app/a", "v2").await.unwrap();
+    let second = s.get("app/a").await.unwrap().unwrap();
+    assert_eq!(second.create_revision, first.create_revision);
+    assert_eq!(second.mod_revision, r);
+    assert_eq!(second.value, b"v2");
+
+    // Delete prefix: one revision for all removed keys; neighbours untouched.
+    let r = s
+        .txn(Txn::new().then(Op::delete_prefix("app/")))
+        .await
+        .unwrap();
+    assert_eq!(r.revision, s.revision());
+    assert!(s.range("app/").await.unwrap().0.is_empty());
+    let (rest, _) = s.range("").await.unwrap();
+    let keys: Vec<_> = rest.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, ["ap", "apple", "zz"]);
+
+    // Re-created key gets a fresh create_revision.
+    let r = s.put("app/a", "v3").await.unwrap();
+    assert_eq!(s.get("app/a").await.unwrap().unwrap().create_revision, r);
+}
+
+#[tokio::test]
+async fn watch_resumes_from_revision_then_goes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    for i in 1..=10u64 {
+        assert_eq!(s.put(format!("k/{i:02}"), i.to_string()).await.unwrap(), i);
+    }
+    s.put("other/x", "not watched").await.unwrap(); // revision 11
+    let mut w = s.watch("k/", 5).await.unwrap();
+    for rev in 6..=10 {
+        let e = next_event(&mut w).await;
+        assert_eq!(e.kind, EventKind::Put);
+        assert_eq!(e.revision(), rev);
+        assert_eq!(e.kv.key, format!("k/{rev:02}"));
+    }
+    // Live events, including a delete, arrive next (revision 11 was another prefix).
+    s.put("k/live", "x").await.unwrap();
+    s.delete("k/01").await.unwrap();
+    let e = next_event(&mut w).await;
+    assert_eq!(
+        (e.kind, e.revision(), e.kv.key.as_str()),
+        (EventKind::Put, 12, "k/live")
+    );
+    let e = next_event(&mut w).await;
+    assert_eq!(
+        (e.kind, e.revision(), e.kv.key.as_str()),
+        (EventKind::Delete, 13, "k/01")
+    );
+    assert!(e.kv.value.is_empty());
+    // Nothing else is pending.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), w.next())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn watch_from_range_revision_sees_no_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.put("t/1", "a").await.unwrap();
+    let (_, at) = s.range("t/").await.unwrap();
+    s.put("t/2", "b").await.unwrap();
+    let mut w = s.watch("t/", at).await.unwrap();
+    assert_eq!(next_event(&mut w).await.kv.key, "t/2");
+}
+
+#[tokio::test]
+async fn compacted_history_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        retain_revisions: 5,
+        ..StoreOptions::default()
+    };
+    let s = RedbStore::open_with(dir.path(), opts).unwrap();
+    for i in 0..20 {
+        s.put(format!("k/{i}"), "v").await.unwrap();
+    }
+    assert_eq!(s.compacted_revision(), 15);
+    match s.watch("k/", 3).await {
+        Err(StoreError::Compacted { requested, oldest }) => {
+            assert_eq!((requested, oldest), (4, 16));
+        }
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    // The oldest retained revision is still available.
+    let mut w = s.watch("k/", 15).await.unwrap();
+    assert_eq!(next_event(&mut w).await.revision(), 16);
+    // Data itself is never compacted.
+    assert_eq!(s.range("k/").await.unwrap().0.len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_txns_share_few_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(&dir));
+    let mut tasks = Vec::new();
+    for t in 0..50 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut futs = Vec::new();
+            for i in 0..20 {
+                let key = format!("task/{t}/{i}");
+                let s = &s;
+                futs.push(async move {
+                    s.txn(
+                        Txn::new()
+                            .when(Compare::absent(key.clone()))
+                            .then(Op::put(key, "x")),
+                    )
+                    .await
+                })
+            }
+            futures::future::join_all(futs).await
+        }));
+    }
+    let mut revisions = BTreeSet::new();
+    for t in tasks {
+        for r in t.await.unwrap() {
+            let r = r.unwrap();
+            assert!(r.succeeded);
+            assert!(
+                revisions.insert(r.revision),
+                "duplicate revision {}",
+                r.revision
+            );
+        }
+    }
+    assert_eq!(revisions.len(), 1000);
+    assert_eq!(s.revision(), 1000);
+    let commits = s.commit_count();
+    eprintln!("1000 txns in {commits} commits");
+    assert!(
+        commits <= 100,
+        "group commit should batch: {commits} commits"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_watcher_recovers_from_change_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        broadcast_capacity: 1,
+        max_batch: 4,
+        ..StoreOptions::default()
+    };
+    let s = Arc::new(RedbStore::open_with(dir.path(), opts).unwrap());
+    let mut w = s.watch("", 0).await.unwrap();
+    // Many small batches while nobody reads the watch: its channel fills and the
+    // broadcast (capacity 1) lags.
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    s.put(format!("w/{t}/{i}"), "v").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in writers {
+        h.await.unwrap();
+    }
+    assert_eq!(s.revision(), 800);
+    for rev in 1..=800 {
+        assert_eq!(next_event(&mut w).await.revision(), rev);
+    }
+    assert!(
+        s.watch_lag_recoveries() > 0,
+        "test must exercise the lag path"
+    );
+}
+
+#[tokio::test]
+async fn reopen_keeps_data_revision_and_history() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(&dir);
+        s.put("a", "1").await.unwrap();
+        s.put("b", "2").await.unwrap();
+        s.delete("a").await.unwrap();
+    }
+    let s = open(&dir);
+    assert_eq!(s.revision(), 3);
+    assert!(s.get("a").await.unwrap().is_none());
+    let mut w = s.watch("", 0).await.unwrap();
+    let kinds: Vec<_> = [
+        next_event(&mut w).await,
+        next_event(&mut w).await,
+        next_event(&mut w).await,
+    ]
+    .into_iter()
+    .map(|e| (e.kind, e.revision(), e.kv.key))
+    .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::Put, 1, "a".to_owned()),
+            (EventKind::Put, 2, "b".to_owned()),
+            (EventKind::Delete, 3, "a".to_owned())
+        ]
+    );
+    assert_eq!(s.put("c", "3").await.unwrap(), 4);
+}
+
+#[tokio::test]
+async fn watch_ends_with_closed_when_store_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let mut w = s.watch("", 0).await.unwrap();
+    drop(s);
+    let r = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .unwrap();
+    assert_eq!(r, Some(Err(StoreError::Closed)));
+    assert_eq!(w.next().await, None);
+    // File is released: reopening works immediately.
+    open(&dir);
+}
+
+#[tokio::test]
+async fn json_helpers_and_dyn_store() {
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct App {
+        id: String,
+        instances: u32,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s: Arc<dyn Store> = Arc::new(open(&dir));
+    let app = App {
+        id: "/web".into(),
+        instances: 3,
+    };
+    let rev = s.put_json("apps/web", &app).await.unwrap();
+    let (back, mod_rev): (App, Revision) = s.get_json("apps/web").await.unwrap().unwrap();
+    assert_eq!((back, mod_rev), (app, rev));
+    assert!(s.get_json::<App>("apps/none").await.unwrap().is_none());
+    s.put("apps/bad", "not json").await.unwrap();
+    assert!(matches!(
+        s.get_json::<App>("apps/bad").await,
+        Err(StoreError::Codec(_))
+    ));
+    assert!(s.create("lock", "me").await.unwrap());
+    assert!(!s.create("lock", "you").await.unwrap());
+}
