@@ -9,6 +9,7 @@ pub mod error;
 pub mod event;
 pub mod node;
 pub mod path;
+pub mod protocol;
 pub mod task;
 pub mod time;
 pub mod validate;

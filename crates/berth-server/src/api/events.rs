@@ -1,0 +1,56 @@
+//! `/v2/events`: Server-Sent Events in Marathon's framing, `event_stream_attached` first,
+//! optionally filtered by `event_type`.
+
+use super::Params;
+use crate::error::{ApiError, ApiResult};
+use crate::Shared;
+use axum::extract::{ConnectInfo, State};
+use axum::http::Uri;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use berth_core::event::{Event, KNOWN_EVENT_TYPES};
+use futures::StreamExt;
+use serde_json::json;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::wrappers::BroadcastStream;
+
+fn frame(e: &Event) -> SseEvent {
+    SseEvent::default().event(e.event_type.clone()).data(e.data.to_string())
+}
+
+pub async fn stream(State(s): State<Shared>, addr: ConnectInfo<SocketAddr>, uri: Uri) -> ApiResult<Response> {
+    let p = Params::from_uri(&uri);
+    let filter: Vec<String> = p.all("event_type");
+    for f in &filter {
+        if !KNOWN_EVENT_TYPES.contains(&f.as_str()) {
+            return Err(ApiError::BadRequest(format!("unknown event_type '{f}'")));
+        }
+    }
+    let rx = s.events.subscribe();
+    let attached = Event::new("event_stream_attached", json!({"remoteAddress": addr.0.ip().to_string()}));
+    let first = if filter.is_empty() || filter.iter().any(|f| f == "event_stream_attached") {
+        Some(Ok::<_, Infallible>(frame(&attached)))
+    } else {
+        None
+    };
+    let live = BroadcastStream::new(rx).filter_map(move |item| {
+        let out = match item {
+            Ok(e) => {
+                let e: Arc<Event> = e;
+                if filter.is_empty() || filter.iter().any(|f| *f == e.event_type) {
+                    Some(Ok(frame(&e)))
+                } else {
+                    None
+                }
+            }
+            // A client too slow to keep up misses events rather than stalling the server.
+            Err(_) => None,
+        };
+        futures::future::ready(out)
+    });
+    let stream = futures::stream::iter(first).chain(live);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}

@@ -1,0 +1,533 @@
+//! Level-triggered controllers. Each pass compares desired state (apps, deployments) with
+//! observed state (tasks as agents report them, node heartbeats) and takes the next safe
+//! steps. Nothing depends on remembering an event: a restart or a lost message only delays
+//! the next pass.
+
+use crate::Shared;
+use crate::state::{Changes, Cluster, K_DELAYS, K_DEPLOYMENTS, K_FAILURES, K_NODES, LaunchDelay, UnplacedInfo};
+use berth_core::app::AppDefinition;
+use berth_core::event::Event;
+use berth_core::node::NodeStatus;
+use berth_core::protocol::ReportedStatus;
+use berth_core::task::{Task, TaskGoal, TaskState};
+use berth_core::time::format_millis;
+use berth_core::Constraint;
+use berth_scheduler::{PlacementRequest, Strategy};
+use serde_json::json;
+use std::time::Duration;
+
+/// Label selecting the placement strategy for an app: `binpack` (default) or `spread`.
+pub const LABEL_PLACEMENT: &str = "BERTH_PLACEMENT";
+/// Label asking for whole cores of its own: `BERTH_CPU_MODE=pinned`.
+pub const LABEL_CPU_MODE: &str = "BERTH_CPU_MODE";
+
+/// Most tasks launched per app in one pass, so one huge app cannot starve the others.
+const MAX_LAUNCH_PER_APP_PER_PASS: usize = 5000;
+
+pub async fn run(shared: Shared) {
+    let interval = shared.config.reconcile_interval;
+    loop {
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let node_timeout = shared.config.node_timeout;
+        let result = shared
+            .apply(|st, ch| {
+                reconcile(st, ch, berth_core::time::now_millis(), node_timeout);
+                Ok(())
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "reconcile pass failed; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // Let a burst of changes accumulate instead of reconciling after every single one.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One full pass.
+pub fn reconcile(st: &mut Cluster, ch: &mut Changes, now: i64, node_timeout: Duration) {
+    check_nodes(st, ch, now, node_timeout);
+    let app_ids: Vec<String> = st.apps.keys().cloned().collect();
+    for id in app_ids {
+        if let Some(app) = st.apps.get(&id).cloned() {
+            reconcile_app(st, ch, &app, now);
+        }
+    }
+    kill_orphans(st, ch);
+    progress_deployments(st, ch);
+}
+
+/// Marks nodes unreachable after missed heartbeats; their tasks become TASK_UNREACHABLE.
+fn check_nodes(st: &mut Cluster, ch: &mut Changes, now: i64, timeout: Duration) {
+    let late: Vec<String> = st
+        .nodes
+        .values()
+        .filter(|n| n.status == NodeStatus::Ready && now - n.last_heartbeat > timeout.as_millis() as i64)
+        .map(|n| n.info.id.clone())
+        .collect();
+    for id in late {
+        if let Some(n) = st.nodes.get_mut(&id) {
+            n.status = NodeStatus::Unreachable;
+            tracing::warn!(node = %id, "node missed its heartbeats: unreachable");
+            ch.put(format!("{K_NODES}{id}"), &*n);
+        }
+        st.sync_sched_node(&id);
+        let tasks: Vec<String> = st.tasks_by_node.get(&id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        for tid in tasks {
+            let Some(t) = st.tasks.get_mut(&tid) else { continue };
+            if t.goal == TaskGoal::Killed {
+                // It cannot be killed through its agent: forget it. If the node comes back,
+                // the agent stops anything the server does not list.
+                st.remove_task(&tid, ch);
+                continue;
+            }
+            t.state = TaskState::Unreachable;
+            t.updated_at = now;
+            ch.event(status_event(t, Some("node unreachable")));
+            st.save_task(&tid, ch);
+        }
+    }
+}
+
+/// Tasks of apps that no longer exist are killed.
+fn kill_orphans(st: &mut Cluster, ch: &mut Changes) {
+    let orphans: Vec<String> = st
+        .tasks
+        .values()
+        .filter(|t| t.goal == TaskGoal::Running && !st.apps.contains_key(&t.app_id))
+        .map(|t| t.id.clone())
+        .collect();
+    for id in orphans {
+        if let Some(t) = st.tasks.get_mut(&id) {
+            t.goal = TaskGoal::Killed;
+        }
+        st.save_task(&id, ch);
+    }
+}
+
+fn is_healthy(app: &AppDefinition, t: &Task) -> bool {
+    t.state == TaskState::Running && (app.health_checks.is_empty() || t.is_healthy() == Some(true))
+}
+
+/// How long an unreachable task still counts as an instance before it is replaced.
+fn inactive_after_ms(app: &AppDefinition) -> Option<i64> {
+    match &app.unreachable_strategy {
+        berth_core::app::UnreachableStrategy::Enabled(e) => Some((e.inactive_after_seconds * 1000.0) as i64),
+        berth_core::app::UnreachableStrategy::Disabled(_) => None,
+    }
+}
+
+/// Converges one app: launch missing instances, replace outdated ones within the upgrade
+/// strategy's bounds, kill the surplus.
+fn reconcile_app(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, now: i64) {
+    let config = app.config_version().to_string();
+    let inactive_after = inactive_after_ms(app);
+    let mut current: Vec<&Task> = Vec::new();
+    let mut outdated: Vec<&Task> = Vec::new();
+    for t in st.app_tasks(&app.id) {
+        if t.goal != TaskGoal::Running || t.state.is_terminal() {
+            continue;
+        }
+        if t.state == TaskState::Unreachable {
+            // Replaced once inactive; until then it still counts.
+            if let Some(after) = inactive_after {
+                if now - t.updated_at >= after {
+                    continue;
+                }
+            }
+        }
+        if t.config_version == config {
+            current.push(t);
+        } else {
+            outdated.push(t);
+        }
+    }
+    let target = app.instances.max(0) as usize;
+    let strategy = app.upgrade_strategy;
+    let max_total = target + (target as f64 * strategy.maximum_over_capacity).floor() as usize;
+    let min_healthy = (target as f64 * strategy.minimum_health_capacity).ceil() as usize;
+
+    let mut to_kill: Vec<String> = Vec::new();
+    // Surplus of the current version.
+    if current.len() > target {
+        let mut c = current.clone();
+        sort_for_kill(app, &mut c);
+        to_kill.extend(c.iter().take(current.len() - target).map(|t| t.id.clone()));
+    }
+    let current_kept = current.len().min(target);
+
+    // Outdated instances: unhealthy ones can always go; healthy ones only while enough
+    // healthy instances remain.
+    let healthy_now = current.iter().chain(outdated.iter()).filter(|t| is_healthy(app, t)).count();
+    let mut healthy_left = healthy_now;
+    let mut outdated_sorted = outdated.clone();
+    sort_for_kill(app, &mut outdated_sorted);
+    let mut outdated_left = outdated.len();
+    for t in &outdated_sorted {
+        let healthy = is_healthy(app, t);
+        let total_after = current_kept + outdated_left - 1;
+        // Old instances beyond what is needed to keep `target` running are surplus.
+        let surplus = current_kept + outdated_left > target && current_kept >= target;
+        if !healthy || surplus || healthy_left > min_healthy {
+            to_kill.push(t.id.clone());
+            outdated_left -= 1;
+            if healthy {
+                healthy_left -= 1;
+            }
+        } else {
+            let _ = total_after;
+        }
+    }
+    // Room for new instances within maximumOverCapacity.
+    let live_after_kills = current_kept + outdated_left;
+    let want_new = target.saturating_sub(current_kept);
+    let mut room = max_total.saturating_sub(live_after_kills).min(want_new);
+    // Deadlock guard (minimumHealthCapacity 1, maximumOverCapacity 0): Marathon still makes
+    // progress by replacing one instance at a time.
+    if room == 0 && want_new > 0 && outdated_left > 0 && to_kill.is_empty() {
+        if let Some(t) = outdated_sorted.first() {
+            to_kill.push(t.id.clone());
+        }
+    }
+    if outdated_left == 0 {
+        room = want_new;
+    }
+
+    for id in &to_kill {
+        if let Some(t) = st.tasks.get_mut(id) {
+            t.goal = TaskGoal::Killed;
+        }
+        st.save_task(id, ch);
+    }
+    if room > 0 {
+        launch(st, ch, app, room.min(MAX_LAUNCH_PER_APP_PER_PASS), now);
+    } else if want_new == 0 {
+        st.unplaced.remove(&app.id);
+    }
+}
+
+/// Orders tasks so the first ones are the best to kill: not yet running first, then by the
+/// app's killSelection.
+fn sort_for_kill(app: &AppDefinition, tasks: &mut [&Task]) {
+    let oldest_first = app.kill_selection == "OLDEST_FIRST";
+    tasks.sort_by(|a, b| {
+        let ar = a.state == TaskState::Running;
+        let br = b.state == TaskState::Running;
+        ar.cmp(&br).then_with(|| {
+            if oldest_first { a.staged_at.cmp(&b.staged_at) } else { b.staged_at.cmp(&a.staged_at) }
+        })
+    });
+}
+
+/// The scheduler request for one instance of an app.
+pub fn placement_request(app: &AppDefinition) -> PlacementRequest {
+    let constraints = app.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect();
+    let strategy = match app.labels.get(LABEL_PLACEMENT).map(String::as_str) {
+        Some("spread") => Strategy::Spread,
+        _ => Strategy::BinPack,
+    };
+    let pinned_cores = match app.labels.get(LABEL_CPU_MODE).map(String::as_str) {
+        Some("pinned") => app.cpus.ceil().max(1.0) as u32,
+        _ => 0,
+    };
+    PlacementRequest {
+        app_id: app.id.clone(),
+        resources: berth_core::NodeResources::new(app.cpus, app.mem, app.disk),
+        ports: app.requested_host_ports(),
+        constraints,
+        driver: app.driver().as_str().to_string(),
+        strategy,
+        pinned_cores,
+    }
+}
+
+fn launch(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, count: usize, now: i64) {
+    let version = app.version.clone().unwrap_or_default();
+    if let Some(d) = st.delays.get(&app.id) {
+        if d.version == version && d.until > now {
+            return;
+        }
+    }
+    let req = placement_request(app);
+    let ids: Vec<String> = (0..count).map(|_| Task::new_id(&app.id)).collect();
+    let (placed, unplaced) = st.scheduler.place_many(&ids, &req);
+    let placed_n = placed.len();
+    for (id, p) in placed {
+        let host = st.nodes.get(&p.node_id).map(|n| n.info.address.clone()).unwrap_or(p.host.clone());
+        let t = Task {
+            id,
+            app_id: app.id.clone(),
+            version: version.clone(),
+            config_version: app.config_version().to_string(),
+            node_id: p.node_id,
+            host,
+            ports: p.ports,
+            service_ports: vec![],
+            state: TaskState::Staging,
+            goal: TaskGoal::Running,
+            resources: req.resources,
+            driver: req.driver.clone(),
+            staged_at: now,
+            started_at: None,
+            updated_at: now,
+            message: None,
+            exit_code: None,
+            health: vec![],
+            ip_addresses: vec![],
+            cpuset: p.cpuset,
+        };
+        ch.event(status_event(&t, None));
+        st.insert_new_task(t, ch);
+    }
+    st.count("tasks_launched", placed_n as u64);
+    match unplaced {
+        Some(u) => {
+            let since = st.unplaced.get(&app.id).map(|i| i.since).unwrap_or(now);
+            st.unplaced.insert(
+                app.id.clone(),
+                UnplacedInfo {
+                    count: count - placed_n,
+                    since,
+                    last_attempt: now,
+                    nodes_total: u.nodes_total,
+                    summary: u.summary(),
+                    reasons: u.reasons,
+                },
+            );
+        }
+        None => {
+            st.unplaced.remove(&app.id);
+        }
+    }
+}
+
+/// A `status_update_event` for a task.
+pub fn status_event(t: &Task, message: Option<&str>) -> Event {
+    Event::new(
+        "status_update_event",
+        json!({
+            "slaveId": t.node_id,
+            "taskId": t.id,
+            "taskStatus": crate::render::visible_state(t),
+            "message": message.map(str::to_string).or_else(|| t.message.clone()).unwrap_or_default(),
+            "appId": t.app_id,
+            "host": t.host,
+            "ipAddresses": t.ip_addresses.iter().map(|ip| json!({"ipAddress": ip, "protocol": "IPv4"})).collect::<Vec<_>>(),
+            "ports": t.ports,
+            "version": t.version,
+        }),
+    )
+}
+
+/// Applies what an agent reported. Returns the ids the server does not know on that node.
+pub fn apply_statuses(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    node_id: &str,
+    statuses: &[ReportedStatus],
+    full: bool,
+    now: i64,
+) -> Vec<String> {
+    let mut unknown = Vec::new();
+    for s in statuses {
+        let Some(t) = st.tasks.get_mut(&s.task_id) else {
+            unknown.push(s.task_id.clone());
+            continue;
+        };
+        if t.node_id != node_id {
+            unknown.push(s.task_id.clone());
+            continue;
+        }
+        let health = s.health.clone().unwrap_or_else(|| t.health.clone());
+        let health_changed = t.is_healthy() != {
+            if health.is_empty() { None } else { Some(health.iter().all(|h| h.alive)) }
+        };
+        // A node coming back reports its tasks again: they stop being unreachable.
+        let state_changed = t.state != s.state;
+        if !state_changed && !health_changed && t.ip_addresses == s.ip_addresses {
+            if t.health != health {
+                t.health = health;
+                // Timestamps inside health results changed: keep memory fresh, skip the write.
+            }
+            continue;
+        }
+        t.state = s.state;
+        t.updated_at = now;
+        if s.message.is_some() {
+            t.message = s.message.clone();
+        }
+        if s.exit_code.is_some() {
+            t.exit_code = s.exit_code;
+        }
+        t.ip_addresses = s.ip_addresses.clone();
+        if health_changed {
+            let alive = health.iter().all(|h| h.alive) && !health.is_empty();
+            ch.event(Event::new(
+                "health_status_changed_event",
+                json!({"appId": t.app_id, "taskId": t.id, "instanceId": t.id, "version": t.version, "alive": alive}),
+            ));
+        }
+        t.health = health;
+        if s.state == TaskState::Running && t.started_at.is_none() {
+            t.started_at = Some(now);
+        }
+        if state_changed {
+            ch.event(status_event(t, s.message.as_deref()));
+        }
+        if s.state.is_terminal() {
+            let t = t.clone();
+            on_terminal(st, ch, &t, now);
+            st.remove_task(&t.id, ch);
+        } else {
+            let id = t.id.clone();
+            st.save_task(&id, ch);
+        }
+    }
+    if full {
+        // A task the server placed here, that the agent had started, and that the agent no
+        // longer has, is lost (e.g. the agent's data dir was wiped).
+        let reported: std::collections::HashSet<&str> = statuses.iter().map(|s| s.task_id.as_str()).collect();
+        let missing: Vec<String> = st
+            .tasks_by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter(|id| !reported.contains(id.as_str()))
+            .filter_map(|id| st.tasks.get(id))
+            .filter(|t| matches!(t.state, TaskState::Starting | TaskState::Running | TaskState::Unreachable))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in missing {
+            if let Some(mut t) = st.tasks.get(&id).cloned() {
+                t.state = TaskState::Lost;
+                t.message = Some("the agent no longer has this task".into());
+                ch.event(status_event(&t, t.message.as_deref()));
+                on_terminal(st, ch, &t, now);
+                st.remove_task(&id, ch);
+            }
+        }
+    }
+    unknown
+}
+
+/// Bookkeeping when a task ends: failures are recorded and slow down relaunches.
+fn on_terminal(st: &mut Cluster, ch: &mut Changes, t: &Task, now: i64) {
+    let failed = matches!(t.state, TaskState::Failed | TaskState::Error | TaskState::Lost);
+    if t.goal == TaskGoal::Killed {
+        return;
+    }
+    st.count(if failed { "tasks_failed" } else { "tasks_finished" }, 1);
+    let record = json!({
+        "appId": t.app_id,
+        "host": t.host,
+        "message": t.message.clone().unwrap_or_default(),
+        "state": t.state,
+        "taskId": t.id,
+        "instanceId": t.id,
+        "timestamp": format_millis(now),
+        "version": t.version,
+        "slaveId": t.node_id,
+    });
+    if t.state != TaskState::Finished {
+        ch.put(format!("{K_FAILURES}{}", t.app_id), &record);
+        st.last_failures.insert(t.app_id.clone(), record);
+    }
+    if !failed {
+        return;
+    }
+    let Some(app) = st.apps.get(&t.app_id) else { return };
+    let version = app.version.clone().unwrap_or_default();
+    let prev = st.delays.get(&t.app_id).filter(|d| d.version == version).map(|d| d.failures).unwrap_or(0);
+    let failures = prev + 1;
+    let delay_s = (app.backoff_seconds * app.backoff_factor.powi(failures.saturating_sub(1).min(1000) as i32))
+        .min(app.max_launch_delay_seconds)
+        .max(0.0);
+    let d = LaunchDelay { failures, until: now + (delay_s * 1000.0) as i64, version };
+    ch.put(format!("{K_DELAYS}{}", t.app_id), &d);
+    st.delays.insert(t.app_id.clone(), d);
+}
+
+/// Is this app in the state a deployment's target asks for?
+fn converged(st: &Cluster, app_id: &str, target: Option<&AppDefinition>, deployment_version: &str) -> bool {
+    let killing = st.app_tasks(app_id).any(|t| t.goal == TaskGoal::Killed);
+    match target {
+        None => {
+            let superseded = st.apps.get(app_id).map(|a| a.version.as_deref().unwrap_or("") > deployment_version);
+            !killing && superseded.unwrap_or(true)
+        }
+        Some(def) => {
+            let Some(current) = st.apps.get(app_id) else { return true };
+            if current.version != def.version {
+                return true; // superseded by a newer (forced) change
+            }
+            if killing {
+                return false;
+            }
+            let config = def.config_version();
+            let mut n = 0usize;
+            for t in st.app_tasks(app_id) {
+                if t.config_version != config || !is_healthy(def, t) {
+                    return false;
+                }
+                n += 1;
+            }
+            n == def.instances.max(0) as usize
+        }
+    }
+}
+
+/// Why a deployment is not finished yet, in words.
+fn blocked_reason(st: &Cluster, app_id: &str, target: Option<&AppDefinition>) -> Option<String> {
+    let def = target?;
+    let u = st.unplaced.get(app_id)?;
+    Some(format!(
+        "{app_id}: {} of {} instances unplaced: {}",
+        u.count,
+        def.instances,
+        u.summary
+    ))
+}
+
+fn progress_deployments(st: &mut Cluster, ch: &mut Changes) {
+    let ids: Vec<String> = st.deployments.keys().cloned().collect();
+    for id in ids {
+        let Some(d) = st.deployments.get(&id).cloned() else { continue };
+        let mut d2 = d.clone();
+        // StartApplication steps complete as soon as the app exists.
+        while d2.current_step < d2.steps.len()
+            && d2.steps[d2.current_step - 1]
+                .actions
+                .iter()
+                .all(|a| a.action == berth_core::deployment::ActionKind::StartApplication)
+        {
+            ch.event(Event::new("deployment_step_success", json!({"plan": d2.plan_json(), "currentStep": {"actions": d2.steps[d2.current_step - 1].actions}})));
+            d2.current_step += 1;
+        }
+        let done = d2
+            .target
+            .iter()
+            .all(|(app_id, target)| converged(st, app_id, target.as_ref(), &d2.version));
+        if done {
+            if let Some(step) = d2.steps.get(d2.current_step.saturating_sub(1)) {
+                ch.event(Event::new("deployment_step_success", json!({"plan": d2.plan_json(), "currentStep": {"actions": step.actions}})));
+            }
+            ch.event(Event::new("deployment_success", json!({"id": d2.id, "plan": d2.plan_json()})));
+            st.deployments.remove(&id);
+            ch.delete(format!("{K_DEPLOYMENTS}{id}"));
+            continue;
+        }
+        let reasons: Vec<String> = d2
+            .target
+            .iter()
+            .filter_map(|(app_id, target)| blocked_reason(st, app_id, target.as_ref()))
+            .collect();
+        d2.blocked = if reasons.is_empty() { None } else { Some(reasons.join("; ")) };
+        if d2 != d {
+            ch.put(format!("{K_DEPLOYMENTS}{id}"), &d2);
+            st.deployments.insert(id, d2);
+        }
+    }
+}

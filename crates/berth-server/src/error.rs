@@ -1,0 +1,87 @@
+//! API errors. Every error a client can cause is a 4xx with a JSON body in Marathon's shape:
+//! `{"message": "...", "details": [{"path": "/x", "errors": ["..."]}]}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use berth_core::error::ValidationErrors;
+use serde_json::{Value, json};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("Object is not valid")]
+    Invalid(ValidationErrors),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Conflict { message: String, deployments: Vec<String> },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The store failed to persist: nothing was acknowledged.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn app_not_found(id: &str) -> Self {
+        Self::NotFound(format!("App '{id}' does not exist"))
+    }
+
+    pub fn invalid(path: &str, msg: impl Into<String>) -> Self {
+        Self::Invalid(ValidationErrors::single(path, msg))
+    }
+
+    pub fn locked(deployments: Vec<String>) -> Self {
+        let first = deployments.first().cloned().unwrap_or_default();
+        Self::Conflict {
+            message: format!(
+                "App is locked by one or more deployments. Override with the option '?force=true'. \
+                 View details at '/v2/deployments/{first}'."
+            ),
+            deployments,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        match self {
+            Self::InvalidJson(msg) => json!({
+                "message": "Invalid JSON",
+                "details": [{"path": "/", "errors": [msg]}],
+            }),
+            Self::Invalid(errs) => json!({"message": "Object is not valid", "details": errs.0}),
+            Self::Conflict { message, deployments } => json!({
+                "message": message,
+                "deployments": deployments.iter().map(|id| json!({"id": id})).collect::<Vec<_>>(),
+            }),
+            other => json!({"message": other.to_string()}),
+        }
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(e: ValidationErrors) -> Self {
+        Self::Invalid(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), axum::Json(self.body())).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,837 @@
+//! Every change a client can ask for, as functions over the in-memory model. They validate
+//! first and only then change anything (see [`crate::Inner::apply`]). HTTP parsing lives in
+//! `api`; these functions know nothing about requests.
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::{Changes, Cluster, K_APPS, K_DELAYS, K_DEPLOYMENTS, K_FAILURES, K_GROUPS, version_key};
+use berth_core::app::{AppDefinition, VersionInfo};
+use berth_core::deployment::{ActionKind, Deployment, DeploymentAction, DeploymentStep};
+use berth_core::event::Event;
+use berth_core::path;
+use berth_core::task::{Task, TaskGoal};
+use berth_core::validate;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// Where a request came from, for `api_post_event`.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCtx {
+    pub client_ip: String,
+    pub uri: String,
+}
+
+/// What a change returns to the client: `{"deploymentId": .., "version": ..}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentRef {
+    pub deployment_id: String,
+    pub version: String,
+}
+
+impl DeploymentRef {
+    pub fn to_json(&self) -> Value {
+        json!({"deploymentId": self.deployment_id, "version": self.version})
+    }
+}
+
+/// Service ports are drawn from this range, as in Marathon.
+const SERVICE_PORT_MIN: i64 = 10000;
+const SERVICE_PORT_MAX: i64 = 20000;
+
+/// A new, strictly increasing version timestamp (two changes in one millisecond still get
+/// distinct versions).
+pub fn next_version() -> (i64, String) {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = berth_core::time::now_millis();
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange(prev, next, Ordering::SeqCst, Ordering::Relaxed) {
+            Ok(_) => return (next, berth_core::time::format_millis(next)),
+            Err(actual) => prev = actual,
+        }
+    }
+}
+
+/// Rejects a change to apps locked by a deployment, unless forced; a forced change cancels
+/// the locking deployments (they are superseded).
+fn check_lock(st: &mut Cluster, ch: &mut Changes, app_ids: &[String], force: bool) -> ApiResult<()> {
+    let mut locking: Vec<String> = app_ids.iter().flat_map(|a| st.deployments_of(a)).collect();
+    locking.sort();
+    locking.dedup();
+    if locking.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        return Err(ApiError::locked(locking));
+    }
+    for id in locking {
+        if let Some(d) = st.deployments.remove(&id) {
+            ch.delete(format!("{K_DEPLOYMENTS}{id}"));
+            ch.event(Event::new("deployment_failed", json!({"id": d.id, "plan": d.plan_json()})));
+        }
+    }
+    Ok(())
+}
+
+/// Gives every `port: 0` port definition / `servicePort: 0` mapping a free service port,
+/// keeping the ports the app already had.
+fn assign_service_ports(st: &Cluster, app: &mut AppDefinition) {
+    let mut used: BTreeSet<i64> = BTreeSet::new();
+    for (id, other) in &st.apps {
+        if *id == app.id {
+            continue;
+        }
+        for p in service_ports_of(other) {
+            used.insert(p);
+        }
+    }
+    let previous: Vec<i64> = st.apps.get(&app.id).map(|a| service_ports_of(a)).unwrap_or_default();
+    let pick = |idx: usize, used: &mut BTreeSet<i64>| -> i64 {
+        if let Some(p) = previous.get(idx).copied().filter(|p| *p != 0 && !used.contains(p)) {
+            used.insert(p);
+            return p;
+        }
+        let mut p = SERVICE_PORT_MIN;
+        while used.contains(&p) && p < SERVICE_PORT_MAX {
+            p += 1;
+        }
+        used.insert(p);
+        p
+    };
+    if let Some(mappings) = app.container.as_mut().and_then(|c| c.port_mappings.as_mut()) {
+        for (i, m) in mappings.iter_mut().enumerate() {
+            if m.service_port == 0 {
+                m.service_port = pick(i, &mut used);
+            } else {
+                used.insert(m.service_port);
+            }
+        }
+        return;
+    }
+    if let Some(defs) = app.port_definitions.as_mut() {
+        for (i, d) in defs.iter_mut().enumerate() {
+            if d.port == 0 {
+                d.port = pick(i, &mut used);
+            } else {
+                used.insert(d.port);
+            }
+        }
+    }
+}
+
+pub fn service_ports_of(app: &AppDefinition) -> Vec<i64> {
+    if let Some(m) = app.container.as_ref().and_then(|c| c.port_mappings.as_ref()) {
+        return m.iter().map(|m| m.service_port).collect();
+    }
+    app.port_definitions.as_deref().unwrap_or(&[]).iter().map(|d| d.port).collect()
+}
+
+/// Stores the app as current, records the version, emits the change events.
+fn save_app(st: &mut Cluster, ch: &mut Changes, app: Arc<AppDefinition>, ctx: &RequestCtx) {
+    ch.put(format!("{K_APPS}{}", app.id), app.as_ref());
+    st.store_version(&app, ch);
+    // A new version resets the launch back-off.
+    if st.delays.remove(&app.id).is_some() {
+        ch.delete(format!("{K_DELAYS}{}", app.id));
+    }
+    ch.event(Event::new(
+        "api_post_event",
+        json!({"clientIp": ctx.client_ip, "uri": ctx.uri, "appDefinition": app.as_ref()}),
+    ));
+    st.apps.insert(app.id.clone(), app);
+}
+
+/// Creates and records a deployment; returns its reference.
+fn start_deployment(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    version: &str,
+    created_at: i64,
+    steps: Vec<DeploymentStep>,
+    original: BTreeMap<String, Option<AppDefinition>>,
+    target: BTreeMap<String, Option<AppDefinition>>,
+) -> DeploymentRef {
+    let d = Deployment::new(version.to_string(), steps, original, target, created_at);
+    ch.put(format!("{K_DEPLOYMENTS}{}", d.id), &d);
+    let current = d.steps.first().map(|s| json!({"actions": s.actions})).unwrap_or(json!({"actions": []}));
+    ch.event(Event::new("deployment_info", json!({"plan": d.plan_json(), "currentStep": current})));
+    ch.event(Event::new("group_change_success", json!({"groupId": "/", "version": version})));
+    let r = DeploymentRef { deployment_id: d.id.clone(), version: version.to_string() };
+    st.deployments.insert(d.id.clone(), d);
+    r
+}
+
+fn step(action: ActionKind, app: &str) -> DeploymentStep {
+    DeploymentStep { actions: vec![DeploymentAction { action, app: app.to_string() }] }
+}
+
+/// Prepares a validated new app (version stamps, service ports).
+fn stamp_new(st: &Cluster, mut app: AppDefinition, version: &str) -> AppDefinition {
+    app.version = Some(version.to_string());
+    app.version_info = Some(VersionInfo {
+        last_scaling_at: version.to_string(),
+        last_config_change_at: version.to_string(),
+    });
+    assign_service_ports(st, &mut app);
+    app
+}
+
+/// `POST /v2/apps`.
+pub fn create_app(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    app: AppDefinition,
+    ctx: &RequestCtx,
+) -> ApiResult<(Arc<AppDefinition>, DeploymentRef)> {
+    if st.apps.contains_key(&app.id) {
+        return Err(ApiError::Conflict {
+            message: format!("An app with id [{}] already exists.", app.id),
+            deployments: vec![],
+        });
+    }
+    if st.groups.contains(&app.id) {
+        return Err(ApiError::Conflict {
+            message: format!("A group with id [{}] already exists.", app.id),
+            deployments: vec![],
+        });
+    }
+    let (now, version) = next_version();
+    let app = Arc::new(stamp_new(st, app, &version));
+    let r = start_deployment(
+        st,
+        ch,
+        &version,
+        now,
+        vec![step(ActionKind::StartApplication, &app.id), step(ActionKind::ScaleApplication, &app.id)],
+        BTreeMap::from([(app.id.clone(), None)]),
+        BTreeMap::from([(app.id.clone(), Some(app.as_ref().clone()))]),
+    );
+    save_app(st, ch, app.clone(), ctx);
+    Ok((app, r))
+}
+
+/// Read-only keys a client may send back from a GET; they are ignored on update.
+const READ_ONLY_KEYS: &[&str] = &[
+    "version",
+    "versionInfo",
+    "tasks",
+    "tasksStaged",
+    "tasksRunning",
+    "tasksHealthy",
+    "tasksUnhealthy",
+    "deployments",
+    "lastTaskFailure",
+    "taskStats",
+    "readinessCheckResults",
+];
+
+/// What a PUT/PATCH body asks for.
+pub enum AppUpdate {
+    /// `{"version": v}`: go back to a stored version.
+    Rollback(String),
+    /// A (partial or full) definition.
+    Definition(serde_json::Map<String, Value>),
+}
+
+impl AppUpdate {
+    pub fn parse(body: Value) -> ApiResult<AppUpdate> {
+        let Value::Object(map) = body else {
+            return Err(ApiError::invalid("/", "expected a JSON object"));
+        };
+        if let Some(v) = map.get("version") {
+            let others: Vec<&String> = map.keys().filter(|k| *k != "version" && *k != "id").collect();
+            if others.is_empty() {
+                let Some(v) = v.as_str() else {
+                    return Err(ApiError::invalid("/version", "must be a version timestamp string"));
+                };
+                return Ok(AppUpdate::Rollback(v.to_string()));
+            }
+        }
+        Ok(AppUpdate::Definition(map))
+    }
+}
+
+/// Compares two definitions ignoring version stamps and instance count.
+fn same_config(a: &AppDefinition, b: &AppDefinition) -> bool {
+    let strip = |x: &AppDefinition| {
+        let mut x = x.clone();
+        x.version = None;
+        x.version_info = None;
+        x.instances = 0;
+        x
+    };
+    strip(a) == strip(b)
+}
+
+/// Replaces an existing app's definition with `new` (validated), as a scale or a restart.
+fn change_app(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    old: Arc<AppDefinition>,
+    mut new: AppDefinition,
+    force: bool,
+    ctx: &RequestCtx,
+) -> ApiResult<DeploymentRef> {
+    check_lock(st, ch, std::slice::from_ref(&old.id), force)?;
+    let (now, version) = next_version();
+    let scale_only = same_config(&old, &new);
+    let old_info = old.version_info.clone().unwrap_or_default();
+    new.version = Some(version.clone());
+    new.version_info = Some(VersionInfo {
+        last_scaling_at: version.clone(),
+        last_config_change_at: if scale_only {
+            old_info.last_config_change_at.clone()
+        } else {
+            version.clone()
+        },
+    });
+    assign_service_ports(st, &mut new);
+    let action = if scale_only { ActionKind::ScaleApplication } else { ActionKind::RestartApplication };
+    let new = Arc::new(new);
+    let r = start_deployment(
+        st,
+        ch,
+        &version,
+        now,
+        vec![step(action, &new.id)],
+        BTreeMap::from([(old.id.clone(), Some(old.as_ref().clone()))]),
+        BTreeMap::from([(new.id.clone(), Some(new.as_ref().clone()))]),
+    );
+    save_app(st, ch, new, ctx);
+    Ok(r)
+}
+
+/// Builds the full definition a PUT/PATCH asks for, merging with the current one when partial.
+pub fn merged_definition(
+    st: &Cluster,
+    id: &str,
+    mut body: serde_json::Map<String, Value>,
+    partial: bool,
+) -> ApiResult<AppDefinition> {
+    if let Some(body_id) = body.get("id") {
+        let Some(s) = body_id.as_str() else {
+            return Err(ApiError::invalid("/id", "must be a string"));
+        };
+        if path::normalize(s) != id {
+            return Err(ApiError::invalid(
+                "/id",
+                format!("the id in the body ('{s}') does not match the id in the path ('{id}')"),
+            ));
+        }
+    }
+    for k in READ_ONLY_KEYS {
+        body.remove(*k);
+    }
+    let mut merged = match (partial, st.apps.get(id)) {
+        (true, Some(existing)) => match serde_json::to_value(existing.as_ref()) {
+            Ok(Value::Object(mut m)) => {
+                for k in READ_ONLY_KEYS {
+                    m.remove(*k);
+                }
+                m.extend(body);
+                m
+            }
+            _ => body,
+        },
+        _ => body,
+    };
+    merged.insert("id".into(), Value::String(id.to_string()));
+    Ok(validate::app_from_json(Value::Object(merged))?)
+}
+
+/// `PUT /v2/apps/{id}` (creates when missing, as the Jenkins Marathon plugin expects) and
+/// `PATCH`. Returns whether the app was created.
+pub fn put_app(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    id: &str,
+    update: AppUpdate,
+    partial: bool,
+    force: bool,
+    ctx: &RequestCtx,
+) -> ApiResult<(bool, DeploymentRef)> {
+    match update {
+        AppUpdate::Rollback(version) => {
+            let old = st.apps.get(id).cloned().ok_or_else(|| ApiError::app_not_found(id))?;
+            let target = st
+                .versions
+                .get(id)
+                .and_then(|v| v.get(&version))
+                .cloned()
+                .ok_or_else(|| ApiError::NotFound(format!("App '{id}' does not exist in version {version}")))?;
+            let r = change_app(st, ch, old, target.as_ref().clone(), force, ctx)?;
+            Ok((false, r))
+        }
+        AppUpdate::Definition(body) => {
+            let new = merged_definition(st, id, body, partial)?;
+            match st.apps.get(id).cloned() {
+                Some(old) => Ok((false, change_app(st, ch, old, new, force, ctx)?)),
+                None => {
+                    let (_, r) = create_app(st, ch, new, ctx)?;
+                    Ok((true, r))
+                }
+            }
+        }
+    }
+}
+
+/// `PUT /v2/apps` with an array: every app changed in one deployment.
+pub fn put_apps(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    bodies: Vec<Value>,
+    partial: bool,
+    force: bool,
+    ctx: &RequestCtx,
+) -> ApiResult<DeploymentRef> {
+    let mut news = Vec::new();
+    let mut errs = berth_core::error::ValidationErrors::new();
+    for (i, body) in bodies.into_iter().enumerate() {
+        let Value::Object(map) = body else {
+            errs.add(format!("({i})"), "expected a JSON object");
+            continue;
+        };
+        let Some(id) = map.get("id").and_then(Value::as_str).map(path::normalize) else {
+            errs.add(format!("({i})/id"), "every app in a bulk update needs an id");
+            continue;
+        };
+        match merged_definition(st, &id, map, partial) {
+            Ok(app) => news.push(app),
+            Err(ApiError::Invalid(e)) => errs.extend_prefixed(&format!("({i})"), e),
+            Err(other) => return Err(other),
+        }
+    }
+    errs.into_result()?;
+    let ids: Vec<String> = news.iter().map(|a| a.id.clone()).collect();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    if unique.len() != ids.len() {
+        return Err(ApiError::invalid("/", "the same app id appears more than once"));
+    }
+    check_lock(st, ch, &ids, force)?;
+    let (now, version) = next_version();
+    let mut original = BTreeMap::new();
+    let mut target = BTreeMap::new();
+    let mut steps = Vec::new();
+    for mut app in news {
+        let old = st.apps.get(&app.id).cloned();
+        let info = match &old {
+            Some(o) if same_config(o, &app) => VersionInfo {
+                last_scaling_at: version.clone(),
+                last_config_change_at: o.version_info.clone().unwrap_or_default().last_config_change_at,
+            },
+            _ => VersionInfo { last_scaling_at: version.clone(), last_config_change_at: version.clone() },
+        };
+        let action = match &old {
+            None => ActionKind::StartApplication,
+            Some(o) if same_config(o, &app) => ActionKind::ScaleApplication,
+            Some(_) => ActionKind::RestartApplication,
+        };
+        app.version = Some(version.clone());
+        app.version_info = Some(info);
+        assign_service_ports(st, &mut app);
+        steps.push(step(action, &app.id));
+        original.insert(app.id.clone(), old.map(|o| o.as_ref().clone()));
+        target.insert(app.id.clone(), Some(app.clone()));
+        save_app(st, ch, Arc::new(app), ctx);
+    }
+    Ok(start_deployment(st, ch, &version, now, steps, original, target))
+}
+
+/// Marks every live task of `app_id` to be killed.
+fn kill_all_tasks(st: &mut Cluster, ch: &mut Changes, app_id: &str) {
+    let ids: Vec<String> = st.app_tasks(app_id).map(|t| t.id.clone()).collect();
+    for id in ids {
+        if let Some(t) = st.tasks.get_mut(&id) {
+            if t.goal != TaskGoal::Killed {
+                t.goal = TaskGoal::Killed;
+                st.save_task(&id, ch);
+            }
+        }
+    }
+}
+
+/// Removes an app's record and everything keyed by it (its tasks are killed separately).
+fn forget_app(st: &mut Cluster, ch: &mut Changes, app_id: &str) {
+    st.apps.remove(app_id);
+    ch.delete(format!("{K_APPS}{app_id}"));
+    if let Some(versions) = st.versions.remove(app_id) {
+        for v in versions.keys() {
+            ch.delete(version_key(app_id, v));
+        }
+    }
+    if st.delays.remove(app_id).is_some() {
+        ch.delete(format!("{K_DELAYS}{app_id}"));
+    }
+    if st.last_failures.remove(app_id).is_some() {
+        ch.delete(format!("{K_FAILURES}{app_id}"));
+    }
+    st.unplaced.remove(app_id);
+    ch.event(Event::new("app_terminated_event", json!({"appId": app_id})));
+}
+
+/// `DELETE /v2/apps/{id}`.
+pub fn delete_app(st: &mut Cluster, ch: &mut Changes, id: &str, force: bool) -> ApiResult<DeploymentRef> {
+    let old = st.apps.get(id).cloned().ok_or_else(|| ApiError::app_not_found(id))?;
+    check_lock(st, ch, &[id.to_string()], force)?;
+    let (now, version) = next_version();
+    kill_all_tasks(st, ch, id);
+    forget_app(st, ch, id);
+    Ok(start_deployment(
+        st,
+        ch,
+        &version,
+        now,
+        vec![step(ActionKind::StopApplication, id)],
+        BTreeMap::from([(id.to_string(), Some(old.as_ref().clone()))]),
+        BTreeMap::from([(id.to_string(), None)]),
+    ))
+}
+
+/// `POST /v2/apps/{id}/restart`: a new config version, so every task is replaced.
+pub fn restart_app(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    id: &str,
+    force: bool,
+    ctx: &RequestCtx,
+) -> ApiResult<DeploymentRef> {
+    let old = st.apps.get(id).cloned().ok_or_else(|| ApiError::app_not_found(id))?;
+    check_lock(st, ch, &[id.to_string()], force)?;
+    let (now, version) = next_version();
+    let mut new = old.as_ref().clone();
+    new.version = Some(version.clone());
+    new.version_info = Some(VersionInfo { last_scaling_at: version.clone(), last_config_change_at: version.clone() });
+    let new = Arc::new(new);
+    let r = start_deployment(
+        st,
+        ch,
+        &version,
+        now,
+        vec![step(ActionKind::RestartApplication, id)],
+        BTreeMap::from([(id.to_string(), Some(old.as_ref().clone()))]),
+        BTreeMap::from([(id.to_string(), Some(new.as_ref().clone()))]),
+    );
+    save_app(st, ch, new, ctx);
+    Ok(r)
+}
+
+/// What killing tasks produced: the tasks, or (with `scale`) the scaling deployment.
+pub struct KillResult {
+    pub tasks: Vec<Task>,
+    pub deployment: Option<DeploymentRef>,
+}
+
+/// Kills tasks by id; with `scale` the apps' instance counts shrink accordingly.
+/// `wipe` is accepted for compatibility (Berth keeps no resident reservations).
+pub fn kill_tasks(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    task_ids: &[String],
+    scale: bool,
+    force: bool,
+    ctx: &RequestCtx,
+) -> ApiResult<KillResult> {
+    let mut per_app: BTreeMap<String, usize> = BTreeMap::new();
+    let mut found = Vec::new();
+    for id in task_ids {
+        if let Some(t) = st.tasks.get(id) {
+            if t.goal == TaskGoal::Running && !found.contains(id) {
+                *per_app.entry(t.app_id.clone()).or_default() += 1;
+                found.push(id.clone());
+            }
+        }
+    }
+    let apps: Vec<String> = per_app.keys().cloned().collect();
+    if scale {
+        check_lock(st, ch, &apps, force)?;
+    }
+    let mut killed = Vec::new();
+    for id in &found {
+        if let Some(t) = st.tasks.get_mut(id) {
+            t.goal = TaskGoal::Killed;
+            killed.push(t.clone());
+            st.save_task(id, ch);
+        }
+    }
+    st.count("tasks_killed_by_api", killed.len() as u64);
+    let mut deployment = None;
+    if scale && !per_app.is_empty() {
+        let (now, version) = next_version();
+        let mut original = BTreeMap::new();
+        let mut target = BTreeMap::new();
+        let mut steps = Vec::new();
+        for (app_id, n) in per_app {
+            let Some(old) = st.apps.get(&app_id).cloned() else { continue };
+            let mut new = old.as_ref().clone();
+            new.instances = (new.instances - n as i64).max(0);
+            new.version = Some(version.clone());
+            new.version_info = Some(VersionInfo {
+                last_scaling_at: version.clone(),
+                last_config_change_at: old.config_version().to_string(),
+            });
+            steps.push(step(ActionKind::ScaleApplication, &app_id));
+            original.insert(app_id.clone(), Some(old.as_ref().clone()));
+            target.insert(app_id.clone(), Some(new.clone()));
+            save_app(st, ch, Arc::new(new), ctx);
+        }
+        deployment = Some(start_deployment(st, ch, &version, now, steps, original, target));
+    }
+    Ok(KillResult { tasks: killed, deployment })
+}
+
+/// All app ids within a group (recursively).
+pub fn apps_in_group(st: &Cluster, group: &str) -> Vec<String> {
+    st.apps.keys().filter(|id| path::is_within(&path::parent(id), group) || *id == group).cloned().collect()
+}
+
+/// True when the group exists explicitly or is implied by an app below it.
+pub fn group_exists(st: &Cluster, group: &str) -> bool {
+    group == "/"
+        || st.groups.contains(group)
+        || st.groups.iter().any(|g| path::is_within(g, group))
+        || st.apps.keys().any(|a| path::is_within(&path::parent(a), group))
+}
+
+/// Collects the apps of a group JSON (`{"id", "apps": [..], "groups": [..]}`), resolving
+/// relative ids against the enclosing group. Errors carry the JSON path.
+pub fn collect_group_apps(
+    group_id: &str,
+    body: &Value,
+    at: &str,
+    apps: &mut Vec<AppDefinition>,
+    groups: &mut Vec<String>,
+    errs: &mut berth_core::error::ValidationErrors,
+) {
+    groups.push(group_id.to_string());
+    if let Some(list) = body.get("apps") {
+        let Some(list) = list.as_array() else {
+            errs.add(format!("{at}/apps"), "must be an array");
+            return;
+        };
+        for (i, a) in list.iter().enumerate() {
+            let mut a = a.clone();
+            if let Some(id) = a.get("id").and_then(Value::as_str) {
+                let abs = if id.starts_with('/') { path::normalize(id) } else { path::normalize(&format!("{group_id}/{id}")) };
+                a["id"] = Value::String(abs);
+            }
+            match validate::app_from_json(a) {
+                Ok(app) => apps.push(app),
+                Err(e) => errs.extend_prefixed(&format!("{at}/apps({i})"), e),
+            }
+        }
+    }
+    if let Some(list) = body.get("groups") {
+        let Some(list) = list.as_array() else {
+            errs.add(format!("{at}/groups"), "must be an array");
+            return;
+        };
+        for (i, g) in list.iter().enumerate() {
+            let Some(id) = g.get("id").and_then(Value::as_str) else {
+                errs.add(format!("{at}/groups({i})/id"), "a group needs an id");
+                continue;
+            };
+            let abs = if id.starts_with('/') { path::normalize(id) } else { path::normalize(&format!("{group_id}/{id}")) };
+            collect_group_apps(&abs, g, &format!("{at}/groups({i})"), apps, groups, errs);
+        }
+    }
+}
+
+/// `POST /v2/groups`: creates a group with its apps and subgroups in one deployment.
+pub fn create_group(st: &mut Cluster, ch: &mut Changes, body: Value, ctx: &RequestCtx) -> ApiResult<DeploymentRef> {
+    if !body.is_object() {
+        return Err(ApiError::invalid("/", "expected a JSON object"));
+    }
+    let Some(id) = body.get("id").and_then(Value::as_str).map(path::normalize) else {
+        return Err(ApiError::invalid("/id", "a group needs an id"));
+    };
+    if let Err(e) = path::check_id(&id) {
+        return Err(ApiError::invalid("/id", e));
+    }
+    if group_exists(st, &id) || st.apps.contains_key(&id) {
+        return Err(ApiError::Conflict { message: format!("Group {id} is already created. Use PUT to change this group."), deployments: vec![] });
+    }
+    let mut apps = Vec::new();
+    let mut groups = Vec::new();
+    let mut errs = berth_core::error::ValidationErrors::new();
+    collect_group_apps(&id, &body, "", &mut apps, &mut groups, &mut errs);
+    errs.into_result()?;
+    for a in &apps {
+        if st.apps.contains_key(&a.id) {
+            return Err(ApiError::Conflict { message: format!("An app with id [{}] already exists.", a.id), deployments: vec![] });
+        }
+    }
+    let (now, version) = next_version();
+    for g in &groups {
+        st.groups.insert(g.clone());
+        ch.put(format!("{K_GROUPS}{g}"), &json!({"id": g, "version": version}));
+    }
+    let mut original = BTreeMap::new();
+    let mut target = BTreeMap::new();
+    let mut actions = Vec::new();
+    for app in apps {
+        let app = stamp_new(st, app, &version);
+        actions.push(DeploymentAction { action: ActionKind::StartApplication, app: app.id.clone() });
+        original.insert(app.id.clone(), None);
+        target.insert(app.id.clone(), Some(app.clone()));
+        save_app(st, ch, Arc::new(app), ctx);
+    }
+    let steps = if actions.is_empty() { vec![] } else { vec![DeploymentStep { actions }] };
+    Ok(start_deployment(st, ch, &version, now, steps, original, target))
+}
+
+/// `DELETE /v2/groups/{id}`: removes the group, its subgroups and all their apps.
+pub fn delete_group(st: &mut Cluster, ch: &mut Changes, id: &str, force: bool) -> ApiResult<DeploymentRef> {
+    if !group_exists(st, id) {
+        return Err(ApiError::NotFound(format!("Group '{id}' does not exist")));
+    }
+    let apps = apps_in_group(st, id);
+    check_lock(st, ch, &apps, force)?;
+    let (now, version) = next_version();
+    let mut original = BTreeMap::new();
+    let mut target = BTreeMap::new();
+    let mut actions = Vec::new();
+    for app_id in &apps {
+        if let Some(old) = st.apps.get(app_id).cloned() {
+            kill_all_tasks(st, ch, app_id);
+            forget_app(st, ch, app_id);
+            actions.push(DeploymentAction { action: ActionKind::StopApplication, app: app_id.clone() });
+            original.insert(app_id.clone(), Some(old.as_ref().clone()));
+            target.insert(app_id.clone(), None);
+        }
+    }
+    let groups: Vec<String> = st.groups.iter().filter(|g| path::is_within(g, id)).cloned().collect();
+    for g in groups {
+        st.groups.remove(&g);
+        ch.delete(format!("{K_GROUPS}{g}"));
+    }
+    let steps = if actions.is_empty() { vec![] } else { vec![DeploymentStep { actions }] };
+    Ok(start_deployment(st, ch, &version, now, steps, original, target))
+}
+
+/// `PUT /v2/groups/{id}` with `{"scaleBy": f}`: every app's instances times f (rounded up).
+pub fn scale_group(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    id: &str,
+    factor: f64,
+    force: bool,
+    ctx: &RequestCtx,
+) -> ApiResult<DeploymentRef> {
+    if !factor.is_finite() || factor < 0.0 {
+        return Err(ApiError::invalid("/scaleBy", "scaleBy must be a non-negative number"));
+    }
+    if !group_exists(st, id) {
+        return Err(ApiError::NotFound(format!("Group '{id}' does not exist")));
+    }
+    let apps = apps_in_group(st, id);
+    for a in &apps {
+        if let Some(app) = st.apps.get(a) {
+            let n = (app.instances as f64 * factor).ceil();
+            if n > 1_000_000.0 {
+                return Err(ApiError::invalid("/scaleBy", format!("scaling {a} to {n} instances exceeds the limit of 1000000")));
+            }
+        }
+    }
+    check_lock(st, ch, &apps, force)?;
+    let (now, version) = next_version();
+    let mut original = BTreeMap::new();
+    let mut target = BTreeMap::new();
+    let mut actions = Vec::new();
+    for app_id in apps {
+        let Some(old) = st.apps.get(&app_id).cloned() else { continue };
+        let mut new = old.as_ref().clone();
+        new.instances = (old.instances as f64 * factor).ceil() as i64;
+        new.version = Some(version.clone());
+        new.version_info = Some(VersionInfo {
+            last_scaling_at: version.clone(),
+            last_config_change_at: old.config_version().to_string(),
+        });
+        actions.push(DeploymentAction { action: ActionKind::ScaleApplication, app: app_id.clone() });
+        original.insert(app_id.clone(), Some(old.as_ref().clone()));
+        target.insert(app_id.clone(), Some(new.clone()));
+        save_app(st, ch, Arc::new(new), ctx);
+    }
+    let steps = if actions.is_empty() { vec![] } else { vec![DeploymentStep { actions }] };
+    Ok(start_deployment(st, ch, &version, now, steps, original, target))
+}
+
+/// `DELETE /v2/deployments/{id}`: with `force` just forget it; without, roll the affected
+/// apps back to their original definitions in a new deployment.
+pub fn cancel_deployment(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    id: &str,
+    force: bool,
+    ctx: &RequestCtx,
+) -> ApiResult<Option<DeploymentRef>> {
+    let Some(d) = st.deployments.get(id).cloned() else {
+        return Err(ApiError::NotFound(format!("DeploymentPlan {id} does not exist")));
+    };
+    st.deployments.remove(id);
+    ch.delete(format!("{K_DEPLOYMENTS}{id}"));
+    ch.event(Event::new("deployment_failed", json!({"id": d.id, "plan": d.plan_json()})));
+    if force {
+        return Ok(None);
+    }
+    let (now, version) = next_version();
+    let mut original = BTreeMap::new();
+    let mut target = BTreeMap::new();
+    let mut actions = Vec::new();
+    for (app_id, before) in &d.original {
+        let current = st.apps.get(app_id).cloned();
+        original.insert(app_id.clone(), current.as_ref().map(|a| a.as_ref().clone()));
+        match before {
+            Some(def) => {
+                let mut restored = def.clone();
+                let config_same = current.as_ref().map(|c| same_config(c, def)).unwrap_or(false);
+                restored.version = Some(version.clone());
+                restored.version_info = Some(VersionInfo {
+                    last_scaling_at: version.clone(),
+                    last_config_change_at: if config_same {
+                        current.as_ref().map(|c| c.config_version().to_string()).unwrap_or_default()
+                    } else {
+                        def.config_version().to_string()
+                    },
+                });
+                let action = if current.is_none() {
+                    ActionKind::StartApplication
+                } else if config_same {
+                    ActionKind::ScaleApplication
+                } else {
+                    ActionKind::RestartApplication
+                };
+                actions.push(DeploymentAction { action, app: app_id.clone() });
+                target.insert(app_id.clone(), Some(restored.clone()));
+                save_app(st, ch, Arc::new(restored), ctx);
+            }
+            None => {
+                if current.is_some() {
+                    kill_all_tasks(st, ch, app_id);
+                    forget_app(st, ch, app_id);
+                }
+                actions.push(DeploymentAction { action: ActionKind::StopApplication, app: app_id.clone() });
+                target.insert(app_id.clone(), None);
+            }
+        }
+    }
+    let steps = if actions.is_empty() { vec![] } else { vec![DeploymentStep { actions }] };
+    let r = start_deployment(st, ch, &version, now, steps, original, target);
+    if let Some(nd) = st.deployments.get_mut(&r.deployment_id) {
+        nd.rollback_of = Some(id.to_string());
+        ch.put(format!("{K_DEPLOYMENTS}{}", nd.id), &*nd);
+    }
+    Ok(Some(r))
+}
+
+/// `DELETE /v2/queue/{id}/delay`.
+pub fn reset_delay(st: &mut Cluster, ch: &mut Changes, id: &str) -> ApiResult<()> {
+    if !st.apps.contains_key(id) {
+        return Err(ApiError::app_not_found(id));
+    }
+    if st.delays.remove(id).is_some() {
+        ch.delete(format!("{K_DELAYS}{id}"));
+    }
+    Ok(())
+}

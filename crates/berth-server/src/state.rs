@@ -1,0 +1,369 @@
+//! The control plane's state: an in-memory model of every app, task, node and deployment,
+//! written through to the durable store.
+//!
+//! Mutations happen under one short, synchronous lock: validate, change memory, record the
+//! store ops in a [`Changes`]. The ops are queued for the store *while the lock is held*, so
+//! the store sees writes in the same order memory did; the caller then awaits the fsync before
+//! acknowledging. Tasks become visible to agents only once their creation is durable, so a
+//! server crash can never leave an agent running a task the server has forgotten.
+
+use berth_core::app::AppDefinition;
+use berth_core::deployment::Deployment;
+use berth_core::event::Event;
+use berth_core::node::Node;
+use berth_core::task::Task;
+use berth_scheduler::{Scheduler, SchedNode, TaskFootprint};
+use berth_store::{Op, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub const K_APPS: &str = "/berth/apps/";
+pub const K_VERSIONS: &str = "/berth/versions/";
+pub const K_TASKS: &str = "/berth/tasks/";
+pub const K_NODES: &str = "/berth/nodes/";
+pub const K_DEPLOYMENTS: &str = "/berth/deployments/";
+pub const K_GROUPS: &str = "/berth/groups/";
+pub const K_FAILURES: &str = "/berth/failures/";
+pub const K_DELAYS: &str = "/berth/delays/";
+
+/// How many versions of an app are kept (Marathon's default `zk_max_versions` is 50).
+pub const MAX_VERSIONS: usize = 50;
+
+pub fn version_key(app_id: &str, version: &str) -> String {
+    format!("{K_VERSIONS}{app_id}|{version}")
+}
+
+/// Launch back-off after failures (`backoffSeconds * backoffFactor^n`, capped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchDelay {
+    pub failures: u32,
+    /// Epoch ms before which no new task of the app is launched.
+    pub until: i64,
+    /// The app version the failures belong to: a new version resets the delay.
+    pub version: String,
+}
+
+/// Why an app's instances could not all be placed, as of the last attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnplacedInfo {
+    pub count: usize,
+    pub since: i64,
+    pub last_attempt: i64,
+    pub nodes_total: usize,
+    pub reasons: BTreeMap<String, usize>,
+    pub summary: String,
+}
+
+/// The store ops and side effects produced by one mutation.
+#[derive(Default)]
+pub struct Changes {
+    pub ops: Vec<Op>,
+    pub events: Vec<Event>,
+    /// Tasks created by this mutation: published to agents once durable.
+    pub new_tasks: Vec<String>,
+    /// Nodes whose assignment set changed.
+    pub nodes: BTreeSet<String>,
+}
+
+impl Changes {
+    pub fn put<T: Serialize>(&mut self, key: String, value: &T) {
+        match serde_json::to_vec(value) {
+            Ok(bytes) => self.ops.push(Op::Put { key, value: bytes }),
+            // Serialising our own types cannot fail (no maps with non-string keys).
+            Err(e) => tracing::error!(%key, error = %e, "failed to encode value"),
+        }
+    }
+
+    pub fn delete(&mut self, key: String) {
+        self.ops.push(Op::Delete { key });
+    }
+
+    pub fn event(&mut self, e: Event) {
+        self.events.push(e);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.events.is_empty() && self.nodes.is_empty()
+    }
+}
+
+/// A batch of ops for the persister, with the channel that reports its fsync.
+pub struct PersistRequest {
+    pub ops: Vec<Op>,
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Writes queued op batches in order, coalescing everything pending into one transaction
+/// (and so one fsync): thousands of task updates a second cost a handful of commits.
+pub async fn run_persister(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<PersistRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<Op> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.ops)).collect();
+        let result = if ops.is_empty() {
+            Ok(())
+        } else {
+            store
+                .txn(berth_store::Txn { compares: vec![], success: ops, failure: vec![] })
+                .await
+                .map(|_| ())
+                .map_err(|e: StoreError| e.to_string())
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "store write failed");
+        }
+        for r in batch {
+            let _ = r.done.send(result.clone());
+        }
+    }
+}
+
+/// Decodes a stored record; a record that no longer decodes is logged and skipped.
+fn decode_as<T: serde::de::DeserializeOwned>(key: &str, v: Value) -> Result<T, ()> {
+    serde_json::from_value(v).map_err(|e| tracing::error!(key, error = %e, "skipping undecodable record"))
+}
+
+pub struct Cluster {
+    pub apps: BTreeMap<String, Arc<AppDefinition>>,
+    pub versions: HashMap<String, BTreeMap<String, Arc<AppDefinition>>>,
+    pub tasks: HashMap<String, Task>,
+    pub tasks_by_app: HashMap<String, BTreeSet<String>>,
+    pub tasks_by_node: HashMap<String, BTreeSet<String>>,
+    pub nodes: BTreeMap<String, Node>,
+    pub deployments: BTreeMap<String, Deployment>,
+    /// Groups created explicitly (groups that only contain apps are implied by app ids).
+    pub groups: BTreeSet<String>,
+    pub last_failures: HashMap<String, Value>,
+    pub delays: HashMap<String, LaunchDelay>,
+    pub unplaced: HashMap<String, UnplacedInfo>,
+    /// Tasks whose creation is not yet durable: hidden from agents.
+    pub uncommitted: HashSet<String>,
+    pub node_gens: HashMap<String, watch::Sender<u64>>,
+    pub scheduler: Scheduler,
+    /// Count of launches, kills, failures since start (for /metrics).
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+impl Cluster {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            apps: BTreeMap::new(),
+            versions: HashMap::new(),
+            tasks: HashMap::new(),
+            tasks_by_app: HashMap::new(),
+            tasks_by_node: HashMap::new(),
+            nodes: BTreeMap::new(),
+            deployments: BTreeMap::new(),
+            groups: BTreeSet::new(),
+            last_failures: HashMap::new(),
+            delays: HashMap::new(),
+            unplaced: HashMap::new(),
+            uncommitted: HashSet::new(),
+            node_gens: HashMap::new(),
+            scheduler: Scheduler::new(seed),
+            counters: BTreeMap::new(),
+        }
+    }
+
+    pub fn count(&mut self, name: &'static str, n: u64) {
+        *self.counters.entry(name).or_default() += n;
+    }
+
+    /// Loads everything from the store (at start-up, or after a failed write).
+    pub async fn load(store: &dyn Store, seed: u64) -> Result<Self, StoreError> {
+        let mut c = Self::new(seed);
+        let (kvs, _rev) = store.range("/berth/").await?;
+        let mut tasks = Vec::new();
+        for kv in kvs {
+            let key = kv.key.as_str();
+            let decode = |what: &str| -> Option<Value> {
+                match serde_json::from_slice::<Value>(&kv.value) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        tracing::error!(key, what, error = %e, "skipping undecodable record");
+                        None
+                    }
+                }
+            };
+            let Some(v) = decode("record") else { continue };
+            if let Some(id) = key.strip_prefix(K_APPS) {
+                if let Ok(app) = decode_as(key, v) {
+                    c.apps.insert(id.to_string(), Arc::new(app));
+                }
+            } else if let Some(rest) = key.strip_prefix(K_VERSIONS) {
+                if let (Some((id, ver)), Ok(app)) = (rest.rsplit_once('|'), decode_as(key, v)) {
+                    c.versions.entry(id.to_string()).or_default().insert(ver.to_string(), Arc::new(app));
+                }
+            } else if key.starts_with(K_TASKS) {
+                if let Ok(t) = decode_as(key, v) {
+                    tasks.push(t);
+                }
+            } else if let Some(id) = key.strip_prefix(K_NODES) {
+                if let Ok(n) = decode_as(key, v) {
+                    c.nodes.insert(id.to_string(), n);
+                }
+            } else if let Some(id) = key.strip_prefix(K_DEPLOYMENTS) {
+                if let Ok(d) = decode_as(key, v) {
+                    c.deployments.insert(id.to_string(), d);
+                }
+            } else if let Some(id) = key.strip_prefix(K_GROUPS) {
+                c.groups.insert(id.to_string());
+            } else if let Some(id) = key.strip_prefix(K_FAILURES) {
+                c.last_failures.insert(id.to_string(), v);
+            } else if let Some(id) = key.strip_prefix(K_DELAYS) {
+                if let Ok(d) = decode_as(key, v) {
+                    c.delays.insert(id.to_string(), d);
+                }
+            }
+        }
+        // Heartbeats are not persisted: every node gets a full timeout to report after a
+        // server restart before it is declared unreachable.
+        let now = berth_core::time::now_millis();
+        for n in c.nodes.values_mut() {
+            n.last_heartbeat = now;
+        }
+        let node_ids: Vec<String> = c.nodes.keys().cloned().collect();
+        for id in node_ids {
+            c.sync_sched_node(&id);
+        }
+        for t in tasks {
+            c.index_task(t);
+        }
+        Ok(c)
+    }
+
+    /// Pushes a node's current facts into the scheduler.
+    pub fn sync_sched_node(&mut self, node_id: &str) {
+        let Some(n) = self.nodes.get(node_id) else {
+            self.scheduler.remove_node(node_id);
+            return;
+        };
+        let cores = n.info.resources.cpus.floor().max(0.0) as u32;
+        self.scheduler.upsert_node(SchedNode {
+            id: n.info.id.clone(),
+            hostname: n.info.hostname.clone(),
+            attributes: n.info.attributes.clone(),
+            allocatable: n.info.allocatable(),
+            port_ranges: n.info.port_ranges.clone(),
+            drivers: n.info.drivers.clone(),
+            schedulable: n.schedulable(),
+            cores,
+        });
+    }
+
+    fn index_task(&mut self, t: Task) {
+        self.tasks_by_app.entry(t.app_id.clone()).or_default().insert(t.id.clone());
+        self.tasks_by_node.entry(t.node_id.clone()).or_default().insert(t.id.clone());
+        self.scheduler.add_task(TaskFootprint {
+            task_id: t.id.clone(),
+            app_id: t.app_id.clone(),
+            node_id: t.node_id.clone(),
+            resources: t.resources,
+            ports: t.ports.clone(),
+            cpuset: t.cpuset.clone(),
+        });
+        self.tasks.insert(t.id.clone(), t);
+    }
+
+    /// Adds a new task (already placed by the scheduler) and records its creation.
+    pub fn insert_new_task(&mut self, t: Task, ch: &mut Changes) {
+        ch.put(format!("{K_TASKS}{}", t.id), &t);
+        ch.new_tasks.push(t.id.clone());
+        ch.nodes.insert(t.node_id.clone());
+        self.uncommitted.insert(t.id.clone());
+        self.tasks_by_app.entry(t.app_id.clone()).or_default().insert(t.id.clone());
+        self.tasks_by_node.entry(t.node_id.clone()).or_default().insert(t.id.clone());
+        self.tasks.insert(t.id.clone(), t);
+    }
+
+    /// Persists a changed task (goal or state).
+    pub fn save_task(&self, task_id: &str, ch: &mut Changes) {
+        if let Some(t) = self.tasks.get(task_id) {
+            ch.put(format!("{K_TASKS}{task_id}"), t);
+            ch.nodes.insert(t.node_id.clone());
+        }
+    }
+
+    /// Removes a task for good (terminal, or expunged), freeing its resources.
+    pub fn remove_task(&mut self, task_id: &str, ch: &mut Changes) -> Option<Task> {
+        let t = self.tasks.remove(task_id)?;
+        if let Some(set) = self.tasks_by_app.get_mut(&t.app_id) {
+            set.remove(task_id);
+            if set.is_empty() {
+                self.tasks_by_app.remove(&t.app_id);
+            }
+        }
+        if let Some(set) = self.tasks_by_node.get_mut(&t.node_id) {
+            set.remove(task_id);
+        }
+        self.uncommitted.remove(task_id);
+        self.scheduler.remove_task(task_id);
+        ch.delete(format!("{K_TASKS}{task_id}"));
+        ch.nodes.insert(t.node_id.clone());
+        Some(t)
+    }
+
+    pub fn app_tasks(&self, app_id: &str) -> impl Iterator<Item = &Task> {
+        self.tasks_by_app
+            .get(app_id)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    /// Ids of the active deployments that affect an app.
+    pub fn deployments_of(&self, app_id: &str) -> Vec<String> {
+        self.deployments
+            .values()
+            .filter(|d| d.affected_apps.iter().any(|a| a == app_id))
+            .map(|d| d.id.clone())
+            .collect()
+    }
+
+    /// Records a new app version (and drops the oldest beyond [`MAX_VERSIONS`]).
+    pub fn store_version(&mut self, app: &Arc<AppDefinition>, ch: &mut Changes) {
+        let Some(version) = app.version.clone() else { return };
+        ch.put(version_key(&app.id, &version), app.as_ref());
+        let versions = self.versions.entry(app.id.clone()).or_default();
+        versions.insert(version, app.clone());
+        while versions.len() > MAX_VERSIONS {
+            let Some(oldest) = versions.keys().next().cloned() else { break };
+            versions.remove(&oldest);
+            ch.delete(version_key(&app.id, &oldest));
+        }
+    }
+
+    /// The definition a task was launched from (falls back to the current one).
+    pub fn app_at(&self, app_id: &str, version: &str) -> Option<Arc<AppDefinition>> {
+        self.versions
+            .get(app_id)
+            .and_then(|v| v.get(version))
+            .cloned()
+            .or_else(|| self.apps.get(app_id).cloned())
+    }
+
+    /// The generation channel of a node, created on first use.
+    pub fn node_gen(&mut self, node_id: &str) -> watch::Sender<u64> {
+        self.node_gens.entry(node_id.to_string()).or_insert_with(|| watch::channel(1).0).clone()
+    }
+
+    /// After a mutation is durable: expose its new tasks and wake the affected agents.
+    pub fn committed(&mut self, new_tasks: &[String], nodes: &BTreeSet<String>) {
+        for id in new_tasks {
+            self.uncommitted.remove(id);
+        }
+        for n in nodes {
+            let tx = self.node_gen(n);
+            tx.send_modify(|g| *g += 1);
+        }
+    }
+}
