@@ -6,6 +6,25 @@
 //! prefix watches that resume from a revision without gaps or duplicates. The
 //! embedded backend, [`RedbStore`], keeps everything in one redb file and batches
 //! concurrent transactions into one fsync'd commit (group commit).
+//!
+//! ```
+//! use berth_store::{Compare, Op, RedbStore, Store, StoreExt, Txn};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), berth_store::StoreError> {
+//! # let dir = tempfile::tempdir().map_err(|e| berth_store::StoreError::Backend(e.to_string()))?;
+//! let store = RedbStore::open(dir.path())?;
+//! let (_, at) = store.range("apps/").await?;          // snapshot + its revision
+//! let mut watch = store.watch("apps/", at).await?;    // everything after it
+//! let rev = store.put("apps/web", "v1").await?;
+//! // Compare-and-swap: only update if nobody changed it since `rev`.
+//! let r = store
+//!     .txn(Txn::new().when(Compare::mod_revision("apps/web", rev)).then(Op::put("apps/web", "v2")))
+//!     .await?;
+//! assert!(r.succeeded);
+//! assert_eq!(watch.next().await.transpose()?.map(|e| e.revision()), Some(rev));
+//! # Ok(())
+//! # }
+//! ```
 
 mod codec;
 mod error;

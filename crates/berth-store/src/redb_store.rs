@@ -312,7 +312,10 @@ pub(crate) fn read_log(
     let mut events = Vec::new();
     let mut through = after;
     let mut seen = 0usize;
-    for item in log.range((after + 1)..).map_err(StoreError::backend)? {
+    for item in log
+        .range(after.saturating_add(1)..)
+        .map_err(StoreError::backend)?
+    {
         let (k, v) = item.map_err(StoreError::backend)?;
         through = k.value();
         codec::decode_events(through, v.value(), prefix, &mut events)?;

@@ -162,7 +162,7 @@ async fn run(
             Ok(batch) if batch.last <= delivered => Ok(()),
             // A hole between what we delivered and this batch cannot happen without a
             // Lagged first, but the log is the source of truth if it ever does.
-            Ok(batch) if batch.first > delivered + 1 => {
+            Ok(batch) if batch.first > delivered.saturating_add(1) => {
                 catch_up(&shared, &prefix, &mut delivered, &tx).await
             }
             Ok(batch) => {
