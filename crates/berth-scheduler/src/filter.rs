@@ -2,7 +2,7 @@
 //! the scan that feeds feasible nodes to scoring.
 
 use crate::fxhash::FxMap;
-use crate::model::{AppState, Cluster, HOSTNAME_FIELD, Interner, NodeState, req_milli};
+use crate::model::{AppState, Cluster, HOSTNAME_FIELD, Interner, NodeHot, req_milli};
 use crate::{PlacementRequest, Unplaced, score};
 use berth_core::{Constraint, ConstraintOp};
 use regex::Regex;
@@ -260,43 +260,50 @@ impl<'a> Prepared<'a> {
 
     /// Every filter but GROUP_BY, cheapest first. O(constraints + ports), never O(tasks).
     #[inline]
-    fn check_base(&self, values: &Interner, n: &NodeState) -> Result<(), Reject> {
-        if !n.info.schedulable {
+    fn check_base(&self, c: &Cluster, h: &NodeHot) -> Result<(), Reject> {
+        if !h.schedulable {
             return Err(Reject::NotSchedulable);
         }
         match self.driver {
             Driver::Any => {}
-            Driver::Id(d) if n.drivers.contains(&d) => {}
+            Driver::Id(d) if d < 64 && h.drivers & (1 << d) != 0 => {}
+            Driver::Id(d)
+                if d >= 64
+                    && h.drivers_spill
+                    && c.node(h.slot).is_some_and(|n| n.drivers.contains(&d)) => {}
             _ => return Err(Reject::Driver),
         }
-        if n.cpu_in_use().saturating_add(self.cpu) > n.cap_cpu {
+        if h.cpu_used.saturating_add(self.cpu) > h.cap_cpu {
             return Err(Reject::Cpus);
         }
-        if n.used_mem.saturating_add(self.mem) > n.cap_mem {
+        if h.mem_used.saturating_add(self.mem) > h.cap_mem {
             return Err(Reject::Mem);
         }
-        if n.used_disk.saturating_add(self.disk) > n.cap_disk {
+        if h.disk_used.saturating_add(self.disk) > h.cap_disk {
             return Err(Reject::Disk);
         }
         if self.dup_ports {
             return Err(Reject::DuplicatePorts);
         }
-        for (i, &p) in self.exact_ports.iter().enumerate() {
-            if !n.port_in_range(p) || n.port_used(p) {
-                return Err(Reject::HostPort(i));
+        if !self.exact_ports.is_empty() {
+            let Some(n) = c.node(h.slot) else {
+                return Err(Reject::HostPort(0));
+            };
+            for (i, &p) in self.exact_ports.iter().enumerate() {
+                if !n.port_in_range(p) || n.port_used(p) {
+                    return Err(Reject::HostPort(i));
+                }
             }
         }
         // Exact ports passed, so they are all free and inside the ranges.
-        if self.dyn_ports > 0
-            && n.free_range_ports() < self.dyn_ports + self.exact_ports.len() as u32
-        {
+        if self.dyn_ports > 0 && h.free_ports < self.dyn_ports + self.exact_ports.len() as u32 {
             return Err(Reject::NoFreePorts);
         }
-        if self.pinned > n.free_cores() {
+        if self.pinned > h.free_cores {
             return Err(Reject::Cores);
         }
         for (i, ch) in self.checks.iter().enumerate() {
-            if !self.passes(values, ch, n, u32::MAX) {
+            if !self.passes(c, ch, h, u32::MAX) {
                 return Err(Reject::Constraint(i));
             }
         }
@@ -304,8 +311,15 @@ impl<'a> Prepared<'a> {
     }
 
     #[inline]
-    fn passes(&self, values: &Interner, ch: &Check<'_>, n: &NodeState, threshold: u32) -> bool {
-        let val = ch.field.and_then(|f| n.value_of(f));
+    fn value(c: &Cluster, ch: &Check<'_>, h: &NodeHot) -> Option<u32> {
+        let f = ch.field?;
+        h.value_of(f, || c.node(h.slot).and_then(|n| n.value_of(f)))
+    }
+
+    #[inline]
+    fn passes(&self, c: &Cluster, ch: &Check<'_>, h: &NodeHot, threshold: u32) -> bool {
+        let values: &Interner = &c.values;
+        let val = Self::value(c, ch, h);
         if let Kind::Unlike(re) = ch.kind {
             return val.is_none_or(|v| !re.matches(values, v));
         }
@@ -318,17 +332,17 @@ impl<'a> Prepared<'a> {
             Kind::Same => ch.counts.is_none_or(|m| m.is_empty() || m.contains_key(&v)),
             Kind::Like(re) => re.matches(values, v),
             Kind::Unlike(_) => true, // handled above
+            // The base check passes u32::MAX: there GROUP_BY only requires the field.
             Kind::MaxPer(k) => ch.count(v) < k,
-            // In the base check GROUP_BY only requires the field; the level is checked apart.
             Kind::GroupBy => ch.count(v) <= threshold,
         }
     }
 
-    /// The app's count on the node's value for GROUP_BY check `i` (node has the field).
+    /// The app's count on the node's value for GROUP_BY check `i` (None: node lacks field).
     #[inline]
-    fn group_count(&self, i: usize, n: &NodeState) -> Option<u32> {
+    fn group_count(&self, i: usize, c: &Cluster, h: &NodeHot) -> Option<u32> {
         let ch = &self.checks[i];
-        ch.field.and_then(|f| n.value_of(f)).map(|v| ch.count(v))
+        Self::value(c, ch, h).map(|v| ch.count(v))
     }
 }
 
@@ -423,16 +437,15 @@ pub(crate) fn scan(
     let mut best: Option<(f64, u32)> = None;
     let mut found = 0usize;
     let mut fallback: Option<Vec<u32>> = None;
-    for &slot in head.iter().chain(tail.iter()) {
-        let Some(n) = c.node(slot) else { continue };
-        if let Err(r) = p.check_base(&c.values, n) {
+    for h in head.iter().chain(tail.iter()) {
+        if let Err(r) = p.check_base(c, h) {
             tally.add(r);
             continue;
         }
         if p.has_group_by {
             let mut failed = None;
             for (i, &t) in thresholds.iter().enumerate() {
-                if t != u32::MAX && !p.passes(&c.values, &p.checks[i], n, t) {
+                if t != u32::MAX && !p.passes(c, &p.checks[i], h, t) {
                     failed = Some(i);
                     break;
                 }
@@ -442,7 +455,7 @@ pub(crate) fn scan(
                 let mins = fallback.get_or_insert_with(|| vec![u32::MAX; thresholds.len()]);
                 for (j, &t) in thresholds.iter().enumerate() {
                     if t != u32::MAX
-                        && let Some(cnt) = p.group_count(j, n)
+                        && let Some(cnt) = p.group_count(j, c, h)
                     {
                         mins[j] = mins[j].min(cnt);
                     }
@@ -450,9 +463,9 @@ pub(crate) fn scan(
                 continue;
             }
         }
-        let s = score::score(p, slot, n);
+        let s = score::score(p, h);
         if best.is_none_or(|(b, _)| s > b) {
-            best = Some((s, slot));
+            best = Some((s, h.slot));
         }
         found += 1;
         if found >= limit {

@@ -119,6 +119,80 @@ impl NodeState {
     }
 }
 
+/// Attributes kept inline in `NodeHot`; more spill to `NodeState::attrs`.
+const INLINE_ATTRS: usize = 6;
+
+/// The part of a node every scan reads, copied out of `NodeState` after each change and
+/// stored in scan order, so a scan walks memory sequentially instead of chasing pointers.
+#[derive(Clone)]
+pub(crate) struct NodeHot {
+    pub slot: u32,
+    pub schedulable: bool,
+    /// More than `INLINE_ATTRS` attributes: look the rest up in `NodeState`.
+    pub attrs_spill: bool,
+    /// A driver id >= 64 exists on the node: check `NodeState::drivers`.
+    pub drivers_spill: bool,
+    pub n_attrs: u8,
+    pub free_ports: u32,
+    pub free_cores: u32,
+    /// Bit d set: driver id d (< 64) available.
+    pub drivers: u64,
+    pub cap_cpu: u64,
+    pub cap_mem: u64,
+    pub cap_disk: u64,
+    /// Shared plus pinned.
+    pub cpu_used: u64,
+    pub mem_used: u64,
+    pub disk_used: u64,
+    pub attrs: [(u32, u32); INLINE_ATTRS],
+}
+
+impl NodeHot {
+    fn of(slot: u32, n: &NodeState) -> Self {
+        let mut attrs = [(u32::MAX, 0); INLINE_ATTRS];
+        for (dst, src) in attrs.iter_mut().zip(&n.attrs) {
+            *dst = *src;
+        }
+        let mut drivers = 0u64;
+        let mut drivers_spill = false;
+        for &d in &n.drivers {
+            if d < 64 {
+                drivers |= 1 << d;
+            } else {
+                drivers_spill = true;
+            }
+        }
+        NodeHot {
+            slot,
+            schedulable: n.info.schedulable,
+            attrs_spill: n.attrs.len() > INLINE_ATTRS,
+            drivers_spill,
+            n_attrs: n.attrs.len().min(INLINE_ATTRS) as u8,
+            free_ports: n.free_range_ports(),
+            free_cores: n.free_cores(),
+            drivers,
+            cap_cpu: n.cap_cpu,
+            cap_mem: n.cap_mem,
+            cap_disk: n.cap_disk,
+            cpu_used: n.cpu_in_use(),
+            mem_used: n.used_mem,
+            disk_used: n.used_disk,
+            attrs,
+        }
+    }
+
+    /// The node's value for `field`; `cold` is consulted only for spilled attributes.
+    #[inline]
+    pub(crate) fn value_of(&self, field: u32, cold: impl FnOnce() -> Option<u32>) -> Option<u32> {
+        for &(f, v) in &self.attrs[..self.n_attrs as usize] {
+            if f == field {
+                return Some(v);
+            }
+        }
+        if self.attrs_spill { cold() } else { None }
+    }
+}
+
 pub(crate) struct TaskRec {
     pub id: String,
     pub app: u32,
@@ -150,7 +224,7 @@ pub(crate) struct Cluster {
     /// Live node slots in a random permutation (each new node is inserted at a random
     /// position), so scanning from a random offset approximates Nomad's shuffle without
     /// shuffling per placement.
-    pub order: Vec<u32>,
+    pub order: Vec<NodeHot>,
     /// field -> value -> number of nodes carrying it (for GROUP_BY's minimum).
     pub value_nodes: FxMap<u32, FxMap<u32, u32>>,
     pub tasks: Vec<Option<TaskRec>>,
@@ -280,6 +354,7 @@ impl Cluster {
             for t in tasks {
                 self.attach(t, slot);
             }
+            self.refresh(slot);
             return;
         }
         let slot = match self.free_slots.pop() {
@@ -293,11 +368,12 @@ impl Cluster {
         let len = self.order.len();
         let j = rng.random_range(0..=len);
         let node = self.build_node(info, j);
+        let hot = NodeHot::of(slot, &node);
         self.nodes[slot as usize] = Some(node);
-        self.order.push(slot);
+        self.order.push(hot);
         if j != len {
             self.order.swap(j, len);
-            let moved = self.order[len];
+            let moved = self.order[len].slot;
             if let Some(m) = self.node_mut(moved) {
                 m.pos = len;
             }
@@ -326,7 +402,7 @@ impl Cluster {
         self.index_values(slot, false);
         if let Some(pos) = self.node(slot).map(|n| n.pos) {
             self.order.swap_remove(pos);
-            if let Some(&moved) = self.order.get(pos)
+            if let Some(moved) = self.order.get(pos).map(|h| h.slot)
                 && let Some(m) = self.node_mut(moved)
             {
                 m.pos = pos;
@@ -456,6 +532,17 @@ impl Cluster {
         for &(f, v) in &node.attrs {
             *app.fields.entry(f).or_default().entry(v).or_insert(0) += 1;
         }
+        self.refresh(slot);
+    }
+
+    /// Re-copies the node's hot part into `order`.
+    fn refresh(&mut self, slot: u32) {
+        if let Some(node) = self.nodes.get(slot as usize).and_then(|n| n.as_ref())
+            && let Some(h) = self.order.get_mut(node.pos)
+            && h.slot == slot
+        {
+            *h = NodeHot::of(slot, node);
+        }
     }
 
     /// Exact inverse of `attach`; leaves the task record in place (unattached).
@@ -512,6 +599,7 @@ impl Cluster {
                 }
             }
         }
+        self.refresh(slot);
     }
 
     /// Records a decided placement on `slot`: picks ports and cores, then attaches.
