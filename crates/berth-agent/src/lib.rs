@@ -1,4 +1,6 @@
 //! The node agent: registers its host with the server, runs the tasks assigned to it through
 //! drivers behind one trait, and reports every state change.
 
+pub mod cgroup;
 pub mod driver;
+pub mod shim;

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+pub mod exec;
+pub mod fake;
+
 /// Everything a driver needs to start one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {

@@ -1,0 +1,825 @@
+//! The exec driver: runs apps with only `cmd`/`args` as plain processes, each under its own
+//! [shim](crate::shim) so tasks survive the agent's death (even `kill -9`) and a restarted
+//! agent can re-attach to them and still learn their exit codes.
+//!
+//! On-disk layout, `<data_dir>/tasks/<task_id>/`:
+//! - `spec.json`  what to run (written by the driver before the shim starts)
+//! - `shim.pid`   the shim's pid and start time (written by the driver after spawning it)
+//! - `pid`        the task's pid/start time (written by the shim once the task runs)
+//! - `exit.json`  how the task ended (written atomically by the shim)
+//! - `stdout`, `stderr`, `shim.log`
+//! - `killed`     marker: the task was killed on request (reported as TASK_KILLED)
+//! - `forgotten`  marker: the agent is done with the task; `recover` skips it
+//!
+//! The driver itself never holds a task alive: one watcher (a single tokio task polling every
+//! `poll_interval`) turns those files into status updates, and dropping the driver stops it
+//! without touching any task.
+
+use super::{Driver, DriverError, StatusSink, TaskSpec, TaskStatus};
+use crate::cgroup::{CgroupManager, Limits};
+use crate::shim::{
+    self, EXIT_FILE, ExitRecord, FORGOTTEN_MARKER, KILLED_MARKER, PID_FILE, PidRecord,
+    SHIM_DIR_ENV, SHIM_LOG_FILE, SHIM_PID_FILE, SPEC_FILE, STDERR_FILE, STDOUT_FILE, ShimSpec,
+};
+use berth_core::app::DriverKind;
+use berth_core::task::TaskState;
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// `PATH` given to tasks (the app's `env` may override it).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How long `kill` keeps waiting for the task to be gone after SIGKILL before giving up.
+const KILL_SETTLE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    /// Agent data directory; tasks live in `<data_dir>/tasks/<task_id>/`.
+    pub data_dir: PathBuf,
+    /// Program started as the per-task shim, run as `shim_program shim_args... <task_dir>`
+    /// with `BERTH_SHIM_TASK_DIR=<task_dir>` and `shim_env` in its environment. In production:
+    /// the `berth` binary with `shim_args = ["__shim"]`.
+    pub shim_program: PathBuf,
+    pub shim_args: Vec<String>,
+    pub shim_env: Vec<(String, String)>,
+    /// cgroup v2 mount to create `berth/<task_id>` cgroups under; `None` disables limits.
+    pub cgroup_root: Option<PathBuf>,
+    /// `pids.max` of each task cgroup (`None`: unlimited).
+    pub pids_max: Option<u64>,
+    /// How often the watcher looks at running tasks.
+    pub poll_interval: Duration,
+}
+
+impl ExecConfig {
+    /// Production defaults: shim `<shim_program> __shim <task_dir>`, cgroups under
+    /// `/sys/fs/cgroup`, `pids.max` 4096, polling every 250 ms.
+    pub fn new(data_dir: impl Into<PathBuf>, shim_program: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            shim_program: shim_program.into(),
+            shim_args: vec!["__shim".into()],
+            shim_env: Vec::new(),
+            cgroup_root: Some(PathBuf::from("/sys/fs/cgroup")),
+            pids_max: Some(4096),
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+
+    fn tasks_dir(&self) -> PathBuf {
+        self.data_dir.join("tasks")
+    }
+}
+
+/// Runs tasks as processes under per-task shims. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct ExecDriver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ExecConfig,
+    sink: StatusSink,
+    tasks: Mutex<HashMap<String, Entry>>,
+    cgroups: OnceLock<Option<CgroupManager>>,
+    watcher_started: AtomicBool,
+}
+
+struct Entry {
+    dir: PathBuf,
+    status: TaskStatus,
+    /// Set while `start` is still setting the task up: the watcher leaves it alone.
+    launching: bool,
+    pid: Option<PidRecord>,
+    /// The shim, when this driver instance spawned it (kept only to reap it).
+    shim: Option<Child>,
+    shim_pid: Option<ShimPid>,
+    kill_requested: bool,
+    cgroup: Option<PathBuf>,
+}
+
+/// `<task_dir>/shim.pid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct ShimPid {
+    pid: i32,
+    start_time: u64,
+}
+
+/// What the task directory says about a task right now.
+enum Observation {
+    Exited(ExitRecord),
+    Running(PidRecord),
+    Starting,
+    Lost(String),
+}
+
+impl ExecDriver {
+    pub fn new(config: ExecConfig, sink: StatusSink) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                sink,
+                tasks: Mutex::new(HashMap::new()),
+                cgroups: OnceLock::new(),
+                watcher_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &ExecConfig {
+        &self.inner.config
+    }
+
+    /// The task's `stdout` and `stderr` files (they exist once the task has started).
+    pub fn task_log_paths(&self, task_id: &str) -> (PathBuf, PathBuf) {
+        let dir = self.inner.config.tasks_dir().join(task_id);
+        (dir.join(STDOUT_FILE), dir.join(STDERR_FILE))
+    }
+
+    /// The task's sandbox directory.
+    pub fn task_dir(&self, task_id: &str) -> PathBuf {
+        self.inner.config.tasks_dir().join(task_id)
+    }
+
+    /// The task's pid (= process group id), once known.
+    pub fn task_pid(&self, task_id: &str) -> Option<i32> {
+        let tasks = self.inner.tasks.lock();
+        tasks.get(task_id).and_then(|e| e.pid).map(|p| p.pid)
+    }
+
+    /// Whether tasks get cgroup v2 limits on this host (detected on first use).
+    pub fn cgroups_available(&self) -> bool {
+        self.inner.cgroups().is_some()
+    }
+
+    /// Controllers enabled for task cgroups (empty without cgroups).
+    pub fn cgroup_controllers(&self) -> Vec<String> {
+        self.inner
+            .cgroups()
+            .map(|m| m.controllers().to_vec())
+            .unwrap_or_default()
+    }
+
+    async fn start_task(&self, spec: TaskSpec) -> Result<(), DriverError> {
+        let inner = &self.inner;
+        validate_task_id(&spec.task_id)?;
+        let id = spec.task_id.clone();
+        let dir = inner.config.tasks_dir().join(&id);
+        {
+            let mut tasks = inner.tasks.lock();
+            if tasks.contains_key(&id) {
+                return Ok(());
+            }
+            tasks.insert(
+                id.clone(),
+                Entry {
+                    dir: dir.clone(),
+                    status: status(&id, TaskState::Starting, None, None),
+                    launching: true,
+                    pid: None,
+                    shim: None,
+                    shim_pid: None,
+                    kill_requested: false,
+                    cgroup: None,
+                },
+            );
+        }
+        inner.ensure_watcher();
+        if dir.join(SPEC_FILE).exists() {
+            inner.tasks.lock().remove(&id);
+            if dir.join(FORGOTTEN_MARKER).exists() {
+                return Err(DriverError::InvalidSpec(format!(
+                    "task id {id} was already used"
+                )));
+            }
+            // A task directory from an earlier agent: re-attach instead of starting it twice.
+            inner.attach(&id, &dir);
+            return Ok(());
+        }
+        match inner.launch(&spec, &dir) {
+            Ok((child, shim_pid, cgroup)) => {
+                let starting = {
+                    let mut tasks = inner.tasks.lock();
+                    let Some(entry) = tasks.get_mut(&id) else {
+                        return Ok(());
+                    };
+                    entry.launching = false;
+                    entry.shim = Some(child);
+                    entry.shim_pid = Some(shim_pid);
+                    entry.cgroup = cgroup;
+                    entry.status.clone()
+                };
+                inner.emit(starting);
+                Ok(())
+            }
+            Err(e) => {
+                inner.tasks.lock().remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn kill_task(&self, task_id: &str, grace: Duration) -> Result<(), DriverError> {
+        let inner = &self.inner;
+        let dir = {
+            let mut tasks = inner.tasks.lock();
+            match tasks.get_mut(task_id) {
+                None => return Ok(()),
+                Some(e) if e.status.state.is_terminal() => return Ok(()),
+                Some(e) => {
+                    e.kill_requested = true;
+                    e.dir.clone()
+                }
+            }
+        };
+        if let Err(e) = fs::write(dir.join(KILLED_MARKER), b"") {
+            tracing::warn!(task_id, error = %e, "cannot write killed marker");
+        }
+        let started = Instant::now();
+        let mut term_sent = false;
+        let mut kill_sent = false;
+        loop {
+            if inner.poll_task(task_id).is_none_or(|s| s.is_terminal()) {
+                return Ok(());
+            }
+            let (pid, shim) = {
+                let tasks = inner.tasks.lock();
+                match tasks.get(task_id) {
+                    Some(e) => (e.pid, e.shim_pid),
+                    None => return Ok(()),
+                }
+            };
+            let task_alive = pid.filter(|p| shim::proc_alive(p.pid, p.start_time));
+            let shim_alive = shim.filter(|s| shim::proc_alive(s.pid, s.start_time));
+            let elapsed = started.elapsed();
+            if !term_sent {
+                // Before the task has a pid the shim forwards our SIGTERM once it has one.
+                if let Some(p) = task_alive {
+                    signal(task_id, -p.pid, libc::SIGTERM);
+                } else if let Some(s) = shim_alive {
+                    signal(task_id, s.pid, libc::SIGTERM);
+                }
+                term_sent = true;
+            }
+            if elapsed >= grace && !kill_sent {
+                if let Some(p) = task_alive {
+                    signal(task_id, -p.pid, libc::SIGKILL);
+                    kill_sent = true;
+                } else if pid.is_none()
+                    && let Some(s) = shim_alive
+                {
+                    // No task process yet and the shim ignores us: stop the launch itself.
+                    signal(task_id, s.pid, libc::SIGKILL);
+                    kill_sent = true;
+                }
+            }
+            if elapsed >= grace + KILL_SETTLE {
+                return Err(DriverError::Other(format!(
+                    "task {task_id} still running {:?} after SIGKILL",
+                    KILL_SETTLE
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(if kill_sent { 20 } else { 50 })).await;
+        }
+    }
+
+    async fn recover_tasks(&self) -> Result<Vec<TaskStatus>, DriverError> {
+        let inner = &self.inner;
+        inner.ensure_watcher();
+        let tasks_dir = inner.config.tasks_dir();
+        let read = match fs::read_dir(&tasks_dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut ids = Vec::new();
+        for dirent in read {
+            let dirent = dirent?;
+            if !dirent.file_type()?.is_dir() {
+                continue;
+            }
+            let Some(id) = dirent.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if dirent.path().join(FORGOTTEN_MARKER).exists() {
+                continue;
+            }
+            ids.push(id);
+        }
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let dir = tasks_dir.join(&id);
+            out.push(inner.attach(&id, &dir));
+        }
+        Ok(out)
+    }
+
+    fn forget_task(&self, task_id: &str) {
+        let inner = &self.inner;
+        let (dir, cgroup) = {
+            let mut tasks = inner.tasks.lock();
+            match tasks.get(task_id) {
+                Some(e) if !e.status.state.is_terminal() => {
+                    tracing::warn!(task_id, "not forgetting a task that is still running");
+                    return;
+                }
+                Some(_) => {
+                    let Some(mut e) = tasks.remove(task_id) else {
+                        return;
+                    };
+                    if let Some(child) = e.shim.as_mut() {
+                        let _ = child.try_wait();
+                    }
+                    (e.dir, e.cgroup)
+                }
+                None => {
+                    if validate_task_id(task_id).is_err() {
+                        return;
+                    }
+                    let cgroup = inner.cgroups().map(|m| m.task_path(task_id));
+                    (inner.config.tasks_dir().join(task_id), cgroup)
+                }
+            }
+        };
+        if dir.is_dir()
+            && let Err(e) = fs::write(dir.join(FORGOTTEN_MARKER), b"")
+        {
+            tracing::warn!(task_id, error = %e, "cannot write forgotten marker");
+        }
+        if let Some(cg) = cgroup {
+            // The shim normally removed it already.
+            let _ = fs::remove_dir(cg);
+        }
+    }
+}
+
+impl Inner {
+    fn cgroups(&self) -> Option<&CgroupManager> {
+        self.cgroups
+            .get_or_init(|| {
+                let root = self.config.cgroup_root.as_ref()?;
+                match CgroupManager::detect(root) {
+                    Ok(m) => {
+                        tracing::info!(
+                            root = %root.display(),
+                            controllers = ?m.controllers(),
+                            "exec driver: using cgroup v2 for task limits"
+                        );
+                        Some(m)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "exec driver: running tasks without resource limits");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    fn emit(&self, status: TaskStatus) {
+        // The agent runtime may be shutting down; nothing to do then.
+        let _ = self.sink.send(status);
+    }
+
+    fn ensure_watcher(self: &Arc<Self>) {
+        if self.watcher_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.watcher_started.store(false, Ordering::SeqCst);
+            return;
+        };
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let interval = self.config.poll_interval;
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(inner) = weak.upgrade() else { break };
+                inner.poll_all();
+            }
+        });
+    }
+
+    fn poll_all(&self) {
+        let ids: Vec<String> = {
+            let tasks = self.tasks.lock();
+            tasks
+                .iter()
+                .filter(|(_, e)| !e.status.state.is_terminal() && !e.launching)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in ids {
+            self.poll_task(&id);
+        }
+    }
+
+    /// Looks at one task's directory, records and emits any state change; returns the
+    /// current state (`None` if the task is unknown).
+    fn poll_task(&self, id: &str) -> Option<TaskState> {
+        let changed = {
+            let mut tasks = self.tasks.lock();
+            let entry = tasks.get_mut(id)?;
+            if entry.launching || entry.status.state.is_terminal() {
+                return Some(entry.status.state);
+            }
+            if let Some(child) = entry.shim.as_mut() {
+                // Reap our shim child once it exits (it is only ours to reap).
+                let _ = child.try_wait();
+            }
+            let obs = observe(&entry.dir, entry.pid, entry.shim_pid);
+            let new = match obs {
+                Observation::Exited(record) => {
+                    let killed = entry.kill_requested || entry.dir.join(KILLED_MARKER).exists();
+                    if let Some(cg) = &entry.cgroup {
+                        let _ = fs::remove_dir(cg);
+                    }
+                    exit_status(id, &record, killed)
+                }
+                Observation::Running(pid) => {
+                    entry.pid = Some(pid);
+                    status(id, TaskState::Running, None, None)
+                }
+                Observation::Starting => return Some(entry.status.state),
+                Observation::Lost(why) => {
+                    let killed = entry.kill_requested || entry.dir.join(KILLED_MARKER).exists();
+                    if killed {
+                        status(id, TaskState::Killed, Some(format!("killed ({why})")), None)
+                    } else {
+                        status(id, TaskState::Failed, Some(format!("lost: {why}")), None)
+                    }
+                }
+            };
+            if new.state == entry.status.state {
+                return Some(new.state);
+            }
+            entry.status = new.clone();
+            new
+        };
+        let state = changed.state;
+        self.emit(changed);
+        Some(state)
+    }
+
+    /// Adopts a task directory left by this or an earlier agent; returns its status.
+    fn attach(self: &Arc<Self>, id: &str, dir: &Path) -> TaskStatus {
+        if let Some(e) = self.tasks.lock().get(id) {
+            return e.status.clone();
+        }
+        let pid: Option<PidRecord> = shim::read_json(&dir.join(PID_FILE)).ok().flatten();
+        let shim_pid: Option<ShimPid> = shim::read_json(&dir.join(SHIM_PID_FILE))
+            .ok()
+            .flatten()
+            .or_else(|| {
+                pid.map(|p| ShimPid {
+                    pid: p.shim_pid,
+                    start_time: p.shim_start_time,
+                })
+            });
+        let cgroup = shim::read_json::<ShimSpec>(&dir.join(SPEC_FILE))
+            .ok()
+            .flatten()
+            .and_then(|s| s.cgroup);
+        let killed = dir.join(KILLED_MARKER).exists();
+        let st = match observe(dir, pid, shim_pid) {
+            Observation::Exited(record) => exit_status(id, &record, killed),
+            Observation::Running(_) => status(id, TaskState::Running, None, None),
+            Observation::Starting => status(id, TaskState::Starting, None, None),
+            Observation::Lost(why) if killed => {
+                status(id, TaskState::Killed, Some(format!("killed ({why})")), None)
+            }
+            Observation::Lost(why) => {
+                status(id, TaskState::Failed, Some(format!("lost: {why}")), None)
+            }
+        };
+        if st.state.is_terminal()
+            && let Some(cg) = &cgroup
+        {
+            let _ = fs::remove_dir(cg);
+        }
+        let mut tasks = self.tasks.lock();
+        let entry = tasks.entry(id.to_string()).or_insert(Entry {
+            dir: dir.to_path_buf(),
+            status: st,
+            launching: false,
+            pid,
+            shim: None,
+            shim_pid,
+            kill_requested: killed,
+            cgroup,
+        });
+        entry.status.clone()
+    }
+
+    /// Writes the task directory and spawns the shim.
+    fn launch(
+        &self,
+        spec: &TaskSpec,
+        dir: &Path,
+    ) -> Result<(Child, ShimPid, Option<PathBuf>), DriverError> {
+        let argv = argv(spec)?;
+        fs::create_dir_all(dir)?;
+        let mut env = BTreeMap::new();
+        env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
+        env.insert("HOME".to_string(), dir.display().to_string());
+        env.extend(spec.environment());
+        if env.get("MESOS_SANDBOX").is_none_or(String::is_empty) {
+            env.insert("MESOS_SANDBOX".into(), dir.display().to_string());
+        }
+        if spec.app.user.as_deref().is_some_and(|u| !u.is_empty()) {
+            tracing::warn!(task_id = %spec.task_id, "exec driver: `user` is not supported yet; running as the agent's user");
+        }
+        let cgroup = self.cgroups().and_then(|m| {
+            let limits = Limits::from_resources(
+                spec.resources.cpus,
+                spec.resources.mem,
+                self.config.pids_max,
+                &spec.cpuset,
+            );
+            match m.create(&spec.task_id, &limits) {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    tracing::warn!(task_id = %spec.task_id, error = %e, "cannot create task cgroup; running without limits");
+                    None
+                }
+            }
+        });
+        let shim_spec = ShimSpec {
+            task_id: spec.task_id.clone(),
+            argv,
+            env,
+            cwd: dir.to_path_buf(),
+            stdout: dir.join(STDOUT_FILE),
+            stderr: dir.join(STDERR_FILE),
+            cgroup: cgroup.clone(),
+        };
+        shim::write_json_atomic(&dir.join(SPEC_FILE), &shim_spec)?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(SHIM_LOG_FILE))?;
+        let log_err = log.try_clone()?;
+        let child = Command::new(&self.config.shim_program)
+            .args(&self.config.shim_args)
+            .arg(dir)
+            .env(SHIM_DIR_ENV, dir)
+            .envs(self.config.shim_env.iter().map(|(k, v)| (k, v)))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| {
+                if let Some(cg) = &cgroup {
+                    let _ = fs::remove_dir(cg);
+                }
+                DriverError::Unavailable(format!(
+                    "cannot start shim {}: {e}",
+                    self.config.shim_program.display()
+                ))
+            })?;
+        let pid =
+            i32::try_from(child.id()).map_err(|_| DriverError::Other("pid overflow".into()))?;
+        let shim_pid = ShimPid {
+            pid,
+            start_time: shim::proc_start_time(pid).unwrap_or(0),
+        };
+        shim::write_json_atomic(&dir.join(SHIM_PID_FILE), &shim_pid)?;
+        Ok((child, shim_pid, cgroup))
+    }
+}
+
+fn observe(dir: &Path, pid: Option<PidRecord>, shim_pid: Option<ShimPid>) -> Observation {
+    let read_exit = || {
+        shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE))
+            .ok()
+            .flatten()
+    };
+    if let Some(record) = read_exit() {
+        return Observation::Exited(record);
+    }
+    let pid = pid.or_else(|| {
+        shim::read_json::<PidRecord>(&dir.join(PID_FILE))
+            .ok()
+            .flatten()
+    });
+    let shim_pid = shim_pid.or_else(|| {
+        pid.map(|p| ShimPid {
+            pid: p.shim_pid,
+            start_time: p.shim_start_time,
+        })
+    });
+    let shim_alive = shim_pid.is_some_and(|s| shim::proc_alive(s.pid, s.start_time));
+    match pid {
+        Some(p) if shim_alive || shim::proc_alive(p.pid, p.start_time) => Observation::Running(p),
+        _ if pid.is_none() && shim_alive => Observation::Starting,
+        _ => {
+            // The shim may have finished between the two looks.
+            if let Some(record) = read_exit() {
+                return Observation::Exited(record);
+            }
+            match pid {
+                Some(_) => {
+                    Observation::Lost("task and shim are gone without an exit status".into())
+                }
+                None => {
+                    let log = fs::read_to_string(dir.join(SHIM_LOG_FILE)).unwrap_or_default();
+                    let tail: String = log.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+                    Observation::Lost(format!("shim exited before starting the task ({tail})"))
+                }
+            }
+        }
+    }
+}
+
+fn exit_status(id: &str, record: &ExitRecord, killed: bool) -> TaskStatus {
+    let describe = || match (record.code, record.signal) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!(
+            "killed by signal {s}{}",
+            signal_name(s)
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        ),
+        (None, None) => record
+            .error
+            .clone()
+            .unwrap_or_else(|| "exit status unknown".into()),
+    };
+    let (state, message) = if killed {
+        (TaskState::Killed, format!("killed: {}", describe()))
+    } else if let Some(err) = &record.error {
+        (TaskState::Failed, format!("failed to launch: {err}"))
+    } else if record.oom {
+        (
+            TaskState::Failed,
+            "OOM killed: memory limit exceeded".to_string(),
+        )
+    } else if record.code == Some(0) {
+        (TaskState::Finished, describe())
+    } else {
+        (TaskState::Failed, describe())
+    };
+    status(id, state, Some(message), record.code)
+}
+
+fn signal_name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGBUS => "SIGBUS",
+        _ => return None,
+    })
+}
+
+fn status(
+    id: &str,
+    state: TaskState,
+    message: Option<String>,
+    exit_code: Option<i32>,
+) -> TaskStatus {
+    TaskStatus {
+        task_id: id.to_string(),
+        state,
+        message,
+        exit_code,
+        ip_addresses: Vec::new(),
+    }
+}
+
+fn signal(task_id: &str, pid: i32, sig: i32) {
+    if let Err(e) = shim::sys::kill(pid, sig)
+        && e.raw_os_error() != Some(libc::ESRCH)
+    {
+        tracing::warn!(task_id, pid, sig, error = %e, "cannot signal task");
+    }
+}
+
+/// Task ids become directory (and cgroup) names.
+fn validate_task_id(id: &str) -> Result<(), DriverError> {
+    let ok = !id.is_empty()
+        && id.len() <= 200
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(DriverError::InvalidSpec(format!(
+            "task id {id:?} is not a safe file name"
+        )))
+    }
+}
+
+fn argv(spec: &TaskSpec) -> Result<Vec<String>, DriverError> {
+    let cmd = spec.app.cmd.as_deref().filter(|c| !c.trim().is_empty());
+    let args = spec.app.args.as_ref().filter(|a| !a.is_empty());
+    match (cmd, args) {
+        (Some(_), Some(_)) => Err(DriverError::InvalidSpec("app has both cmd and args".into())),
+        (Some(cmd), None) => Ok(vec!["/bin/sh".into(), "-c".into(), cmd.to_string()]),
+        (None, Some(args)) if !args[0].is_empty() => Ok(args.clone()),
+        _ => Err(DriverError::InvalidSpec(
+            "the exec driver needs cmd or args".into(),
+        )),
+    }
+}
+
+impl Driver for ExecDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Exec
+    }
+
+    fn start(&self, spec: TaskSpec) -> BoxFuture<'_, Result<(), DriverError>> {
+        Box::pin(self.start_task(spec))
+    }
+
+    fn kill(&self, task_id: &str, grace: Duration) -> BoxFuture<'_, Result<(), DriverError>> {
+        let task_id = task_id.to_string();
+        Box::pin(async move { self.kill_task(&task_id, grace).await })
+    }
+
+    fn recover(&self) -> BoxFuture<'_, Result<Vec<TaskStatus>, DriverError>> {
+        Box::pin(self.recover_tasks())
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<TaskStatus>, DriverError>> {
+        Box::pin(async move {
+            let tasks = self.inner.tasks.lock();
+            let mut out: Vec<TaskStatus> = tasks.values().map(|e| e.status.clone()).collect();
+            out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+            Ok(out)
+        })
+    }
+
+    fn forget(&self, task_id: &str) {
+        self.forget_task(task_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_are_safe_names() {
+        assert!(validate_task_id("prod_web.4f0c6a1e-1b2c-4d5e-8f90-123456789abc").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "../x"] {
+            assert!(validate_task_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn exit_records_map_to_states() {
+        let rec = |code, signal, oom| ExitRecord {
+            code,
+            signal,
+            oom,
+            error: None,
+        };
+        let s = exit_status("t", &rec(Some(0), None, false), false);
+        assert_eq!(s.state, TaskState::Finished);
+        let s = exit_status("t", &rec(Some(3), None, false), false);
+        assert_eq!(
+            (s.state, s.message.as_deref(), s.exit_code),
+            (TaskState::Failed, Some("exited with code 3"), Some(3))
+        );
+        let s = exit_status("t", &rec(None, Some(9), false), false);
+        assert_eq!(s.message.as_deref(), Some("killed by signal 9 (SIGKILL)"));
+        let s = exit_status("t", &rec(None, Some(9), true), false);
+        assert_eq!(
+            s.message.as_deref(),
+            Some("OOM killed: memory limit exceeded")
+        );
+        let s = exit_status("t", &rec(None, Some(15), false), true);
+        assert_eq!(s.state, TaskState::Killed);
+        let s = exit_status(
+            "t",
+            &ExitRecord {
+                code: Some(127),
+                error: Some("nope".into()),
+                ..Default::default()
+            },
+            false,
+        );
+        assert_eq!(
+            (s.state, s.message.as_deref()),
+            (TaskState::Failed, Some("failed to launch: nope"))
+        );
+    }
+}

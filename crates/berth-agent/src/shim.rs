@@ -1,0 +1,528 @@
+//! The per-task shim of the exec driver (like `containerd-shim`).
+//!
+//! The `berth` binary runs it as `berth __shim <task_dir>`, which must call [`main`] before any
+//! tokio runtime is built (if one is running, [`main`] moves to a fresh thread). The shim:
+//!
+//! 1. becomes a session leader (`setsid`) so it outlives the agent, keeps the default
+//!    disposition for nothing that could kill it (SIGHUP is caught and ignored, SIGPIPE is
+//!    ignored by the Rust runtime), and makes itself a child subreaper so orphans of the task
+//!    are reaped by it;
+//! 2. reads `<task_dir>/spec.json` ([`ShimSpec`]), starts the task in its own process group
+//!    (and in its cgroup, when the spec names one) with stdout/stderr appended to files;
+//! 3. writes `<task_dir>/pid` ([`PidRecord`]: task pid and its start time, plus its own);
+//! 4. forwards SIGTERM/SIGINT to the task's process group;
+//! 5. when the task exits, SIGKILLs what is left of its process group (and cgroup), reaps it,
+//!    writes `<task_dir>/exit.json` ([`ExitRecord`]) atomically, removes the cgroup and exits.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// File names inside a task directory.
+pub const SPEC_FILE: &str = "spec.json";
+pub const PID_FILE: &str = "pid";
+pub const EXIT_FILE: &str = "exit.json";
+pub const SHIM_PID_FILE: &str = "shim.pid";
+pub const SHIM_LOG_FILE: &str = "shim.log";
+pub const STDOUT_FILE: &str = "stdout";
+pub const STDERR_FILE: &str = "stderr";
+/// Marker written by the driver when the task is killed on request (it reports TASK_KILLED).
+pub const KILLED_MARKER: &str = "killed";
+/// Marker written by `forget`: the task is no longer reported by `recover`.
+pub const FORGOTTEN_MARKER: &str = "forgotten";
+
+/// Environment variable carrying the task directory to the shim process (in addition to the
+/// last argument), so test harnesses can re-execute themselves as the shim.
+pub const SHIM_DIR_ENV: &str = "BERTH_SHIM_TASK_DIR";
+
+/// What the driver asks the shim to run (`<task_dir>/spec.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShimSpec {
+    pub task_id: String,
+    /// Program and arguments; `argv[0]` is looked up in the task's `PATH`.
+    pub argv: Vec<String>,
+    /// The task's complete environment (nothing is inherited from the shim).
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    /// The task's cgroup v2 directory (already created with its limits), if any.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+}
+
+/// `<task_dir>/pid`: the task's pid (= its process group id) and `/proc/<pid>/stat` start time
+/// (field 22), which guards against pid reuse; plus the same for the shim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PidRecord {
+    pub pid: i32,
+    pub start_time: u64,
+    #[serde(default)]
+    pub shim_pid: i32,
+    #[serde(default)]
+    pub shim_start_time: u64,
+}
+
+/// `<task_dir>/exit.json`: how the task ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ExitRecord {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub oom: bool,
+    /// Set when the task could not be started at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid spec: {0}")]
+    Spec(String),
+}
+
+fn ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> ShimError {
+    let context = context.into();
+    move |source| ShimError::Io { context, source }
+}
+
+/// Runs the shim for `task_dir` to completion; returns the process exit code (0 when the task
+/// ran, whatever its own exit status, and `exit.json` was written).
+pub fn main(task_dir: &Path) -> i32 {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // Called from inside a runtime: a nested `block_on` would panic.
+        let dir = task_dir.to_path_buf();
+        return std::thread::spawn(move || run_logged(&dir))
+            .join()
+            .unwrap_or(1);
+    }
+    run_logged(task_dir)
+}
+
+fn run_logged(task_dir: &Path) -> i32 {
+    match run(task_dir) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("berth shim {}: {e}", task_dir.display());
+            // Leave a record so the driver does not wait forever.
+            if !task_dir.join(EXIT_FILE).exists() {
+                let record = ExitRecord {
+                    error: Some(format!("shim: {e}")),
+                    ..Default::default()
+                };
+                let _ = write_json_atomic(&task_dir.join(EXIT_FILE), &record);
+            }
+            1
+        }
+    }
+}
+
+fn run(task_dir: &Path) -> Result<(), ShimError> {
+    // Fails only if we already lead a process group, in which case we keep that one.
+    if let Err(e) = sys::setsid() {
+        eprintln!("berth shim: setsid: {e}");
+    }
+    if let Err(e) = sys::set_child_subreaper() {
+        eprintln!("berth shim: PR_SET_CHILD_SUBREAPER: {e}");
+    }
+    let spec_path = task_dir.join(SPEC_FILE);
+    let text = fs::read_to_string(&spec_path).map_err(ctx(spec_path.display().to_string()))?;
+    let spec: ShimSpec = serde_json::from_str(&text).map_err(|e| ShimError::Spec(e.to_string()))?;
+    if spec.argv.is_empty() {
+        return Err(ShimError::Spec("empty argv".into()));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ctx("tokio runtime"))?;
+    rt.block_on(supervise(task_dir, &spec))
+}
+
+async fn supervise(task_dir: &Path, spec: &ShimSpec) -> Result<(), ShimError> {
+    // Registering handlers replaces the default (terminating) dispositions.
+    let mut term = signal(SignalKind::terminate()).map_err(ctx("SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ctx("SIGINT handler"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(ctx("SIGHUP handler"))?;
+    let mut chld = signal(SignalKind::child()).map_err(ctx("SIGCHLD handler"))?;
+
+    let exit_path = task_dir.join(EXIT_FILE);
+    let (pid, start) = match spawn(spec) {
+        Ok(child) => {
+            let pid =
+                i32::try_from(child.id()).map_err(|_| ShimError::Spec("pid overflow".into()))?;
+            // The child is reaped through `sys::reap_any`, never through `child`.
+            drop(child);
+            (pid, proc_start_time(pid).unwrap_or(0))
+        }
+        Err(e) => {
+            let record = ExitRecord {
+                code: Some(127),
+                error: Some(e.to_string()),
+                ..Default::default()
+            };
+            write_json_atomic(&exit_path, &record).map_err(ctx("write exit.json"))?;
+            if let Some(cg) = &spec.cgroup {
+                crate::cgroup::remove(cg);
+            }
+            return Ok(());
+        }
+    };
+    let me = std::process::id() as i32;
+    let record = PidRecord {
+        pid,
+        start_time: start,
+        shim_pid: me,
+        shim_start_time: proc_start_time(me).unwrap_or(0),
+    };
+    write_json_atomic(&task_dir.join(PID_FILE), &record).map_err(ctx("write pid file"))?;
+
+    let status = loop {
+        match reap(pid) {
+            Reaped::Exited(status) => break Some(status),
+            Reaped::Gone => break None,
+            Reaped::Running => {}
+        }
+        tokio::select! {
+            _ = term.recv() => forward(pid, libc::SIGTERM),
+            _ = int.recv() => forward(pid, libc::SIGINT),
+            _ = hup.recv() => {}
+            _ = chld.recv() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    };
+
+    // The task's main process is gone: nothing of it may outlive it.
+    let _ = sys::kill(-pid, libc::SIGKILL);
+    if let Some(cg) = &spec.cgroup {
+        crate::cgroup::kill_all(cg);
+    }
+    // Reap the rest (orphans are re-parented to us as the subreaper), for a bounded time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match sys::reap_any() {
+            Ok(Some(_)) => continue,
+            Ok(None) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let oom = spec
+        .cgroup
+        .as_deref()
+        .is_some_and(|cg| crate::cgroup::oom_kills(cg) > 0);
+    let record = match status {
+        Some(status) => ExitRecord {
+            code: status.code(),
+            signal: status.signal(),
+            oom,
+            error: None,
+        },
+        None => ExitRecord {
+            oom,
+            error: Some("task exit status lost".into()),
+            ..Default::default()
+        },
+    };
+    write_json_atomic(&exit_path, &record).map_err(ctx("write exit.json"))?;
+    if let Some(cg) = &spec.cgroup {
+        crate::cgroup::remove(cg);
+    }
+    Ok(())
+}
+
+enum Reaped {
+    Exited(ExitStatus),
+    Running,
+    /// No children at all: the task was reaped by someone else (cannot normally happen).
+    Gone,
+}
+
+/// Reaps every exited child; returns the task's status once it has exited.
+fn reap(task_pid: i32) -> Reaped {
+    let mut found = None;
+    loop {
+        match sys::reap_any() {
+            Ok(Some((pid, status))) => {
+                if pid == task_pid {
+                    found = Some(status);
+                }
+            }
+            Ok(None) => break,
+            Err(_) if found.is_none() => return Reaped::Gone,
+            Err(_) => break,
+        }
+    }
+    found.map_or(Reaped::Running, Reaped::Exited)
+}
+
+fn forward(pgid: i32, sig: i32) {
+    if let Err(e) = sys::kill(-pgid, sig) {
+        eprintln!("berth shim: forwarding signal {sig} to group {pgid}: {e}");
+    }
+}
+
+fn spawn(spec: &ShimSpec) -> io::Result<std::process::Child> {
+    let stdout = append(&spec.stdout)?;
+    let stderr = append(&spec.stderr)?;
+    let mut cmd = Command::new(resolve(
+        &spec.argv[0],
+        spec.env.get("PATH").map(String::as_str),
+    ));
+    cmd.arg0(&spec.argv[0])
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(&spec.env)
+        .current_dir(&spec.cwd)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    if let Some(cg) = &spec.cgroup {
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(cg.join("cgroup.procs"))?;
+        sys::join_cgroup_before_exec(&mut cmd, procs);
+    }
+    cmd.spawn()
+}
+
+fn append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// `Command` looks programs up in the *shim's* PATH; the task's PATH must win.
+fn resolve(program: &str, path: Option<&str>) -> PathBuf {
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    for dir in path.unwrap_or("").split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(program);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    PathBuf::from(program)
+}
+
+/// Writes `value` as JSON to a temporary file next to `path`, fsyncs it and renames it over
+/// `path`, so readers see either nothing or the complete file.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(value).map_err(io::Error::other)?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp.{}", std::process::id()));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+/// Reads a JSON file; `Ok(None)` when it does not exist.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(io::Error::other),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22), `None` if
+/// there is no such process.
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, start)| start)
+}
+
+/// `(state, start_time)` from `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+}
+
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    // `pid (comm) state ...`; comm may contain spaces and parentheses, so split at the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // `rest` starts at field 3 (state); field 22 is 19 further on.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// True when `pid` is a live (not zombie) process started at `start_time` (0: any start time).
+pub fn proc_alive(pid: i32, start_time: u64) -> bool {
+    match proc_stat(pid) {
+        Some((state, start)) => {
+            !matches!(state, 'Z' | 'X' | 'x') && (start_time == 0 || start == start_time)
+        }
+        None => false,
+    }
+}
+
+/// The few system calls std does not wrap. Each is a minimal `unsafe` wrapper.
+pub(crate) mod sys {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::process::{Command, ExitStatus};
+
+    #[allow(unsafe_code)]
+    pub fn setsid() -> io::Result<()> {
+        // SAFETY: setsid(2) takes no arguments and only changes this process's session.
+        let r = unsafe { libc::setsid() };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    #[allow(unsafe_code)]
+    pub fn set_child_subreaper() -> io::Result<()> {
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes one integer argument; no memory is passed.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends `sig` to `pid` (a process group when negative). Refuses the broadcast forms
+    /// (0, -1, 1) that would hit more than the intended task.
+    #[allow(unsafe_code)]
+    pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+        if pid.unsigned_abs() <= 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "refusing to signal pid 0/1/-1",
+            ));
+        }
+        // SAFETY: kill(2) takes plain integers; the broadcast pids were rejected above.
+        let r = unsafe { libc::kill(pid, sig) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reaps one exited child without blocking: `Ok(Some)` for a reaped child, `Ok(None)` when
+    /// children exist but none has exited, `Err` (ECHILD) when there are no children.
+    #[allow(unsafe_code)]
+    pub fn reap_any() -> io::Result<Option<(i32, ExitStatus)>> {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid, writable c_int for the duration of the call.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        match r {
+            r if r < 0 => Err(io::Error::last_os_error()),
+            0 => Ok(None),
+            pid => Ok(Some((pid, ExitStatus::from_raw(status)))),
+        }
+    }
+
+    /// Makes the spawned child write its pid ("0" = itself) to the cgroup's `cgroup.procs`
+    /// between fork and exec, so the task never runs outside its cgroup.
+    #[allow(unsafe_code)]
+    pub fn join_cgroup_before_exec(cmd: &mut Command, procs: File) {
+        // SAFETY: the closure runs in the forked child and only calls write(2), which is
+        // async-signal-safe, on a descriptor opened before the fork (closed at exec by
+        // O_CLOEXEC); it does not allocate (`from_raw_os_error` does not either).
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                if r == 1 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat() {
+        let stat =
+            "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_stat(stat), Some(('S', 98765)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        let me = std::process::id() as i32;
+        let start = proc_start_time(me).unwrap();
+        assert!(start > 0);
+        assert!(proc_alive(me, start));
+        assert!(!proc_alive(me, start + 1));
+        assert!(!proc_alive(-5, 0));
+    }
+
+    #[test]
+    fn kill_refuses_broadcast() {
+        assert!(sys::kill(0, 0).is_err());
+        assert!(sys::kill(-1, 0).is_err());
+        assert!(sys::kill(1, 0).is_err());
+    }
+
+    #[test]
+    fn atomic_json_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(EXIT_FILE);
+        assert_eq!(read_json::<ExitRecord>(&path).unwrap(), None);
+        let rec = ExitRecord {
+            code: Some(3),
+            signal: None,
+            oom: false,
+            error: None,
+        };
+        write_json_atomic(&path, &rec).unwrap();
+        assert_eq!(read_json::<ExitRecord>(&path).unwrap(), Some(rec));
+        let json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"code": 3, "signal": null, "oom": false})
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn resolves_in_task_path() {
+        assert_eq!(resolve("/bin/sh", None), PathBuf::from("/bin/sh"));
+        assert_eq!(
+            resolve("sh", Some("/nonexistent:/bin")),
+            PathBuf::from("/bin/sh")
+        );
+        assert_eq!(
+            resolve("no-such-prog", Some("/bin")),
+            PathBuf::from("no-such-prog")
+        );
+    }
+}
