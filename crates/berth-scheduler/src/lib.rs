@@ -187,6 +187,12 @@ impl Scheduler {
         }
     }
 
+    /// Pre-sizes the model for about this many nodes and tasks, so that growing past a
+    /// power of two does not rehash (a multi-millisecond pause at ~10^5 tasks) mid-burst.
+    pub fn reserve(&mut self, nodes: usize, tasks: usize) {
+        self.cluster.reserve(nodes, tasks);
+    }
+
     pub fn set_candidate_limit(&mut self, limit: CandidateLimit) {
         self.limit = limit;
     }

@@ -259,6 +259,16 @@ impl Cluster {
         }
     }
 
+    pub(crate) fn reserve(&mut self, nodes: usize, tasks: usize) {
+        self.nodes.reserve(nodes.saturating_sub(self.nodes.len()));
+        self.order.reserve(nodes.saturating_sub(self.order.len()));
+        self.node_ids
+            .reserve(nodes.saturating_sub(self.node_ids.len()));
+        self.tasks.reserve(tasks.saturating_sub(self.tasks.len()));
+        self.task_ids
+            .reserve(tasks.saturating_sub(self.task_ids.len()));
+    }
+
     #[inline]
     pub(crate) fn node(&self, slot: u32) -> Option<&NodeState> {
         self.nodes.get(slot as usize).and_then(|n| n.as_ref())
