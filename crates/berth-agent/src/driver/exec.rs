@@ -410,7 +410,15 @@ impl Inner {
 
     fn poll_all(&self) {
         let ids: Vec<String> = {
-            let tasks = self.tasks.lock();
+            let mut tasks = self.tasks.lock();
+            // Reap shims that outlive their task's terminal status by a moment (cgroup removal).
+            for e in tasks.values_mut().filter(|e| e.status.state.is_terminal()) {
+                if let Some(child) = e.shim.as_mut()
+                    && !matches!(child.try_wait(), Ok(None))
+                {
+                    e.shim = None;
+                }
+            }
             tasks
                 .iter()
                 .filter(|(_, e)| !e.status.state.is_terminal() && !e.launching)
