@@ -3,4 +3,6 @@
 
 pub mod cgroup;
 pub mod driver;
+pub mod node;
+pub mod runtime;
 pub mod shim;

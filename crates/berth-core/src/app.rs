@@ -57,7 +57,11 @@ fn d_delay() -> f64 {
     15.0
 }
 fn d_host_networks() -> Vec<Network> {
-    vec![Network { mode: "host".into(), name: None, labels: BTreeMap::new() }]
+    vec![Network {
+        mode: "host".into(),
+        name: None,
+        labels: BTreeMap::new(),
+    }]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -286,7 +290,10 @@ pub struct UpgradeStrategy {
 
 impl Default for UpgradeStrategy {
     fn default() -> Self {
-        Self { minimum_health_capacity: 1.0, maximum_over_capacity: 1.0 }
+        Self {
+            minimum_health_capacity: 1.0,
+            maximum_over_capacity: 1.0,
+        }
     }
 }
 
@@ -367,7 +374,11 @@ impl AppDefinition {
 
     /// The host ports each task asks for: 0 means "any port from the node's range".
     pub fn requested_host_ports(&self) -> Vec<u16> {
-        if let Some(mappings) = self.container.as_ref().and_then(|c| c.port_mappings.as_ref()) {
+        if let Some(mappings) = self
+            .container
+            .as_ref()
+            .and_then(|c| c.port_mappings.as_ref())
+        {
             if self.networks.iter().any(|n| n.mode == "container/bridge") {
                 return mappings
                     .iter()
@@ -385,7 +396,13 @@ impl AppDefinition {
         }
         let defs = self.port_definitions.as_deref().unwrap_or(&[]);
         defs.iter()
-            .map(|d| if self.require_ports { u16::try_from(d.port).unwrap_or(0) } else { 0 })
+            .map(|d| {
+                if self.require_ports {
+                    u16::try_from(d.port).unwrap_or(0)
+                } else {
+                    0
+                }
+            })
             .collect()
     }
 
@@ -421,12 +438,17 @@ mod tests {
     fn unreachable_strategy_forms() {
         let app: AppDefinition =
             serde_json::from_str(r#"{"id":"/a","unreachableStrategy":"disabled"}"#).unwrap();
-        assert_eq!(app.unreachable_strategy, UnreachableStrategy::Disabled("disabled".into()));
+        assert_eq!(
+            app.unreachable_strategy,
+            UnreachableStrategy::Disabled("disabled".into())
+        );
         let app: AppDefinition = serde_json::from_str(
             r#"{"id":"/a","unreachableStrategy":{"inactiveAfterSeconds":5,"expungeAfterSeconds":10}}"#,
         )
         .unwrap();
-        assert!(matches!(app.unreachable_strategy, UnreachableStrategy::Enabled(e) if e.inactive_after_seconds == 5.0));
+        assert!(
+            matches!(app.unreachable_strategy, UnreachableStrategy::Enabled(e) if e.inactive_after_seconds == 5.0)
+        );
     }
 
     #[test]

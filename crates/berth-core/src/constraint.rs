@@ -102,7 +102,10 @@ impl Constraint {
                 format!("GROUP_BY may either have no value or an integer value, got '{v}'"),
             ),
             (ConstraintOp::MaxPer, Some(v)) if v.parse::<u32>().map(|n| n == 0).unwrap_or(true) => {
-                errs.add("", format!("MAX_PER requires a positive integer value, got '{v}'"))
+                errs.add(
+                    "",
+                    format!("MAX_PER requires a positive integer value, got '{v}'"),
+                )
             }
             (ConstraintOp::MaxPer, None) => errs.add("", "MAX_PER requires an integer value"),
             (ConstraintOp::Like | ConstraintOp::Unlike, None) => {
@@ -114,13 +117,12 @@ impl Constraint {
                 }
             }
             (ConstraintOp::Is, None) => errs.add("", "IS requires a value"),
-            (ConstraintOp::Is, Some(v)) => {
-                if !v.chars().all(|c| c.is_ascii_alphanumeric() || "_/.-".contains(c)) {
-                    errs.add(
-                        "",
-                        format!("IS value '{v}' must match ^[a-zA-Z0-9_/.-]*$"),
-                    );
-                }
+            (ConstraintOp::Is, Some(v))
+                if !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_/.-".contains(c)) =>
+            {
+                errs.add("", format!("IS value '{v}' must match ^[a-zA-Z0-9_/.-]*$"))
             }
             _ => {}
         }
@@ -149,26 +151,57 @@ mod tests {
     #[test]
     fn parses_every_operator() {
         assert_eq!(p(&["hostname", "UNIQUE"]).unwrap().op, ConstraintOp::Unique);
-        assert_eq!(p(&["rack", "CLUSTER", "r1"]).unwrap().op, ConstraintOp::Cluster);
+        assert_eq!(
+            p(&["rack", "CLUSTER", "r1"]).unwrap().op,
+            ConstraintOp::Cluster
+        );
         assert_eq!(p(&["rack", "CLUSTER"]).unwrap().value, None);
         assert_eq!(p(&["rack", "GROUP_BY"]).unwrap().op, ConstraintOp::GroupBy);
-        assert_eq!(p(&["rack", "GROUP_BY", "3"]).unwrap().value.as_deref(), Some("3"));
-        assert_eq!(p(&["rack", "LIKE", "r[0-9]"]).unwrap().op, ConstraintOp::Like);
-        assert_eq!(p(&["rack", "UNLIKE", "r1"]).unwrap().op, ConstraintOp::Unlike);
-        assert_eq!(p(&["rack", "MAX_PER", "2"]).unwrap().op, ConstraintOp::MaxPer);
-        assert_eq!(p(&["rack", "IS", "r-1.a/b_c"]).unwrap().op, ConstraintOp::Is);
+        assert_eq!(
+            p(&["rack", "GROUP_BY", "3"]).unwrap().value.as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            p(&["rack", "LIKE", "r[0-9]"]).unwrap().op,
+            ConstraintOp::Like
+        );
+        assert_eq!(
+            p(&["rack", "UNLIKE", "r1"]).unwrap().op,
+            ConstraintOp::Unlike
+        );
+        assert_eq!(
+            p(&["rack", "MAX_PER", "2"]).unwrap().op,
+            ConstraintOp::MaxPer
+        );
+        assert_eq!(
+            p(&["rack", "IS", "r-1.a/b_c"]).unwrap().op,
+            ConstraintOp::Is
+        );
     }
 
     #[test]
     fn rejects_bad_constraints_with_reasons() {
         let e = p(&["hostname", "UNIQUEE"]).unwrap_err();
-        assert!(e.to_string().contains("operator must be one of the following"));
-        assert!(p(&["hostname"]).unwrap_err().to_string().contains("2 or 3 fields"));
+        assert!(
+            e.to_string()
+                .contains("operator must be one of the following")
+        );
+        assert!(
+            p(&["hostname"])
+                .unwrap_err()
+                .to_string()
+                .contains("2 or 3 fields")
+        );
         assert!(p(&["hostname", "UNIQUE", "x"]).is_err());
         assert!(p(&["rack", "GROUP_BY", "x"]).is_err());
         assert!(p(&["rack", "MAX_PER"]).is_err());
         assert!(p(&["rack", "MAX_PER", "0"]).is_err());
-        assert!(p(&["rack", "LIKE", "("]).unwrap_err().to_string().contains("regular expression"));
+        assert!(
+            p(&["rack", "LIKE", "("])
+                .unwrap_err()
+                .to_string()
+                .contains("regular expression")
+        );
         assert!(p(&["rack", "IS", "a b"]).is_err());
     }
 }

@@ -129,11 +129,20 @@ mod tests {
     #[test]
     fn marathon_json_shape() {
         let mut target = BTreeMap::new();
-        target.insert("/a".to_string(), Some(AppDefinition { id: "/a".into(), ..Default::default() }));
+        target.insert(
+            "/a".to_string(),
+            Some(AppDefinition {
+                id: "/a".into(),
+                ..Default::default()
+            }),
+        );
         let d = Deployment::new(
             "2024-01-01T00:00:00.000Z".into(),
             vec![DeploymentStep {
-                actions: vec![DeploymentAction { action: ActionKind::StartApplication, app: "/a".into() }],
+                actions: vec![DeploymentAction {
+                    action: ActionKind::StartApplication,
+                    app: "/a".into(),
+                }],
             }],
             BTreeMap::from([("/a".to_string(), None)]),
             target,

@@ -34,7 +34,10 @@ impl ValidationErrors {
         if let Some(existing) = self.0.iter_mut().find(|f| f.path == path) {
             existing.errors.push(msg);
         } else {
-            self.0.push(FieldError { path, errors: vec![msg] });
+            self.0.push(FieldError {
+                path,
+                errors: vec![msg],
+            });
         }
     }
 

@@ -48,8 +48,12 @@ impl Event {
             }
         };
         obj.insert("eventType".into(), Value::String(event_type.to_string()));
-        obj.entry("timestamp").or_insert_with(|| Value::String(crate::time::now()));
-        Self { event_type: event_type.to_string(), data: Value::Object(obj) }
+        obj.entry("timestamp")
+            .or_insert_with(|| Value::String(crate::time::now()));
+        Self {
+            event_type: event_type.to_string(),
+            data: Value::Object(obj),
+        }
     }
 }
 

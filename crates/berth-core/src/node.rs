@@ -110,7 +110,9 @@ impl Node {
 
     /// A node accepts new tasks when it is reachable, not cordoned and all conditions hold.
     pub fn schedulable(&self) -> bool {
-        self.status == NodeStatus::Ready && !self.cordoned && self.info.conditions.iter().all(|c| c.ok)
+        self.status == NodeStatus::Ready
+            && !self.cordoned
+            && self.info.conditions.iter().all(|c| c.ok)
     }
 }
 

@@ -9,8 +9,10 @@ pub const RESERVED_LAST_SEGMENTS: [&str; 3] = ["restart", "tasks", "versions"];
 fn segment_regex() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
-        Regex::new(r"^(([a-z0-9]|[a-z0-9][a-z0-9\-]*[a-z0-9])\.)*([a-z0-9]|[a-z0-9][a-z0-9\-]*[a-z0-9])$")
-            .unwrap_or_else(|e| panic!("static regex is valid: {e}"))
+        Regex::new(
+            r"^(([a-z0-9]|[a-z0-9][a-z0-9\-]*[a-z0-9])\.)*([a-z0-9]|[a-z0-9][a-z0-9\-]*[a-z0-9])$",
+        )
+        .unwrap_or_else(|e| panic!("static regex is valid: {e}"))
     })
 }
 

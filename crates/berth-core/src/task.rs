@@ -151,6 +151,9 @@ mod tests {
         assert!(id.starts_with("prod_web."));
         assert!(TaskState::Killed.is_terminal());
         assert!(!TaskState::Running.is_terminal());
-        assert_eq!(serde_json::to_string(&TaskState::Running).unwrap(), "\"TASK_RUNNING\"");
+        assert_eq!(
+            serde_json::to_string(&TaskState::Running).unwrap(),
+            "\"TASK_RUNNING\""
+        );
     }
 }

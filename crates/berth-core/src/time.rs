@@ -45,6 +45,9 @@ mod tests {
     #[test]
     fn millis_round_trip() {
         assert_eq!(format_millis(1_706_702_400_123), "2024-01-31T12:00:00.123Z");
-        assert_eq!(parse("2024-01-31T12:00:00.123Z").unwrap().as_millisecond(), 1_706_702_400_123);
+        assert_eq!(
+            parse("2024-01-31T12:00:00.123Z").unwrap().as_millisecond(),
+            1_706_702_400_123
+        );
     }
 }

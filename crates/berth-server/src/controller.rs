@@ -4,14 +4,16 @@
 //! the next pass.
 
 use crate::Shared;
-use crate::state::{Changes, Cluster, K_DELAYS, K_DEPLOYMENTS, K_FAILURES, K_NODES, LaunchDelay, UnplacedInfo};
+use crate::state::{
+    Changes, Cluster, K_DELAYS, K_DEPLOYMENTS, K_FAILURES, K_NODES, LaunchDelay, UnplacedInfo,
+};
+use berth_core::Constraint;
 use berth_core::app::AppDefinition;
 use berth_core::event::Event;
 use berth_core::node::NodeStatus;
 use berth_core::protocol::ReportedStatus;
 use berth_core::task::{Task, TaskGoal, TaskState};
 use berth_core::time::format_millis;
-use berth_core::Constraint;
 use berth_scheduler::{PlacementRequest, Strategy};
 use serde_json::json;
 use std::time::Duration;
@@ -65,7 +67,9 @@ fn check_nodes(st: &mut Cluster, ch: &mut Changes, now: i64, timeout: Duration) 
     let late: Vec<String> = st
         .nodes
         .values()
-        .filter(|n| n.status == NodeStatus::Ready && now - n.last_heartbeat > timeout.as_millis() as i64)
+        .filter(|n| {
+            n.status == NodeStatus::Ready && now - n.last_heartbeat > timeout.as_millis() as i64
+        })
         .map(|n| n.info.id.clone())
         .collect();
     for id in late {
@@ -75,9 +79,15 @@ fn check_nodes(st: &mut Cluster, ch: &mut Changes, now: i64, timeout: Duration) 
             ch.put(format!("{K_NODES}{id}"), &*n);
         }
         st.sync_sched_node(&id);
-        let tasks: Vec<String> = st.tasks_by_node.get(&id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let tasks: Vec<String> = st
+            .tasks_by_node
+            .get(&id)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         for tid in tasks {
-            let Some(t) = st.tasks.get_mut(&tid) else { continue };
+            let Some(t) = st.tasks.get_mut(&tid) else {
+                continue;
+            };
             if t.goal == TaskGoal::Killed {
                 // It cannot be killed through its agent: forget it. If the node comes back,
                 // the agent stops anything the server does not list.
@@ -115,7 +125,9 @@ fn is_healthy(app: &AppDefinition, t: &Task) -> bool {
 /// How long an unreachable task still counts as an instance before it is replaced.
 fn inactive_after_ms(app: &AppDefinition) -> Option<i64> {
     match &app.unreachable_strategy {
-        berth_core::app::UnreachableStrategy::Enabled(e) => Some((e.inactive_after_seconds * 1000.0) as i64),
+        berth_core::app::UnreachableStrategy::Enabled(e) => {
+            Some((e.inactive_after_seconds * 1000.0) as i64)
+        }
         berth_core::app::UnreachableStrategy::Disabled(_) => None,
     }
 }
@@ -133,10 +145,10 @@ fn reconcile_app(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, now: i
         }
         if t.state == TaskState::Unreachable {
             // Replaced once inactive; until then it still counts.
-            if let Some(after) = inactive_after {
-                if now - t.updated_at >= after {
-                    continue;
-                }
+            if let Some(after) = inactive_after
+                && now - t.updated_at >= after
+            {
+                continue;
             }
         }
         if t.config_version == config {
@@ -161,7 +173,11 @@ fn reconcile_app(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, now: i
 
     // Outdated instances: unhealthy ones can always go; healthy ones only while enough
     // healthy instances remain.
-    let healthy_now = current.iter().chain(outdated.iter()).filter(|t| is_healthy(app, t)).count();
+    let healthy_now = current
+        .iter()
+        .chain(outdated.iter())
+        .filter(|t| is_healthy(app, t))
+        .count();
     let mut healthy_left = healthy_now;
     let mut outdated_sorted = outdated.clone();
     sort_for_kill(app, &mut outdated_sorted);
@@ -187,10 +203,13 @@ fn reconcile_app(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, now: i
     let mut room = max_total.saturating_sub(live_after_kills).min(want_new);
     // Deadlock guard (minimumHealthCapacity 1, maximumOverCapacity 0): Marathon still makes
     // progress by replacing one instance at a time.
-    if room == 0 && want_new > 0 && outdated_left > 0 && to_kill.is_empty() {
-        if let Some(t) = outdated_sorted.first() {
-            to_kill.push(t.id.clone());
-        }
+    if room == 0
+        && want_new > 0
+        && outdated_left > 0
+        && to_kill.is_empty()
+        && let Some(t) = outdated_sorted.first()
+    {
+        to_kill.push(t.id.clone());
     }
     if outdated_left == 0 {
         room = want_new;
@@ -217,14 +236,22 @@ fn sort_for_kill(app: &AppDefinition, tasks: &mut [&Task]) {
         let ar = a.state == TaskState::Running;
         let br = b.state == TaskState::Running;
         ar.cmp(&br).then_with(|| {
-            if oldest_first { a.staged_at.cmp(&b.staged_at) } else { b.staged_at.cmp(&a.staged_at) }
+            if oldest_first {
+                a.staged_at.cmp(&b.staged_at)
+            } else {
+                b.staged_at.cmp(&a.staged_at)
+            }
         })
     });
 }
 
 /// The scheduler request for one instance of an app.
 pub fn placement_request(app: &AppDefinition) -> PlacementRequest {
-    let constraints = app.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect();
+    let constraints = app
+        .constraints
+        .iter()
+        .filter_map(|c| Constraint::parse(c).ok())
+        .collect();
     let strategy = match app.labels.get(LABEL_PLACEMENT).map(String::as_str) {
         Some("spread") => Strategy::Spread,
         _ => Strategy::BinPack,
@@ -246,17 +273,22 @@ pub fn placement_request(app: &AppDefinition) -> PlacementRequest {
 
 fn launch(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, count: usize, now: i64) {
     let version = app.version.clone().unwrap_or_default();
-    if let Some(d) = st.delays.get(&app.id) {
-        if d.version == version && d.until > now {
-            return;
-        }
+    if let Some(d) = st.delays.get(&app.id)
+        && d.version == version
+        && d.until > now
+    {
+        return;
     }
     let req = placement_request(app);
     let ids: Vec<String> = (0..count).map(|_| Task::new_id(&app.id)).collect();
     let (placed, unplaced) = st.scheduler.place_many(&ids, &req);
     let placed_n = placed.len();
     for (id, p) in placed {
-        let host = st.nodes.get(&p.node_id).map(|n| n.info.address.clone()).unwrap_or(p.host.clone());
+        let host = st
+            .nodes
+            .get(&p.node_id)
+            .map(|n| n.info.address.clone())
+            .unwrap_or(p.host.clone());
         let t = Task {
             id,
             app_id: app.id.clone(),
@@ -343,7 +375,11 @@ pub fn apply_statuses(
         }
         let health = s.health.clone().unwrap_or_else(|| t.health.clone());
         let health_changed = t.is_healthy() != {
-            if health.is_empty() { None } else { Some(health.iter().all(|h| h.alive)) }
+            if health.is_empty() {
+                None
+            } else {
+                Some(health.iter().all(|h| h.alive))
+            }
         };
         // A node coming back reports its tasks again: they stop being unreachable.
         let state_changed = t.state != s.state;
@@ -389,7 +425,8 @@ pub fn apply_statuses(
     if full {
         // A task the server placed here, that the agent had started, and that the agent no
         // longer has, is lost (e.g. the agent's data dir was wiped).
-        let reported: std::collections::HashSet<&str> = statuses.iter().map(|s| s.task_id.as_str()).collect();
+        let reported: std::collections::HashSet<&str> =
+            statuses.iter().map(|s| s.task_id.as_str()).collect();
         let missing: Vec<String> = st
             .tasks_by_node
             .get(node_id)
@@ -397,7 +434,12 @@ pub fn apply_statuses(
             .flatten()
             .filter(|id| !reported.contains(id.as_str()))
             .filter_map(|id| st.tasks.get(id))
-            .filter(|t| matches!(t.state, TaskState::Starting | TaskState::Running | TaskState::Unreachable))
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    TaskState::Starting | TaskState::Running | TaskState::Unreachable
+                )
+            })
             .map(|t| t.id.clone())
             .collect();
         for id in missing {
@@ -415,11 +457,21 @@ pub fn apply_statuses(
 
 /// Bookkeeping when a task ends: failures are recorded and slow down relaunches.
 fn on_terminal(st: &mut Cluster, ch: &mut Changes, t: &Task, now: i64) {
-    let failed = matches!(t.state, TaskState::Failed | TaskState::Error | TaskState::Lost);
+    let failed = matches!(
+        t.state,
+        TaskState::Failed | TaskState::Error | TaskState::Lost
+    );
     if t.goal == TaskGoal::Killed {
         return;
     }
-    st.count(if failed { "tasks_failed" } else { "tasks_finished" }, 1);
+    st.count(
+        if failed {
+            "tasks_failed"
+        } else {
+            "tasks_finished"
+        },
+        1,
+    );
     let record = json!({
         "appId": t.app_id,
         "host": t.host,
@@ -438,28 +490,52 @@ fn on_terminal(st: &mut Cluster, ch: &mut Changes, t: &Task, now: i64) {
     if !failed {
         return;
     }
-    let Some(app) = st.apps.get(&t.app_id) else { return };
+    let Some(app) = st.apps.get(&t.app_id) else {
+        return;
+    };
     let version = app.version.clone().unwrap_or_default();
-    let prev = st.delays.get(&t.app_id).filter(|d| d.version == version).map(|d| d.failures).unwrap_or(0);
+    let prev = st
+        .delays
+        .get(&t.app_id)
+        .filter(|d| d.version == version)
+        .map(|d| d.failures)
+        .unwrap_or(0);
     let failures = prev + 1;
-    let delay_s = (app.backoff_seconds * app.backoff_factor.powi(failures.saturating_sub(1).min(1000) as i32))
-        .min(app.max_launch_delay_seconds)
-        .max(0.0);
-    let d = LaunchDelay { failures, until: now + (delay_s * 1000.0) as i64, version };
+    let delay_s = (app.backoff_seconds
+        * app
+            .backoff_factor
+            .powi(failures.saturating_sub(1).min(1000) as i32))
+    .min(app.max_launch_delay_seconds)
+    .max(0.0);
+    let d = LaunchDelay {
+        failures,
+        until: now + (delay_s * 1000.0) as i64,
+        version,
+    };
     ch.put(format!("{K_DELAYS}{}", t.app_id), &d);
     st.delays.insert(t.app_id.clone(), d);
 }
 
 /// Is this app in the state a deployment's target asks for?
-fn converged(st: &Cluster, app_id: &str, target: Option<&AppDefinition>, deployment_version: &str) -> bool {
+fn converged(
+    st: &Cluster,
+    app_id: &str,
+    target: Option<&AppDefinition>,
+    deployment_version: &str,
+) -> bool {
     let killing = st.app_tasks(app_id).any(|t| t.goal == TaskGoal::Killed);
     match target {
         None => {
-            let superseded = st.apps.get(app_id).map(|a| a.version.as_deref().unwrap_or("") > deployment_version);
+            let superseded = st
+                .apps
+                .get(app_id)
+                .map(|a| a.version.as_deref().unwrap_or("") > deployment_version);
             !killing && superseded.unwrap_or(true)
         }
         Some(def) => {
-            let Some(current) = st.apps.get(app_id) else { return true };
+            let Some(current) = st.apps.get(app_id) else {
+                return true;
+            };
             if current.version != def.version {
                 return true; // superseded by a newer (forced) change
             }
@@ -485,16 +561,16 @@ fn blocked_reason(st: &Cluster, app_id: &str, target: Option<&AppDefinition>) ->
     let u = st.unplaced.get(app_id)?;
     Some(format!(
         "{app_id}: {} of {} instances unplaced: {}",
-        u.count,
-        def.instances,
-        u.summary
+        u.count, def.instances, u.summary
     ))
 }
 
 fn progress_deployments(st: &mut Cluster, ch: &mut Changes) {
     let ids: Vec<String> = st.deployments.keys().cloned().collect();
     for id in ids {
-        let Some(d) = st.deployments.get(&id).cloned() else { continue };
+        let Some(d) = st.deployments.get(&id).cloned() else {
+            continue;
+        };
         let mut d2 = d.clone();
         // StartApplication steps complete as soon as the app exists.
         while d2.current_step < d2.steps.len()
@@ -512,9 +588,15 @@ fn progress_deployments(st: &mut Cluster, ch: &mut Changes) {
             .all(|(app_id, target)| converged(st, app_id, target.as_ref(), &d2.version));
         if done {
             if let Some(step) = d2.steps.get(d2.current_step.saturating_sub(1)) {
-                ch.event(Event::new("deployment_step_success", json!({"plan": d2.plan_json(), "currentStep": {"actions": step.actions}})));
+                ch.event(Event::new(
+                    "deployment_step_success",
+                    json!({"plan": d2.plan_json(), "currentStep": {"actions": step.actions}}),
+                ));
             }
-            ch.event(Event::new("deployment_success", json!({"id": d2.id, "plan": d2.plan_json()})));
+            ch.event(Event::new(
+                "deployment_success",
+                json!({"id": d2.id, "plan": d2.plan_json()}),
+            ));
             st.deployments.remove(&id);
             ch.delete(format!("{K_DEPLOYMENTS}{id}"));
             continue;
@@ -524,7 +606,11 @@ fn progress_deployments(st: &mut Cluster, ch: &mut Changes) {
             .iter()
             .filter_map(|(app_id, target)| blocked_reason(st, app_id, target.as_ref()))
             .collect();
-        d2.blocked = if reasons.is_empty() { None } else { Some(reasons.join("; ")) };
+        d2.blocked = if reasons.is_empty() {
+            None
+        } else {
+            Some(reasons.join("; "))
+        };
         if d2 != d {
             ch.put(format!("{K_DEPLOYMENTS}{id}"), &d2);
             st.deployments.insert(id, d2);

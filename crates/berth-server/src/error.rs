@@ -15,7 +15,10 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{message}")]
-    Conflict { message: String, deployments: Vec<String> },
+    Conflict {
+        message: String,
+        deployments: Vec<String>,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -63,7 +66,10 @@ impl ApiError {
                 "details": [{"path": "/", "errors": [msg]}],
             }),
             Self::Invalid(errs) => json!({"message": "Object is not valid", "details": errs.0}),
-            Self::Conflict { message, deployments } => json!({
+            Self::Conflict {
+                message,
+                deployments,
+            } => json!({
                 "message": message,
                 "deployments": deployments.iter().map(|id| json!({"id": id})).collect::<Vec<_>>(),
             }),

@@ -102,7 +102,10 @@ impl Inner {
 
     /// Post-commit effects: publish tasks to agents, emit events, wake controllers.
     fn finish(&self, ch: Changes) {
-        let changed = !ch.new_tasks.is_empty() || !ch.nodes.is_empty() || !ch.events.is_empty() || !ch.ops.is_empty();
+        let changed = !ch.new_tasks.is_empty()
+            || !ch.nodes.is_empty()
+            || !ch.events.is_empty()
+            || !ch.ops.is_empty();
         if !ch.new_tasks.is_empty() || !ch.nodes.is_empty() {
             self.state.lock().committed(&ch.new_tasks, &ch.nodes);
         }
@@ -141,11 +144,16 @@ pub struct Server {
 
 impl Server {
     /// Loads state from the store, binds the listener and starts controllers.
-    pub async fn start(mut config: ServerConfig, store: Arc<dyn Store>) -> Result<Server, StartError> {
+    pub async fn start(
+        mut config: ServerConfig,
+        store: Arc<dyn Store>,
+    ) -> Result<Server, StartError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen.to_string(), e.to_string()))?;
-        let addr = listener.local_addr().map_err(|e| StartError::Bind(config.listen.to_string(), e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(config.listen.to_string(), e.to_string()))?;
         if config.listen.port() == 0 {
             // The advertised address follows the real port when port 0 was asked for.
             config.advertise = addr.to_string();

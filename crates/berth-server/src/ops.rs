@@ -3,7 +3,9 @@
 //! `api`; these functions know nothing about requests.
 
 use crate::error::{ApiError, ApiResult};
-use crate::state::{Changes, Cluster, K_APPS, K_DELAYS, K_DEPLOYMENTS, K_FAILURES, K_GROUPS, version_key};
+use crate::state::{
+    Changes, Cluster, K_APPS, K_DELAYS, K_DEPLOYMENTS, K_FAILURES, K_GROUPS, version_key,
+};
 use berth_core::app::{AppDefinition, VersionInfo};
 use berth_core::deployment::{ActionKind, Deployment, DeploymentAction, DeploymentStep};
 use berth_core::event::Event;
@@ -56,7 +58,12 @@ pub fn next_version() -> (i64, String) {
 
 /// Rejects a change to apps locked by a deployment, unless forced; a forced change cancels
 /// the locking deployments (they are superseded).
-fn check_lock(st: &mut Cluster, ch: &mut Changes, app_ids: &[String], force: bool) -> ApiResult<()> {
+fn check_lock(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    app_ids: &[String],
+    force: bool,
+) -> ApiResult<()> {
     let mut locking: Vec<String> = app_ids.iter().flat_map(|a| st.deployments_of(a)).collect();
     locking.sort();
     locking.dedup();
@@ -69,7 +76,10 @@ fn check_lock(st: &mut Cluster, ch: &mut Changes, app_ids: &[String], force: boo
     for id in locking {
         if let Some(d) = st.deployments.remove(&id) {
             ch.delete(format!("{K_DEPLOYMENTS}{id}"));
-            ch.event(Event::new("deployment_failed", json!({"id": d.id, "plan": d.plan_json()})));
+            ch.event(Event::new(
+                "deployment_failed",
+                json!({"id": d.id, "plan": d.plan_json()}),
+            ));
         }
     }
     Ok(())
@@ -87,9 +97,17 @@ fn assign_service_ports(st: &Cluster, app: &mut AppDefinition) {
             used.insert(p);
         }
     }
-    let previous: Vec<i64> = st.apps.get(&app.id).map(|a| service_ports_of(a)).unwrap_or_default();
+    let previous: Vec<i64> = st
+        .apps
+        .get(&app.id)
+        .map(|a| service_ports_of(a))
+        .unwrap_or_default();
     let pick = |idx: usize, used: &mut BTreeSet<i64>| -> i64 {
-        if let Some(p) = previous.get(idx).copied().filter(|p| *p != 0 && !used.contains(p)) {
+        if let Some(p) = previous
+            .get(idx)
+            .copied()
+            .filter(|p| *p != 0 && !used.contains(p))
+        {
             used.insert(p);
             return p;
         }
@@ -100,7 +118,11 @@ fn assign_service_ports(st: &Cluster, app: &mut AppDefinition) {
         used.insert(p);
         p
     };
-    if let Some(mappings) = app.container.as_mut().and_then(|c| c.port_mappings.as_mut()) {
+    if let Some(mappings) = app
+        .container
+        .as_mut()
+        .and_then(|c| c.port_mappings.as_mut())
+    {
         for (i, m) in mappings.iter_mut().enumerate() {
             if m.service_port == 0 {
                 m.service_port = pick(i, &mut used);
@@ -122,10 +144,19 @@ fn assign_service_ports(st: &Cluster, app: &mut AppDefinition) {
 }
 
 pub fn service_ports_of(app: &AppDefinition) -> Vec<i64> {
-    if let Some(m) = app.container.as_ref().and_then(|c| c.port_mappings.as_ref()) {
+    if let Some(m) = app
+        .container
+        .as_ref()
+        .and_then(|c| c.port_mappings.as_ref())
+    {
         return m.iter().map(|m| m.service_port).collect();
     }
-    app.port_definitions.as_deref().unwrap_or(&[]).iter().map(|d| d.port).collect()
+    app.port_definitions
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .map(|d| d.port)
+        .collect()
 }
 
 /// Stores the app as current, records the version, emits the change events.
@@ -155,16 +186,34 @@ fn start_deployment(
 ) -> DeploymentRef {
     let d = Deployment::new(version.to_string(), steps, original, target, created_at);
     ch.put(format!("{K_DEPLOYMENTS}{}", d.id), &d);
-    let current = d.steps.first().map(|s| json!({"actions": s.actions})).unwrap_or(json!({"actions": []}));
-    ch.event(Event::new("deployment_info", json!({"plan": d.plan_json(), "currentStep": current})));
-    ch.event(Event::new("group_change_success", json!({"groupId": "/", "version": version})));
-    let r = DeploymentRef { deployment_id: d.id.clone(), version: version.to_string() };
+    let current = d
+        .steps
+        .first()
+        .map(|s| json!({"actions": s.actions}))
+        .unwrap_or(json!({"actions": []}));
+    ch.event(Event::new(
+        "deployment_info",
+        json!({"plan": d.plan_json(), "currentStep": current}),
+    ));
+    ch.event(Event::new(
+        "group_change_success",
+        json!({"groupId": "/", "version": version}),
+    ));
+    let r = DeploymentRef {
+        deployment_id: d.id.clone(),
+        version: version.to_string(),
+    };
     st.deployments.insert(d.id.clone(), d);
     r
 }
 
 fn step(action: ActionKind, app: &str) -> DeploymentStep {
-    DeploymentStep { actions: vec![DeploymentAction { action, app: app.to_string() }] }
+    DeploymentStep {
+        actions: vec![DeploymentAction {
+            action,
+            app: app.to_string(),
+        }],
+    }
 }
 
 /// Prepares a validated new app (version stamps, service ports).
@@ -204,7 +253,10 @@ pub fn create_app(
         ch,
         &version,
         now,
-        vec![step(ActionKind::StartApplication, &app.id), step(ActionKind::ScaleApplication, &app.id)],
+        vec![
+            step(ActionKind::StartApplication, &app.id),
+            step(ActionKind::ScaleApplication, &app.id),
+        ],
         BTreeMap::from([(app.id.clone(), None)]),
         BTreeMap::from([(app.id.clone(), Some(app.as_ref().clone()))]),
     );
@@ -241,10 +293,16 @@ impl AppUpdate {
             return Err(ApiError::invalid("/", "expected a JSON object"));
         };
         if let Some(v) = map.get("version") {
-            let others: Vec<&String> = map.keys().filter(|k| *k != "version" && *k != "id").collect();
+            let others: Vec<&String> = map
+                .keys()
+                .filter(|k| *k != "version" && *k != "id")
+                .collect();
             if others.is_empty() {
                 let Some(v) = v.as_str() else {
-                    return Err(ApiError::invalid("/version", "must be a version timestamp string"));
+                    return Err(ApiError::invalid(
+                        "/version",
+                        "must be a version timestamp string",
+                    ));
                 };
                 return Ok(AppUpdate::Rollback(v.to_string()));
             }
@@ -288,7 +346,11 @@ fn change_app(
         },
     });
     assign_service_ports(st, &mut new);
-    let action = if scale_only { ActionKind::ScaleApplication } else { ActionKind::RestartApplication };
+    let action = if scale_only {
+        ActionKind::ScaleApplication
+    } else {
+        ActionKind::RestartApplication
+    };
     let new = Arc::new(new);
     let r = start_deployment(
         st,
@@ -354,13 +416,19 @@ pub fn put_app(
 ) -> ApiResult<(bool, DeploymentRef)> {
     match update {
         AppUpdate::Rollback(version) => {
-            let old = st.apps.get(id).cloned().ok_or_else(|| ApiError::app_not_found(id))?;
+            let old = st
+                .apps
+                .get(id)
+                .cloned()
+                .ok_or_else(|| ApiError::app_not_found(id))?;
             let target = st
                 .versions
                 .get(id)
                 .and_then(|v| v.get(&version))
                 .cloned()
-                .ok_or_else(|| ApiError::NotFound(format!("App '{id}' does not exist in version {version}")))?;
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("App '{id}' does not exist in version {version}"))
+                })?;
             let r = change_app(st, ch, old, target.as_ref().clone(), force, ctx)?;
             Ok((false, r))
         }
@@ -394,7 +462,10 @@ pub fn put_apps(
             continue;
         };
         let Some(id) = map.get("id").and_then(Value::as_str).map(path::normalize) else {
-            errs.add(format!("({i})/id"), "every app in a bulk update needs an id");
+            errs.add(
+                format!("({i})/id"),
+                "every app in a bulk update needs an id",
+            );
             continue;
         };
         match merged_definition(st, &id, map, partial) {
@@ -407,7 +478,10 @@ pub fn put_apps(
     let ids: Vec<String> = news.iter().map(|a| a.id.clone()).collect();
     let unique: BTreeSet<&String> = ids.iter().collect();
     if unique.len() != ids.len() {
-        return Err(ApiError::invalid("/", "the same app id appears more than once"));
+        return Err(ApiError::invalid(
+            "/",
+            "the same app id appears more than once",
+        ));
     }
     check_lock(st, ch, &ids, force)?;
     let (now, version) = next_version();
@@ -419,9 +493,16 @@ pub fn put_apps(
         let info = match &old {
             Some(o) if same_config(o, &app) => VersionInfo {
                 last_scaling_at: version.clone(),
-                last_config_change_at: o.version_info.clone().unwrap_or_default().last_config_change_at,
+                last_config_change_at: o
+                    .version_info
+                    .clone()
+                    .unwrap_or_default()
+                    .last_config_change_at,
             },
-            _ => VersionInfo { last_scaling_at: version.clone(), last_config_change_at: version.clone() },
+            _ => VersionInfo {
+                last_scaling_at: version.clone(),
+                last_config_change_at: version.clone(),
+            },
         };
         let action = match &old {
             None => ActionKind::StartApplication,
@@ -436,18 +517,20 @@ pub fn put_apps(
         target.insert(app.id.clone(), Some(app.clone()));
         save_app(st, ch, Arc::new(app), ctx);
     }
-    Ok(start_deployment(st, ch, &version, now, steps, original, target))
+    Ok(start_deployment(
+        st, ch, &version, now, steps, original, target,
+    ))
 }
 
 /// Marks every live task of `app_id` to be killed.
 fn kill_all_tasks(st: &mut Cluster, ch: &mut Changes, app_id: &str) {
     let ids: Vec<String> = st.app_tasks(app_id).map(|t| t.id.clone()).collect();
     for id in ids {
-        if let Some(t) = st.tasks.get_mut(&id) {
-            if t.goal != TaskGoal::Killed {
-                t.goal = TaskGoal::Killed;
-                st.save_task(&id, ch);
-            }
+        if let Some(t) = st.tasks.get_mut(&id)
+            && t.goal != TaskGoal::Killed
+        {
+            t.goal = TaskGoal::Killed;
+            st.save_task(&id, ch);
         }
     }
 }
@@ -472,8 +555,17 @@ fn forget_app(st: &mut Cluster, ch: &mut Changes, app_id: &str) {
 }
 
 /// `DELETE /v2/apps/{id}`.
-pub fn delete_app(st: &mut Cluster, ch: &mut Changes, id: &str, force: bool) -> ApiResult<DeploymentRef> {
-    let old = st.apps.get(id).cloned().ok_or_else(|| ApiError::app_not_found(id))?;
+pub fn delete_app(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    id: &str,
+    force: bool,
+) -> ApiResult<DeploymentRef> {
+    let old = st
+        .apps
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::app_not_found(id))?;
     check_lock(st, ch, &[id.to_string()], force)?;
     let (now, version) = next_version();
     kill_all_tasks(st, ch, id);
@@ -497,12 +589,19 @@ pub fn restart_app(
     force: bool,
     ctx: &RequestCtx,
 ) -> ApiResult<DeploymentRef> {
-    let old = st.apps.get(id).cloned().ok_or_else(|| ApiError::app_not_found(id))?;
+    let old = st
+        .apps
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::app_not_found(id))?;
     check_lock(st, ch, &[id.to_string()], force)?;
     let (now, version) = next_version();
     let mut new = old.as_ref().clone();
     new.version = Some(version.clone());
-    new.version_info = Some(VersionInfo { last_scaling_at: version.clone(), last_config_change_at: version.clone() });
+    new.version_info = Some(VersionInfo {
+        last_scaling_at: version.clone(),
+        last_config_change_at: version.clone(),
+    });
     let new = Arc::new(new);
     let r = start_deployment(
         st,
@@ -536,11 +635,12 @@ pub fn kill_tasks(
     let mut per_app: BTreeMap<String, usize> = BTreeMap::new();
     let mut found = Vec::new();
     for id in task_ids {
-        if let Some(t) = st.tasks.get(id) {
-            if t.goal == TaskGoal::Running && !found.contains(id) {
-                *per_app.entry(t.app_id.clone()).or_default() += 1;
-                found.push(id.clone());
-            }
+        if let Some(t) = st.tasks.get(id)
+            && t.goal == TaskGoal::Running
+            && !found.contains(id)
+        {
+            *per_app.entry(t.app_id.clone()).or_default() += 1;
+            found.push(id.clone());
         }
     }
     let apps: Vec<String> = per_app.keys().cloned().collect();
@@ -563,7 +663,9 @@ pub fn kill_tasks(
         let mut target = BTreeMap::new();
         let mut steps = Vec::new();
         for (app_id, n) in per_app {
-            let Some(old) = st.apps.get(&app_id).cloned() else { continue };
+            let Some(old) = st.apps.get(&app_id).cloned() else {
+                continue;
+            };
             let mut new = old.as_ref().clone();
             new.instances = (new.instances - n as i64).max(0);
             new.version = Some(version.clone());
@@ -576,14 +678,23 @@ pub fn kill_tasks(
             target.insert(app_id.clone(), Some(new.clone()));
             save_app(st, ch, Arc::new(new), ctx);
         }
-        deployment = Some(start_deployment(st, ch, &version, now, steps, original, target));
+        deployment = Some(start_deployment(
+            st, ch, &version, now, steps, original, target,
+        ));
     }
-    Ok(KillResult { tasks: killed, deployment })
+    Ok(KillResult {
+        tasks: killed,
+        deployment,
+    })
 }
 
 /// All app ids within a group (recursively).
 pub fn apps_in_group(st: &Cluster, group: &str) -> Vec<String> {
-    st.apps.keys().filter(|id| path::is_within(&path::parent(id), group) || *id == group).cloned().collect()
+    st.apps
+        .keys()
+        .filter(|id| path::is_within(&path::parent(id), group) || *id == group)
+        .cloned()
+        .collect()
 }
 
 /// True when the group exists explicitly or is implied by an app below it.
@@ -591,7 +702,10 @@ pub fn group_exists(st: &Cluster, group: &str) -> bool {
     group == "/"
         || st.groups.contains(group)
         || st.groups.iter().any(|g| path::is_within(g, group))
-        || st.apps.keys().any(|a| path::is_within(&path::parent(a), group))
+        || st
+            .apps
+            .keys()
+            .any(|a| path::is_within(&path::parent(a), group))
 }
 
 /// Collects the apps of a group JSON (`{"id", "apps": [..], "groups": [..]}`), resolving
@@ -613,7 +727,11 @@ pub fn collect_group_apps(
         for (i, a) in list.iter().enumerate() {
             let mut a = a.clone();
             if let Some(id) = a.get("id").and_then(Value::as_str) {
-                let abs = if id.starts_with('/') { path::normalize(id) } else { path::normalize(&format!("{group_id}/{id}")) };
+                let abs = if id.starts_with('/') {
+                    path::normalize(id)
+                } else {
+                    path::normalize(&format!("{group_id}/{id}"))
+                };
                 a["id"] = Value::String(abs);
             }
             match validate::app_from_json(a) {
@@ -632,14 +750,23 @@ pub fn collect_group_apps(
                 errs.add(format!("{at}/groups({i})/id"), "a group needs an id");
                 continue;
             };
-            let abs = if id.starts_with('/') { path::normalize(id) } else { path::normalize(&format!("{group_id}/{id}")) };
+            let abs = if id.starts_with('/') {
+                path::normalize(id)
+            } else {
+                path::normalize(&format!("{group_id}/{id}"))
+            };
             collect_group_apps(&abs, g, &format!("{at}/groups({i})"), apps, groups, errs);
         }
     }
 }
 
 /// `POST /v2/groups`: creates a group with its apps and subgroups in one deployment.
-pub fn create_group(st: &mut Cluster, ch: &mut Changes, body: Value, ctx: &RequestCtx) -> ApiResult<DeploymentRef> {
+pub fn create_group(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    body: Value,
+    ctx: &RequestCtx,
+) -> ApiResult<DeploymentRef> {
     if !body.is_object() {
         return Err(ApiError::invalid("/", "expected a JSON object"));
     }
@@ -650,7 +777,10 @@ pub fn create_group(st: &mut Cluster, ch: &mut Changes, body: Value, ctx: &Reque
         return Err(ApiError::invalid("/id", e));
     }
     if group_exists(st, &id) || st.apps.contains_key(&id) {
-        return Err(ApiError::Conflict { message: format!("Group {id} is already created. Use PUT to change this group."), deployments: vec![] });
+        return Err(ApiError::Conflict {
+            message: format!("Group {id} is already created. Use PUT to change this group."),
+            deployments: vec![],
+        });
     }
     let mut apps = Vec::new();
     let mut groups = Vec::new();
@@ -659,30 +789,50 @@ pub fn create_group(st: &mut Cluster, ch: &mut Changes, body: Value, ctx: &Reque
     errs.into_result()?;
     for a in &apps {
         if st.apps.contains_key(&a.id) {
-            return Err(ApiError::Conflict { message: format!("An app with id [{}] already exists.", a.id), deployments: vec![] });
+            return Err(ApiError::Conflict {
+                message: format!("An app with id [{}] already exists.", a.id),
+                deployments: vec![],
+            });
         }
     }
     let (now, version) = next_version();
     for g in &groups {
         st.groups.insert(g.clone());
-        ch.put(format!("{K_GROUPS}{g}"), &json!({"id": g, "version": version}));
+        ch.put(
+            format!("{K_GROUPS}{g}"),
+            &json!({"id": g, "version": version}),
+        );
     }
     let mut original = BTreeMap::new();
     let mut target = BTreeMap::new();
     let mut actions = Vec::new();
     for app in apps {
         let app = stamp_new(st, app, &version);
-        actions.push(DeploymentAction { action: ActionKind::StartApplication, app: app.id.clone() });
+        actions.push(DeploymentAction {
+            action: ActionKind::StartApplication,
+            app: app.id.clone(),
+        });
         original.insert(app.id.clone(), None);
         target.insert(app.id.clone(), Some(app.clone()));
         save_app(st, ch, Arc::new(app), ctx);
     }
-    let steps = if actions.is_empty() { vec![] } else { vec![DeploymentStep { actions }] };
-    Ok(start_deployment(st, ch, &version, now, steps, original, target))
+    let steps = if actions.is_empty() {
+        vec![]
+    } else {
+        vec![DeploymentStep { actions }]
+    };
+    Ok(start_deployment(
+        st, ch, &version, now, steps, original, target,
+    ))
 }
 
 /// `DELETE /v2/groups/{id}`: removes the group, its subgroups and all their apps.
-pub fn delete_group(st: &mut Cluster, ch: &mut Changes, id: &str, force: bool) -> ApiResult<DeploymentRef> {
+pub fn delete_group(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    id: &str,
+    force: bool,
+) -> ApiResult<DeploymentRef> {
     if !group_exists(st, id) {
         return Err(ApiError::NotFound(format!("Group '{id}' does not exist")));
     }
@@ -696,18 +846,32 @@ pub fn delete_group(st: &mut Cluster, ch: &mut Changes, id: &str, force: bool) -
         if let Some(old) = st.apps.get(app_id).cloned() {
             kill_all_tasks(st, ch, app_id);
             forget_app(st, ch, app_id);
-            actions.push(DeploymentAction { action: ActionKind::StopApplication, app: app_id.clone() });
+            actions.push(DeploymentAction {
+                action: ActionKind::StopApplication,
+                app: app_id.clone(),
+            });
             original.insert(app_id.clone(), Some(old.as_ref().clone()));
             target.insert(app_id.clone(), None);
         }
     }
-    let groups: Vec<String> = st.groups.iter().filter(|g| path::is_within(g, id)).cloned().collect();
+    let groups: Vec<String> = st
+        .groups
+        .iter()
+        .filter(|g| path::is_within(g, id))
+        .cloned()
+        .collect();
     for g in groups {
         st.groups.remove(&g);
         ch.delete(format!("{K_GROUPS}{g}"));
     }
-    let steps = if actions.is_empty() { vec![] } else { vec![DeploymentStep { actions }] };
-    Ok(start_deployment(st, ch, &version, now, steps, original, target))
+    let steps = if actions.is_empty() {
+        vec![]
+    } else {
+        vec![DeploymentStep { actions }]
+    };
+    Ok(start_deployment(
+        st, ch, &version, now, steps, original, target,
+    ))
 }
 
 /// `PUT /v2/groups/{id}` with `{"scaleBy": f}`: every app's instances times f (rounded up).
@@ -720,7 +884,10 @@ pub fn scale_group(
     ctx: &RequestCtx,
 ) -> ApiResult<DeploymentRef> {
     if !factor.is_finite() || factor < 0.0 {
-        return Err(ApiError::invalid("/scaleBy", "scaleBy must be a non-negative number"));
+        return Err(ApiError::invalid(
+            "/scaleBy",
+            "scaleBy must be a non-negative number",
+        ));
     }
     if !group_exists(st, id) {
         return Err(ApiError::NotFound(format!("Group '{id}' does not exist")));
@@ -730,7 +897,10 @@ pub fn scale_group(
         if let Some(app) = st.apps.get(a) {
             let n = (app.instances as f64 * factor).ceil();
             if n > 1_000_000.0 {
-                return Err(ApiError::invalid("/scaleBy", format!("scaling {a} to {n} instances exceeds the limit of 1000000")));
+                return Err(ApiError::invalid(
+                    "/scaleBy",
+                    format!("scaling {a} to {n} instances exceeds the limit of 1000000"),
+                ));
             }
         }
     }
@@ -740,7 +910,9 @@ pub fn scale_group(
     let mut target = BTreeMap::new();
     let mut actions = Vec::new();
     for app_id in apps {
-        let Some(old) = st.apps.get(&app_id).cloned() else { continue };
+        let Some(old) = st.apps.get(&app_id).cloned() else {
+            continue;
+        };
         let mut new = old.as_ref().clone();
         new.instances = (old.instances as f64 * factor).ceil() as i64;
         new.version = Some(version.clone());
@@ -748,13 +920,22 @@ pub fn scale_group(
             last_scaling_at: version.clone(),
             last_config_change_at: old.config_version().to_string(),
         });
-        actions.push(DeploymentAction { action: ActionKind::ScaleApplication, app: app_id.clone() });
+        actions.push(DeploymentAction {
+            action: ActionKind::ScaleApplication,
+            app: app_id.clone(),
+        });
         original.insert(app_id.clone(), Some(old.as_ref().clone()));
         target.insert(app_id.clone(), Some(new.clone()));
         save_app(st, ch, Arc::new(new), ctx);
     }
-    let steps = if actions.is_empty() { vec![] } else { vec![DeploymentStep { actions }] };
-    Ok(start_deployment(st, ch, &version, now, steps, original, target))
+    let steps = if actions.is_empty() {
+        vec![]
+    } else {
+        vec![DeploymentStep { actions }]
+    };
+    Ok(start_deployment(
+        st, ch, &version, now, steps, original, target,
+    ))
 }
 
 /// `DELETE /v2/deployments/{id}`: with `force` just forget it; without, roll the affected
@@ -767,11 +948,16 @@ pub fn cancel_deployment(
     ctx: &RequestCtx,
 ) -> ApiResult<Option<DeploymentRef>> {
     let Some(d) = st.deployments.get(id).cloned() else {
-        return Err(ApiError::NotFound(format!("DeploymentPlan {id} does not exist")));
+        return Err(ApiError::NotFound(format!(
+            "DeploymentPlan {id} does not exist"
+        )));
     };
     st.deployments.remove(id);
     ch.delete(format!("{K_DEPLOYMENTS}{id}"));
-    ch.event(Event::new("deployment_failed", json!({"id": d.id, "plan": d.plan_json()})));
+    ch.event(Event::new(
+        "deployment_failed",
+        json!({"id": d.id, "plan": d.plan_json()}),
+    ));
     if force {
         return Ok(None);
     }
@@ -785,12 +971,18 @@ pub fn cancel_deployment(
         match before {
             Some(def) => {
                 let mut restored = def.clone();
-                let config_same = current.as_ref().map(|c| same_config(c, def)).unwrap_or(false);
+                let config_same = current
+                    .as_ref()
+                    .map(|c| same_config(c, def))
+                    .unwrap_or(false);
                 restored.version = Some(version.clone());
                 restored.version_info = Some(VersionInfo {
                     last_scaling_at: version.clone(),
                     last_config_change_at: if config_same {
-                        current.as_ref().map(|c| c.config_version().to_string()).unwrap_or_default()
+                        current
+                            .as_ref()
+                            .map(|c| c.config_version().to_string())
+                            .unwrap_or_default()
                     } else {
                         def.config_version().to_string()
                     },
@@ -802,7 +994,10 @@ pub fn cancel_deployment(
                 } else {
                     ActionKind::RestartApplication
                 };
-                actions.push(DeploymentAction { action, app: app_id.clone() });
+                actions.push(DeploymentAction {
+                    action,
+                    app: app_id.clone(),
+                });
                 target.insert(app_id.clone(), Some(restored.clone()));
                 save_app(st, ch, Arc::new(restored), ctx);
             }
@@ -811,12 +1006,19 @@ pub fn cancel_deployment(
                     kill_all_tasks(st, ch, app_id);
                     forget_app(st, ch, app_id);
                 }
-                actions.push(DeploymentAction { action: ActionKind::StopApplication, app: app_id.clone() });
+                actions.push(DeploymentAction {
+                    action: ActionKind::StopApplication,
+                    app: app_id.clone(),
+                });
                 target.insert(app_id.clone(), None);
             }
         }
     }
-    let steps = if actions.is_empty() { vec![] } else { vec![DeploymentStep { actions }] };
+    let steps = if actions.is_empty() {
+        vec![]
+    } else {
+        vec![DeploymentStep { actions }]
+    };
     let r = start_deployment(st, ch, &version, now, steps, original, target);
     if let Some(nd) = st.deployments.get_mut(&r.deployment_id) {
         nd.rollback_of = Some(id.to_string());

@@ -19,7 +19,10 @@ pub struct Embed {
 
 impl Embed {
     pub fn from_params(values: &[String], default_tasks: bool) -> Embed {
-        let mut e = Embed { tasks: default_tasks, last_task_failure: default_tasks };
+        let mut e = Embed {
+            tasks: default_tasks,
+            last_task_failure: default_tasks,
+        };
         for v in values {
             match v.trim_start_matches("apps.").trim_start_matches("app.") {
                 "tasks" => e.tasks = true,
@@ -102,16 +105,26 @@ pub fn app_json(st: &Cluster, app: &AppDefinition, embed: Embed) -> Value {
     v["tasksRunning"] = json!(c.running);
     v["tasksHealthy"] = json!(c.healthy);
     v["tasksUnhealthy"] = json!(c.unhealthy);
-    v["deployments"] = json!(st.deployments_of(&app.id).into_iter().map(|id| json!({"id": id})).collect::<Vec<_>>());
+    v["deployments"] = json!(
+        st.deployments_of(&app.id)
+            .into_iter()
+            .map(|id| json!({"id": id}))
+            .collect::<Vec<_>>()
+    );
     if embed.tasks {
         let mut tasks: Vec<&Task> = st.app_tasks(&app.id).collect();
         tasks.sort_by(|a, b| a.staged_at.cmp(&b.staged_at).then(a.id.cmp(&b.id)));
-        v["tasks"] = json!(tasks.into_iter().map(|t| task_json(t, Some(app))).collect::<Vec<_>>());
+        v["tasks"] = json!(
+            tasks
+                .into_iter()
+                .map(|t| task_json(t, Some(app)))
+                .collect::<Vec<_>>()
+        );
     }
-    if embed.last_task_failure {
-        if let Some(f) = st.last_failures.get(&app.id) {
-            v["lastTaskFailure"] = f.clone();
-        }
+    if embed.last_task_failure
+        && let Some(f) = st.last_failures.get(&app.id)
+    {
+        v["lastTaskFailure"] = f.clone();
     }
     v
 }
@@ -123,9 +136,17 @@ pub fn group_json(st: &Cluster, id: &str, embed: Embed) -> Value {
         if candidate == id || !path::is_within(candidate, id) {
             return None;
         }
-        let rest = if id == "/" { &candidate[1..] } else { &candidate[id.len() + 1..] };
+        let rest = if id == "/" {
+            &candidate[1..]
+        } else {
+            &candidate[id.len() + 1..]
+        };
         let first = rest.split('/').next()?;
-        Some(if id == "/" { format!("/{first}") } else { format!("{id}/{first}") })
+        Some(if id == "/" {
+            format!("/{first}")
+        } else {
+            format!("{id}/{first}")
+        })
     };
     for g in &st.groups {
         if let Some(c) = child_of(g) {

@@ -12,7 +12,7 @@ use berth_core::deployment::Deployment;
 use berth_core::event::Event;
 use berth_core::node::Node;
 use berth_core::task::Task;
-use berth_scheduler::{Scheduler, SchedNode, TaskFootprint};
+use berth_scheduler::{SchedNode, Scheduler, TaskFootprint};
 use berth_store::{Op, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -108,12 +108,19 @@ pub async fn run_persister(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceive
                 Err(_) => break,
             }
         }
-        let ops: Vec<Op> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.ops)).collect();
+        let ops: Vec<Op> = batch
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.ops))
+            .collect();
         let result = if ops.is_empty() {
             Ok(())
         } else {
             store
-                .txn(berth_store::Txn { compares: vec![], success: ops, failure: vec![] })
+                .txn(berth_store::Txn {
+                    compares: vec![],
+                    success: ops,
+                    failure: vec![],
+                })
                 .await
                 .map(|_| ())
                 .map_err(|e: StoreError| e.to_string())
@@ -129,7 +136,8 @@ pub async fn run_persister(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceive
 
 /// Decodes a stored record; a record that no longer decodes is logged and skipped.
 fn decode_as<T: serde::de::DeserializeOwned>(key: &str, v: Value) -> Result<T, ()> {
-    serde_json::from_value(v).map_err(|e| tracing::error!(key, error = %e, "skipping undecodable record"))
+    serde_json::from_value(v)
+        .map_err(|e| tracing::error!(key, error = %e, "skipping undecodable record"))
 }
 
 pub struct Cluster {
@@ -201,7 +209,10 @@ impl Cluster {
                 }
             } else if let Some(rest) = key.strip_prefix(K_VERSIONS) {
                 if let (Some((id, ver)), Ok(app)) = (rest.rsplit_once('|'), decode_as(key, v)) {
-                    c.versions.entry(id.to_string()).or_default().insert(ver.to_string(), Arc::new(app));
+                    c.versions
+                        .entry(id.to_string())
+                        .or_default()
+                        .insert(ver.to_string(), Arc::new(app));
                 }
             } else if key.starts_with(K_TASKS) {
                 if let Ok(t) = decode_as(key, v) {
@@ -219,10 +230,10 @@ impl Cluster {
                 c.groups.insert(id.to_string());
             } else if let Some(id) = key.strip_prefix(K_FAILURES) {
                 c.last_failures.insert(id.to_string(), v);
-            } else if let Some(id) = key.strip_prefix(K_DELAYS) {
-                if let Ok(d) = decode_as(key, v) {
-                    c.delays.insert(id.to_string(), d);
-                }
+            } else if let Some(id) = key.strip_prefix(K_DELAYS)
+                && let Ok(d) = decode_as(key, v)
+            {
+                c.delays.insert(id.to_string(), d);
             }
         }
         // Heartbeats are not persisted: every node gets a full timeout to report after a
@@ -261,8 +272,14 @@ impl Cluster {
     }
 
     fn index_task(&mut self, t: Task) {
-        self.tasks_by_app.entry(t.app_id.clone()).or_default().insert(t.id.clone());
-        self.tasks_by_node.entry(t.node_id.clone()).or_default().insert(t.id.clone());
+        self.tasks_by_app
+            .entry(t.app_id.clone())
+            .or_default()
+            .insert(t.id.clone());
+        self.tasks_by_node
+            .entry(t.node_id.clone())
+            .or_default()
+            .insert(t.id.clone());
         self.scheduler.add_task(TaskFootprint {
             task_id: t.id.clone(),
             app_id: t.app_id.clone(),
@@ -280,8 +297,14 @@ impl Cluster {
         ch.new_tasks.push(t.id.clone());
         ch.nodes.insert(t.node_id.clone());
         self.uncommitted.insert(t.id.clone());
-        self.tasks_by_app.entry(t.app_id.clone()).or_default().insert(t.id.clone());
-        self.tasks_by_node.entry(t.node_id.clone()).or_default().insert(t.id.clone());
+        self.tasks_by_app
+            .entry(t.app_id.clone())
+            .or_default()
+            .insert(t.id.clone());
+        self.tasks_by_node
+            .entry(t.node_id.clone())
+            .or_default()
+            .insert(t.id.clone());
         self.tasks.insert(t.id.clone(), t);
     }
 
@@ -331,12 +354,16 @@ impl Cluster {
 
     /// Records a new app version (and drops the oldest beyond [`MAX_VERSIONS`]).
     pub fn store_version(&mut self, app: &Arc<AppDefinition>, ch: &mut Changes) {
-        let Some(version) = app.version.clone() else { return };
+        let Some(version) = app.version.clone() else {
+            return;
+        };
         ch.put(version_key(&app.id, &version), app.as_ref());
         let versions = self.versions.entry(app.id.clone()).or_default();
         versions.insert(version, app.clone());
         while versions.len() > MAX_VERSIONS {
-            let Some(oldest) = versions.keys().next().cloned() else { break };
+            let Some(oldest) = versions.keys().next().cloned() else {
+                break;
+            };
             versions.remove(&oldest);
             ch.delete(version_key(&app.id, &oldest));
         }
@@ -353,7 +380,10 @@ impl Cluster {
 
     /// The generation channel of a node, created on first use.
     pub fn node_gen(&mut self, node_id: &str) -> watch::Sender<u64> {
-        self.node_gens.entry(node_id.to_string()).or_insert_with(|| watch::channel(1).0).clone()
+        self.node_gens
+            .entry(node_id.to_string())
+            .or_insert_with(|| watch::channel(1).0)
+            .clone()
     }
 
     /// After a mutation is durable: expose its new tasks and wake the affected agents.

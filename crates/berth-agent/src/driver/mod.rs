@@ -49,26 +49,46 @@ impl TaskSpec {
         }
         env.insert(
             "PORTS".into(),
-            self.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","),
+            self.ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
         );
         if let Some(defs) = &self.app.port_definitions {
             for (def, port) in defs.iter().zip(&self.ports) {
                 if let Some(name) = &def.name {
-                    env.insert(format!("PORT_{}", name.to_uppercase().replace('-', "_")), port.to_string());
+                    env.insert(
+                        format!("PORT_{}", name.to_uppercase().replace('-', "_")),
+                        port.to_string(),
+                    );
                 }
             }
         }
         env.insert("HOST".into(), self.host.clone());
         env.insert("MARATHON_APP_ID".into(), self.app_id.clone());
         env.insert("MARATHON_APP_VERSION".into(), self.version.clone());
-        env.insert("MARATHON_APP_RESOURCE_CPUS".into(), self.resources.cpus.to_string());
-        env.insert("MARATHON_APP_RESOURCE_MEM".into(), self.resources.mem.to_string());
-        env.insert("MARATHON_APP_RESOURCE_DISK".into(), self.resources.disk.to_string());
+        env.insert(
+            "MARATHON_APP_RESOURCE_CPUS".into(),
+            self.resources.cpus.to_string(),
+        );
+        env.insert(
+            "MARATHON_APP_RESOURCE_MEM".into(),
+            self.resources.mem.to_string(),
+        );
+        env.insert(
+            "MARATHON_APP_RESOURCE_DISK".into(),
+            self.resources.disk.to_string(),
+        );
         env.insert("MESOS_TASK_ID".into(), self.task_id.clone());
         env.insert("MESOS_SANDBOX".into(), String::new());
         let mut label_names = Vec::new();
         for (k, v) in &self.app.labels {
-            let name = k.to_uppercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>();
+            let name = k
+                .to_uppercase()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect::<String>();
             env.insert(format!("MARATHON_APP_LABEL_{name}"), v.clone());
             label_names.push(name);
         }
@@ -78,7 +98,11 @@ impl TaskSpec {
         if !self.cpuset.is_empty() {
             env.insert(
                 "BERTH_CPUSET".into(),
-                self.cpuset.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+                self.cpuset
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
             );
         }
         for (k, v) in &self.app.env {

@@ -1,10 +1,10 @@
 //! The agent protocol (see `berth_core::protocol`): register, long-poll assignments, report.
 
 use super::{Params, json_body, ok};
+use crate::Shared;
 use crate::controller::apply_statuses;
 use crate::error::{ApiError, ApiResult};
 use crate::state::K_NODES;
-use crate::Shared;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::Uri;
@@ -25,9 +25,16 @@ fn check_info(info: &NodeInfo) -> ApiResult<()> {
     if info.hostname.is_empty() {
         errs.add("/hostname", "hostname must not be empty");
     }
-    for (name, v) in [("cpus", info.resources.cpus), ("mem", info.resources.mem), ("disk", info.resources.disk)] {
+    for (name, v) in [
+        ("cpus", info.resources.cpus),
+        ("mem", info.resources.mem),
+        ("disk", info.resources.disk),
+    ] {
         if !v.is_finite() || v < 0.0 {
-            errs.add(format!("/resources/{name}"), "must be a non-negative number");
+            errs.add(
+                format!("/resources/{name}"),
+                "must be a non-negative number",
+            );
         }
     }
     for (i, r) in info.port_ranges.iter().enumerate() {
@@ -40,14 +47,24 @@ fn check_info(info: &NodeInfo) -> ApiResult<()> {
 
 pub async fn register(State(s): State<Shared>, body: Body) -> ApiResult<Response> {
     let v = json_body(&s, body).await?;
-    let info: NodeInfo = serde_json::from_value(v).map_err(|e| ApiError::invalid("/", e.to_string()))?;
+    let info: NodeInfo =
+        serde_json::from_value(v).map_err(|e| ApiError::invalid("/", e.to_string()))?;
     check_info(&info)?;
     let now = berth_core::time::now_millis();
     let id = info.id.clone();
     s.apply(|st, ch| {
-        let (cordoned, registered_at) =
-            st.nodes.get(&id).map(|n| (n.cordoned, n.registered_at)).unwrap_or((false, now));
-        let node = Node { info, status: NodeStatus::Ready, cordoned, registered_at, last_heartbeat: now };
+        let (cordoned, registered_at) = st
+            .nodes
+            .get(&id)
+            .map(|n| (n.cordoned, n.registered_at))
+            .unwrap_or((false, now));
+        let node = Node {
+            info,
+            status: NodeStatus::Ready,
+            cordoned,
+            registered_at,
+            last_heartbeat: now,
+        };
         ch.put(format!("{K_NODES}{id}"), &node);
         ch.nodes.insert(id.clone());
         st.nodes.insert(id.clone(), node);
@@ -57,17 +74,26 @@ pub async fn register(State(s): State<Shared>, body: Body) -> ApiResult<Response
     .await?;
     tracing::info!(node = %id, "node registered");
     let interval = (s.config.node_timeout / 4).as_millis() as u64;
-    Ok(ok(serde_json::to_value(RegisterResponse { node_id: id, heartbeat_interval_ms: interval.max(100) })
-        .unwrap_or_default()))
+    Ok(ok(serde_json::to_value(RegisterResponse {
+        node_id: id,
+        heartbeat_interval_ms: interval.max(100),
+    })
+    .unwrap_or_default()))
 }
 
 fn build_assignments(s: &Shared, node_id: &str) -> ApiResult<Assignments> {
     let mut st = s.state.lock();
     if !st.nodes.contains_key(node_id) {
-        return Err(ApiError::NotFound(format!("node '{node_id}' is not registered")));
+        return Err(ApiError::NotFound(format!(
+            "node '{node_id}' is not registered"
+        )));
     }
     let generation = *st.node_gen(node_id).borrow();
-    let ids: Vec<String> = st.tasks_by_node.get(node_id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+    let ids: Vec<String> = st
+        .tasks_by_node
+        .get(node_id)
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default();
     let mut assignments = Vec::with_capacity(ids.len());
     for id in ids {
         if st.uncommitted.contains(&id) {
@@ -80,7 +106,10 @@ fn build_assignments(s: &Shared, node_id: &str) -> ApiResult<Assignments> {
         let app = st
             .app_at(&t.app_id, &t.version)
             .map(|a| a.as_ref().clone())
-            .unwrap_or_else(|| AppDefinition { id: t.app_id.clone(), ..Default::default() });
+            .unwrap_or_else(|| AppDefinition {
+                id: t.app_id.clone(),
+                ..Default::default()
+            });
         assignments.push(Assignment {
             task_id: t.id.clone(),
             app_id: t.app_id.clone(),
@@ -93,17 +122,30 @@ fn build_assignments(s: &Shared, node_id: &str) -> ApiResult<Assignments> {
             app,
         });
     }
-    Ok(Assignments { generation, assignments })
+    Ok(Assignments {
+        generation,
+        assignments,
+    })
 }
 
-pub async fn assignments(State(s): State<Shared>, Path(node): Path<String>, uri: Uri) -> ApiResult<Response> {
+pub async fn assignments(
+    State(s): State<Shared>,
+    Path(node): Path<String>,
+    uri: Uri,
+) -> ApiResult<Response> {
     let p = Params::from_uri(&uri);
     let after: u64 = p.get("after").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let wait = p.get("wait").and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs).unwrap_or(Duration::ZERO);
+    let wait = p
+        .get("wait")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::ZERO);
     let mut rx = {
         let mut st = s.state.lock();
         if !st.nodes.contains_key(&node) {
-            return Err(ApiError::NotFound(format!("node '{node}' is not registered")));
+            return Err(ApiError::NotFound(format!(
+                "node '{node}' is not registered"
+            )));
         }
         st.node_gen(&node).subscribe()
     };
@@ -114,9 +156,14 @@ pub async fn assignments(State(s): State<Shared>, Path(node): Path<String>, uri:
     Ok(ok(serde_json::to_value(a).unwrap_or_default()))
 }
 
-pub async fn status(State(s): State<Shared>, Path(node): Path<String>, body: Body) -> ApiResult<Response> {
+pub async fn status(
+    State(s): State<Shared>,
+    Path(node): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
     let v = json_body(&s, body).await?;
-    let report: StatusReport = serde_json::from_value(v).map_err(|e| ApiError::invalid("/", e.to_string()))?;
+    let report: StatusReport =
+        serde_json::from_value(v).map_err(|e| ApiError::invalid("/", e.to_string()))?;
     if let Some(info) = &report.info {
         check_info(info)?;
     }
@@ -124,7 +171,9 @@ pub async fn status(State(s): State<Shared>, Path(node): Path<String>, body: Bod
     let unknown = s
         .apply(|st, ch| {
             let Some(n) = st.nodes.get_mut(&node) else {
-                return Err(ApiError::NotFound(format!("node '{node}' is not registered")));
+                return Err(ApiError::NotFound(format!(
+                    "node '{node}' is not registered"
+                )));
             };
             n.last_heartbeat = now;
             let mut changed = false;
@@ -133,24 +182,34 @@ pub async fn status(State(s): State<Shared>, Path(node): Path<String>, body: Bod
                 changed = true;
                 tracing::info!(node = %node, "node is reachable again");
             }
-            if let Some(c) = &report.conditions {
-                if *c != n.info.conditions {
-                    n.info.conditions = c.clone();
-                    changed = true;
-                }
+            if let Some(c) = &report.conditions
+                && *c != n.info.conditions
+            {
+                n.info.conditions = c.clone();
+                changed = true;
             }
-            if let Some(info) = &report.info {
-                if info.id == node && *info != n.info {
-                    n.info = info.clone();
-                    changed = true;
-                }
+            if let Some(info) = &report.info
+                && info.id == node
+                && *info != n.info
+            {
+                n.info = info.clone();
+                changed = true;
             }
             if changed {
                 ch.put(format!("{K_NODES}{node}"), &*n);
                 st.sync_sched_node(&node);
             }
-            Ok(apply_statuses(st, ch, &node, &report.statuses, report.full, now))
+            Ok(apply_statuses(
+                st,
+                ch,
+                &node,
+                &report.statuses,
+                report.full,
+                now,
+            ))
         })
         .await?;
-    Ok(ok(serde_json::to_value(StatusAck { unknown }).unwrap_or_default()))
+    Ok(ok(
+        serde_json::to_value(StatusAck { unknown }).unwrap_or_default()
+    ))
 }

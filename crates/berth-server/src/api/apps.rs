@@ -2,10 +2,10 @@
 //! rollback, versions, and the app's tasks.
 
 use super::{Params, ctx, json_body, ok};
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::ops::{self, AppUpdate};
 use crate::render::{Embed, app_json, task_json};
-use crate::Shared;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderValue, StatusCode, Uri};
@@ -48,17 +48,21 @@ fn parse_target(rest: &str) -> Target {
 
 /// Label selector: comma-separated `k==v`, `k!=v`, `k` (exists), `!k` (absent).
 fn label_matches(selector: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
-    selector.split(',').map(str::trim).filter(|s| !s.is_empty()).all(|term| {
-        if let Some((k, v)) = term.split_once("==") {
-            labels.get(k.trim()).map(|x| x == v.trim()).unwrap_or(false)
-        } else if let Some((k, v)) = term.split_once("!=") {
-            labels.get(k.trim()).map(|x| x != v.trim()).unwrap_or(true)
-        } else if let Some(k) = term.strip_prefix('!') {
-            !labels.contains_key(k.trim())
-        } else {
-            labels.contains_key(term)
-        }
-    })
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .all(|term| {
+            if let Some((k, v)) = term.split_once("==") {
+                labels.get(k.trim()).map(|x| x == v.trim()).unwrap_or(false)
+            } else if let Some((k, v)) = term.split_once("!=") {
+                labels.get(k.trim()).map(|x| x != v.trim()).unwrap_or(true)
+            } else if let Some(k) = term.strip_prefix('!') {
+                !labels.contains_key(k.trim())
+            } else {
+                labels.contains_key(term)
+            }
+        })
 }
 
 pub async fn list(State(s): State<Shared>, uri: Uri) -> ApiResult<Response> {
@@ -71,7 +75,10 @@ pub async fn list(State(s): State<Shared>, uri: Uri) -> ApiResult<Response> {
     let apps: Vec<Value> = st
         .apps
         .values()
-        .filter(|a| cmd.as_deref().is_none_or(|c| a.cmd.as_deref().unwrap_or("").contains(c)))
+        .filter(|a| {
+            cmd.as_deref()
+                .is_none_or(|c| a.cmd.as_deref().unwrap_or("").contains(c))
+        })
         .filter(|a| id.as_deref().is_none_or(|i| a.id.contains(i)))
         .filter(|a| label.as_deref().is_none_or(|l| label_matches(l, &a.labels)))
         .map(|a| app_json(&st, a, embed))
@@ -132,7 +139,9 @@ pub async fn put_many(
         return Err(ApiError::invalid("/", "expected a JSON array of apps"));
     };
     let c = ctx(&addr, &uri);
-    let r = s.apply(|st, ch| ops::put_apps(st, ch, items, partial, force, &c)).await?;
+    let r = s
+        .apply(|st, ch| ops::put_apps(st, ch, items, partial, force, &c))
+        .await?;
     Ok(deployment_response(StatusCode::OK, &r))
 }
 
@@ -145,7 +154,10 @@ async fn update(
     patch: bool,
 ) -> ApiResult<Response> {
     let Target::App(id) = parse_target(&rest) else {
-        return Err(ApiError::NotFound(format!("no such resource: {}", uri.path())));
+        return Err(ApiError::NotFound(format!(
+            "no such resource: {}",
+            uri.path()
+        )));
     };
     let p = Params::from_uri(&uri);
     let force = p.flag("force", false)?;
@@ -159,8 +171,17 @@ async fn update(
         return Err(ApiError::invalid("/id", e));
     }
     let c = ctx(&addr, &uri);
-    let (was_created, r) = s.apply(|st, ch| ops::put_app(st, ch, &id, update, partial, force, &c)).await?;
-    Ok(deployment_response(if was_created { StatusCode::CREATED } else { StatusCode::OK }, &r))
+    let (was_created, r) = s
+        .apply(|st, ch| ops::put_app(st, ch, &id, update, partial, force, &c))
+        .await?;
+    Ok(deployment_response(
+        if was_created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        &r,
+    ))
 }
 
 pub async fn put_one(
@@ -183,26 +204,42 @@ pub async fn patch_one(
     update(s, addr, uri, rest, body, true).await
 }
 
-pub async fn get_sub(State(s): State<Shared>, uri: Uri, Path(rest): Path<String>) -> ApiResult<Response> {
+pub async fn get_sub(
+    State(s): State<Shared>,
+    uri: Uri,
+    Path(rest): Path<String>,
+) -> ApiResult<Response> {
     let p = Params::from_uri(&uri);
     let st = s.state.lock();
     match parse_target(&rest) {
         Target::App(id) => {
-            let app = st.apps.get(&id).ok_or_else(|| ApiError::app_not_found(&id))?;
+            let app = st
+                .apps
+                .get(&id)
+                .ok_or_else(|| ApiError::app_not_found(&id))?;
             let embed = Embed::from_params(&p.all("embed"), true);
             Ok(ok(json!({"app": app_json(&st, app, embed)})))
         }
         Target::Tasks(id) => {
-            let app = st.apps.get(&id).ok_or_else(|| ApiError::app_not_found(&id))?;
+            let app = st
+                .apps
+                .get(&id)
+                .ok_or_else(|| ApiError::app_not_found(&id))?;
             let mut tasks: Vec<_> = st.app_tasks(&id).collect();
             tasks.sort_by(|a, b| a.staged_at.cmp(&b.staged_at).then(a.id.cmp(&b.id)));
-            Ok(ok(json!({"tasks": tasks.into_iter().map(|t| task_json(t, Some(app))).collect::<Vec<_>>()})))
+            Ok(ok(
+                json!({"tasks": tasks.into_iter().map(|t| task_json(t, Some(app))).collect::<Vec<_>>()}),
+            ))
         }
         Target::Versions(id) => {
             if !st.apps.contains_key(&id) {
                 return Err(ApiError::app_not_found(&id));
             }
-            let mut versions: Vec<&String> = st.versions.get(&id).map(|v| v.keys().collect()).unwrap_or_default();
+            let mut versions: Vec<&String> = st
+                .versions
+                .get(&id)
+                .map(|v| v.keys().collect())
+                .unwrap_or_default();
             versions.reverse();
             Ok(ok(json!({"versions": versions})))
         }
@@ -211,10 +248,15 @@ pub async fn get_sub(State(s): State<Shared>, uri: Uri, Path(rest): Path<String>
                 .versions
                 .get(&id)
                 .and_then(|m| m.get(&v))
-                .ok_or_else(|| ApiError::NotFound(format!("App '{id}' does not exist in version {v}")))?;
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("App '{id}' does not exist in version {v}"))
+                })?;
             Ok(ok(serde_json::to_value(def.as_ref()).unwrap_or(Value::Null)))
         }
-        Target::Restart(_) | Target::Task(..) => Err(ApiError::NotFound(format!("no such resource: {}", uri.path()))),
+        Target::Restart(_) | Target::Task(..) => Err(ApiError::NotFound(format!(
+            "no such resource: {}",
+            uri.path()
+        ))),
     }
 }
 
@@ -225,11 +267,16 @@ pub async fn post_sub(
     Path(rest): Path<String>,
 ) -> ApiResult<Response> {
     let Target::Restart(id) = parse_target(&rest) else {
-        return Err(ApiError::NotFound(format!("no such resource: POST {}", uri.path())));
+        return Err(ApiError::NotFound(format!(
+            "no such resource: POST {}",
+            uri.path()
+        )));
     };
     let force = Params::from_uri(&uri).flag("force", false)?;
     let c = ctx(&addr, &uri);
-    let r = s.apply(|st, ch| ops::restart_app(st, ch, &id, force, &c)).await?;
+    let r = s
+        .apply(|st, ch| ops::restart_app(st, ch, &id, force, &c))
+        .await?;
     Ok(deployment_response(StatusCode::OK, &r))
 }
 
@@ -246,7 +293,9 @@ pub async fn delete_sub(
     let c = ctx(&addr, &uri);
     match parse_target(&rest) {
         Target::App(id) => {
-            let r = s.apply(|st, ch| ops::delete_app(st, ch, &id, force)).await?;
+            let r = s
+                .apply(|st, ch| ops::delete_app(st, ch, &id, force))
+                .await?;
             Ok(deployment_response(StatusCode::OK, &r))
         }
         Target::Task(app_id, task_id) => {
@@ -257,7 +306,11 @@ pub async fn delete_sub(
                     }
                     match st.tasks.get(&task_id) {
                         Some(t) if t.app_id == app_id => {}
-                        _ => return Err(ApiError::NotFound(format!("Task '{task_id}' does not exist"))),
+                        _ => {
+                            return Err(ApiError::NotFound(format!(
+                                "Task '{task_id}' does not exist"
+                            )));
+                        }
                     }
                     ops::kill_tasks(st, ch, std::slice::from_ref(&task_id), scale, force, &c)
                 })
@@ -267,7 +320,11 @@ pub async fn delete_sub(
             }
             let st = s.state.lock();
             let app = st.apps.get(&app_id);
-            let task = r.tasks.first().map(|t| task_json(t, app.map(|a| a.as_ref()))).unwrap_or(Value::Null);
+            let task = r
+                .tasks
+                .first()
+                .map(|t| task_json(t, app.map(|a| a.as_ref())))
+                .unwrap_or(Value::Null);
             Ok(ok(json!({"task": task})))
         }
         Target::Tasks(app_id) => {
@@ -290,11 +347,13 @@ pub async fn delete_sub(
             }
             let st = s.state.lock();
             let app = st.apps.get(&app_id);
-            Ok(ok(json!({"tasks": r.tasks.iter().map(|t| task_json(t, app.map(|a| a.as_ref()))).collect::<Vec<_>>()})))
+            Ok(ok(
+                json!({"tasks": r.tasks.iter().map(|t| task_json(t, app.map(|a| a.as_ref()))).collect::<Vec<_>>()}),
+            ))
         }
-        Target::Restart(_) | Target::Versions(_) | Target::Version(..) => {
-            Err(ApiError::NotFound(format!("no such resource: DELETE {}", uri.path())))
-        }
+        Target::Restart(_) | Target::Versions(_) | Target::Version(..) => Err(ApiError::NotFound(
+            format!("no such resource: DELETE {}", uri.path()),
+        )),
     }
 }
 
@@ -307,8 +366,12 @@ mod tests {
         assert!(matches!(parse_target("a/b"), Target::App(id) if id == "/a/b"));
         assert!(matches!(parse_target("/a/restart"), Target::Restart(id) if id == "/a"));
         assert!(matches!(parse_target("a/tasks"), Target::Tasks(id) if id == "/a"));
-        assert!(matches!(parse_target("a/b/tasks/a_b.1"), Target::Task(id, t) if id == "/a/b" && t == "a_b.1"));
-        assert!(matches!(parse_target("a/versions/v1"), Target::Version(id, v) if id == "/a" && v == "v1"));
+        assert!(
+            matches!(parse_target("a/b/tasks/a_b.1"), Target::Task(id, t) if id == "/a/b" && t == "a_b.1")
+        );
+        assert!(
+            matches!(parse_target("a/versions/v1"), Target::Version(id, v) if id == "/a" && v == "v1")
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Berth's own API (`/api/v1`): what Marathon never had (nodes, deployment diagnostics).
 
 use super::ok;
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::state::Cluster;
-use crate::Shared;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use berth_core::node::{Node, NodeResources};
@@ -13,7 +13,10 @@ use serde_json::{Value, json};
 fn node_json(st: &Cluster, n: &Node) -> Value {
     let usage = st.scheduler.node_usage(n.id());
     let (used, tasks) = match &usage {
-        Some(u) => (json!({"cpus": u.cpus, "mem": u.mem, "disk": u.disk}), u.tasks),
+        Some(u) => (
+            json!({"cpus": u.cpus, "mem": u.mem, "disk": u.disk}),
+            u.tasks,
+        ),
         None => (json!(NodeResources::default()), 0),
     };
     json!({
@@ -47,7 +50,10 @@ pub async fn nodes(State(s): State<Shared>) -> Response {
 
 pub async fn node(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
     let st = s.state.lock();
-    let n = st.nodes.get(&id).ok_or_else(|| ApiError::NotFound(format!("node '{id}' does not exist")))?;
+    let n = st
+        .nodes
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("node '{id}' does not exist")))?;
     Ok(ok(node_json(&st, n)))
 }
 
@@ -94,12 +100,19 @@ fn deployment_json(st: &Cluster, d: &berth_core::deployment::Deployment) -> Valu
 
 pub async fn deployments(State(s): State<Shared>) -> Response {
     let st = s.state.lock();
-    let list: Vec<Value> = st.deployments.values().map(|d| deployment_json(&st, d)).collect();
+    let list: Vec<Value> = st
+        .deployments
+        .values()
+        .map(|d| deployment_json(&st, d))
+        .collect();
     ok(json!({"deployments": list}))
 }
 
 pub async fn deployment(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
     let st = s.state.lock();
-    let d = st.deployments.get(&id).ok_or_else(|| ApiError::NotFound(format!("DeploymentPlan {id} does not exist")))?;
+    let d = st
+        .deployments
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("DeploymentPlan {id} does not exist")))?;
     Ok(ok(deployment_json(&st, d)))
 }

@@ -2,8 +2,8 @@
 //! optionally filtered by `event_type`.
 
 use super::Params;
-use crate::error::{ApiError, ApiResult};
 use crate::Shared;
+use crate::error::{ApiError, ApiResult};
 use axum::extract::{ConnectInfo, State};
 use axum::http::Uri;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -18,10 +18,16 @@ use std::time::Duration;
 use tokio_stream::wrappers::BroadcastStream;
 
 fn frame(e: &Event) -> SseEvent {
-    SseEvent::default().event(e.event_type.clone()).data(e.data.to_string())
+    SseEvent::default()
+        .event(e.event_type.clone())
+        .data(e.data.to_string())
 }
 
-pub async fn stream(State(s): State<Shared>, addr: ConnectInfo<SocketAddr>, uri: Uri) -> ApiResult<Response> {
+pub async fn stream(
+    State(s): State<Shared>,
+    addr: ConnectInfo<SocketAddr>,
+    uri: Uri,
+) -> ApiResult<Response> {
     let p = Params::from_uri(&uri);
     let filter: Vec<String> = p.all("event_type");
     for f in &filter {
@@ -30,7 +36,10 @@ pub async fn stream(State(s): State<Shared>, addr: ConnectInfo<SocketAddr>, uri:
         }
     }
     let rx = s.events.subscribe();
-    let attached = Event::new("event_stream_attached", json!({"remoteAddress": addr.0.ip().to_string()}));
+    let attached = Event::new(
+        "event_stream_attached",
+        json!({"remoteAddress": addr.0.ip().to_string()}),
+    );
     let first = if filter.is_empty() || filter.iter().any(|f| f == "event_stream_attached") {
         Some(Ok::<_, Infallible>(frame(&attached)))
     } else {
@@ -52,5 +61,7 @@ pub async fn stream(State(s): State<Shared>, addr: ConnectInfo<SocketAddr>, uri:
         futures::future::ready(out)
     });
     let stream = futures::stream::iter(first).chain(live);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }

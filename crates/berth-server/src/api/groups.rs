@@ -1,10 +1,10 @@
 //! `/v2/groups`: the tree of apps by id, created and removed as a unit, and `scaleBy`.
 
 use super::{Params, ctx, json_body, ok};
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::ops;
 use crate::render::{Embed, group_json};
-use crate::Shared;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{StatusCode, Uri};
@@ -25,7 +25,11 @@ pub async fn root(State(s): State<Shared>, uri: Uri) -> ApiResult<Response> {
     Ok(ok(group_json(&st, "/", embed)))
 }
 
-pub async fn get(State(s): State<Shared>, uri: Uri, Path(rest): Path<String>) -> ApiResult<Response> {
+pub async fn get(
+    State(s): State<Shared>,
+    uri: Uri,
+    Path(rest): Path<String>,
+) -> ApiResult<Response> {
     let p = Params::from_uri(&uri);
     let embed = Embed::from_params(&p.all("embed"), false);
     let id = group_id(&rest);
@@ -40,19 +44,30 @@ pub async fn get(State(s): State<Shared>, uri: Uri, Path(rest): Path<String>) ->
     Ok(ok(group_json(&st, &id, embed)))
 }
 
-async fn create_with(s: Shared, addr: ConnectInfo<SocketAddr>, uri: Uri, parent: &str, body: Body) -> ApiResult<Response> {
+async fn create_with(
+    s: Shared,
+    addr: ConnectInfo<SocketAddr>,
+    uri: Uri,
+    parent: &str,
+    body: Body,
+) -> ApiResult<Response> {
     let mut v = json_body(&s, body).await?;
-    if let Some(id) = v.get("id").and_then(Value::as_str) {
-        if !id.starts_with('/') {
-            v["id"] = Value::String(path::normalize(&format!("{parent}/{id}")));
-        }
+    if let Some(id) = v.get("id").and_then(Value::as_str)
+        && !id.starts_with('/')
+    {
+        v["id"] = Value::String(path::normalize(&format!("{parent}/{id}")));
     }
     let c = ctx(&addr, &uri);
     let r = s.apply(|st, ch| ops::create_group(st, ch, v, &c)).await?;
     Ok((StatusCode::CREATED, axum::Json(r.to_json())).into_response())
 }
 
-pub async fn create(State(s): State<Shared>, addr: ConnectInfo<SocketAddr>, uri: Uri, body: Body) -> ApiResult<Response> {
+pub async fn create(
+    State(s): State<Shared>,
+    addr: ConnectInfo<SocketAddr>,
+    uri: Uri,
+    body: Body,
+) -> ApiResult<Response> {
     create_with(s, addr, uri, "/", body).await
 }
 
@@ -83,7 +98,9 @@ pub async fn put(
         let Some(factor) = f.as_f64() else {
             return Err(ApiError::invalid("/scaleBy", "scaleBy must be a number"));
         };
-        let r = s.apply(|st, ch| ops::scale_group(st, ch, &id, factor, force, &c)).await?;
+        let r = s
+            .apply(|st, ch| ops::scale_group(st, ch, &id, factor, force, &c))
+            .await?;
         return Ok(ok(r.to_json()));
     }
     if let Some(apps) = v.get("apps").and_then(Value::as_array) {
@@ -91,22 +108,33 @@ pub async fn put(
         let mut items = Vec::new();
         for a in apps {
             let mut a = a.clone();
-            if let Some(aid) = a.get("id").and_then(Value::as_str) {
-                if !aid.starts_with('/') {
-                    a["id"] = Value::String(path::normalize(&format!("{id}/{aid}")));
-                }
+            if let Some(aid) = a.get("id").and_then(Value::as_str)
+                && !aid.starts_with('/')
+            {
+                a["id"] = Value::String(path::normalize(&format!("{id}/{aid}")));
             }
             items.push(a);
         }
-        let r = s.apply(|st, ch| ops::put_apps(st, ch, items, false, force, &c)).await?;
+        let r = s
+            .apply(|st, ch| ops::put_apps(st, ch, items, false, force, &c))
+            .await?;
         return Ok(ok(r.to_json()));
     }
-    Err(ApiError::invalid("/", "a group update needs 'scaleBy' or 'apps'"))
+    Err(ApiError::invalid(
+        "/",
+        "a group update needs 'scaleBy' or 'apps'",
+    ))
 }
 
-pub async fn delete(State(s): State<Shared>, uri: Uri, Path(rest): Path<String>) -> ApiResult<Response> {
+pub async fn delete(
+    State(s): State<Shared>,
+    uri: Uri,
+    Path(rest): Path<String>,
+) -> ApiResult<Response> {
     let force = Params::from_uri(&uri).flag("force", false)?;
     let id = group_id(&rest);
-    let r = s.apply(|st, ch| ops::delete_group(st, ch, &id, force)).await?;
+    let r = s
+        .apply(|st, ch| ops::delete_group(st, ch, &id, force))
+        .await?;
     Ok(ok(r.to_json()))
 }

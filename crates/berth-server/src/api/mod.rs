@@ -9,9 +9,9 @@ mod groups;
 mod system;
 mod tasks;
 
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::ops::RequestCtx;
-use crate::Shared;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request};
@@ -30,15 +30,28 @@ pub fn router(shared: Shared) -> Router {
         .route("/v2/queue", get(system::queue))
         .route("/v2/queue/{*rest}", delete(system::reset_delay))
         .route("/v2/events", get(events::stream))
-        .route("/v2/apps", get(apps::list).post(apps::create).put(apps::put_many))
+        .route(
+            "/v2/apps",
+            get(apps::list).post(apps::create).put(apps::put_many),
+        )
         .route(
             "/v2/apps/{*rest}",
-            get(apps::get_sub).put(apps::put_one).patch(apps::patch_one).delete(apps::delete_sub).post(apps::post_sub),
+            get(apps::get_sub)
+                .put(apps::put_one)
+                .patch(apps::patch_one)
+                .delete(apps::delete_sub)
+                .post(apps::post_sub),
         )
         .route("/v2/tasks", get(tasks::list))
         .route("/v2/tasks/delete", post(tasks::delete_many))
         .route("/v2/groups", get(groups::root).post(groups::create))
-        .route("/v2/groups/{*rest}", get(groups::get).put(groups::put).delete(groups::delete).post(groups::create_under))
+        .route(
+            "/v2/groups/{*rest}",
+            get(groups::get)
+                .put(groups::put)
+                .delete(groups::delete)
+                .post(groups::create_under),
+        )
         .route("/v2/deployments", get(system::deployments))
         .route("/v2/deployments/{id}", delete(system::cancel_deployment))
         .route("/api/v1/agent/register", post(agent::register))
@@ -54,7 +67,11 @@ pub fn router(shared: Shared) -> Router {
 }
 
 async fn not_found(uri: Uri) -> Response {
-    (StatusCode::NOT_FOUND, axum::Json(json!({"message": format!("no route for {}", uri.path())}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({"message": format!("no route for {}", uri.path())})),
+    )
+        .into_response()
 }
 
 async fn method_not_allowed(req: Request) -> Response {
@@ -84,11 +101,18 @@ impl Params {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn all(&self, key: &str) -> Vec<String> {
-        self.0.iter().filter(|(k, _)| k == key).flat_map(|(_, v)| v.split(',').map(str::to_string)).collect()
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .flat_map(|(_, v)| v.split(',').map(str::to_string))
+            .collect()
     }
 
     /// Booleans as clients send them: `true`, `True`, `1`; a bad value is a 400.
@@ -98,7 +122,9 @@ impl Params {
             Some(v) => match v.to_ascii_lowercase().as_str() {
                 "true" | "1" | "" => Ok(true),
                 "false" | "0" => Ok(false),
-                _ => Err(ApiError::BadRequest(format!("query parameter '{key}' must be true or false, got '{v}'"))),
+                _ => Err(ApiError::BadRequest(format!(
+                    "query parameter '{key}' must be true or false, got '{v}'"
+                ))),
             },
         }
     }
@@ -112,7 +138,9 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -130,9 +158,14 @@ fn percent_decode(s: &str) -> String {
 
 /// Reads a JSON body: too large is 413, not JSON is 400 "Invalid JSON".
 pub async fn json_body(shared: &Shared, body: Body) -> ApiResult<Value> {
-    let bytes: Bytes = axum::body::to_bytes(body, shared.config.max_body_bytes).await.map_err(|_| {
-        ApiError::PayloadTooLarge(format!("request body exceeds the limit of {} bytes", shared.config.max_body_bytes))
-    })?;
+    let bytes: Bytes = axum::body::to_bytes(body, shared.config.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::PayloadTooLarge(format!(
+                "request body exceeds the limit of {} bytes",
+                shared.config.max_body_bytes
+            ))
+        })?;
     if bytes.is_empty() {
         return Err(ApiError::InvalidJson("the request body is empty".into()));
     }
@@ -140,7 +173,10 @@ pub async fn json_body(shared: &Shared, body: Body) -> ApiResult<Value> {
 }
 
 pub fn ctx(addr: &ConnectInfo<SocketAddr>, uri: &Uri) -> RequestCtx {
-    RequestCtx { client_ip: addr.0.ip().to_string(), uri: uri.path().to_string() }
+    RequestCtx {
+        client_ip: addr.0.ip().to_string(),
+        uri: uri.path().to_string(),
+    }
 }
 
 /// 200 with a JSON body.

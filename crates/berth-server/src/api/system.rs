@@ -1,10 +1,10 @@
 //! `/ping`, `/metrics`, `/v2/info`, `/v2/leader`, `/v2/queue`, `/v2/deployments`.
 
 use super::{Params, ctx, ok};
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::ops;
 use crate::render::{Embed, app_json, visible_state};
-use crate::Shared;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,11 @@ use std::net::SocketAddr;
 pub const MARATHON_COMPAT_VERSION: &str = "1.10.0";
 
 pub async fn ping() -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "pong").into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "pong",
+    )
+        .into_response()
 }
 
 pub async fn info(State(s): State<Shared>) -> Response {
@@ -63,8 +67,12 @@ pub async fn abdicate() -> Response {
 }
 
 fn wants_prometheus(headers: &HeaderMap) -> bool {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    !accept.contains("application/json") && (accept.contains("text/plain") || accept.contains("openmetrics"))
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    !accept.contains("application/json")
+        && (accept.contains("text/plain") || accept.contains("openmetrics"))
 }
 
 pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
@@ -76,36 +84,78 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
         }
         let mut nodes: BTreeMap<String, u64> = BTreeMap::new();
         for n in st.nodes.values() {
-            let k = if n.cordoned { "cordoned".to_string() } else { format!("{:?}", n.status).to_lowercase() };
+            let k = if n.cordoned {
+                "cordoned".to_string()
+            } else {
+                format!("{:?}", n.status).to_lowercase()
+            };
             *nodes.entry(k).or_default() += 1;
         }
         let unplaced: usize = st.unplaced.values().map(|u| u.count).sum();
-        (st.apps.len(), st.deployments.len(), by_state, nodes, st.counters.clone(), unplaced)
+        (
+            st.apps.len(),
+            st.deployments.len(),
+            by_state,
+            nodes,
+            st.counters.clone(),
+            unplaced,
+        )
     };
     let uptime = (berth_core::time::now_millis() - s.started_at) as f64 / 1000.0;
     if wants_prometheus(&headers) {
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP berth_apps Number of apps.\n# TYPE berth_apps gauge\nberth_apps {apps}");
-        let _ = writeln!(out, "# HELP berth_deployments Active deployments.\n# TYPE berth_deployments gauge\nberth_deployments {deployments}");
-        let _ = writeln!(out, "# HELP berth_tasks Tasks by state.\n# TYPE berth_tasks gauge");
+        let _ = writeln!(
+            out,
+            "# HELP berth_apps Number of apps.\n# TYPE berth_apps gauge\nberth_apps {apps}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP berth_deployments Active deployments.\n# TYPE berth_deployments gauge\nberth_deployments {deployments}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP berth_tasks Tasks by state.\n# TYPE berth_tasks gauge"
+        );
         for (state, n) in &by_state {
             let _ = writeln!(out, "berth_tasks{{state=\"{state}\"}} {n}");
         }
-        let _ = writeln!(out, "# HELP berth_nodes Nodes by status.\n# TYPE berth_nodes gauge");
+        let _ = writeln!(
+            out,
+            "# HELP berth_nodes Nodes by status.\n# TYPE berth_nodes gauge"
+        );
         for (status, n) in &nodes {
             let _ = writeln!(out, "berth_nodes{{status=\"{status}\"}} {n}");
         }
-        let _ = writeln!(out, "# HELP berth_instances_unplaced Instances waiting for a node.\n# TYPE berth_instances_unplaced gauge\nberth_instances_unplaced {unplaced}");
+        let _ = writeln!(
+            out,
+            "# HELP berth_instances_unplaced Instances waiting for a node.\n# TYPE berth_instances_unplaced gauge\nberth_instances_unplaced {unplaced}"
+        );
         for (name, n) in &counters {
-            let _ = writeln!(out, "# TYPE berth_{name}_total counter\nberth_{name}_total {n}");
+            let _ = writeln!(
+                out,
+                "# TYPE berth_{name}_total counter\nberth_{name}_total {n}"
+            );
         }
-        let _ = writeln!(out, "# TYPE berth_uptime_seconds gauge\nberth_uptime_seconds {uptime}");
-        return ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response();
+        let _ = writeln!(
+            out,
+            "# TYPE berth_uptime_seconds gauge\nberth_uptime_seconds {uptime}"
+        );
+        return (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            out,
+        )
+            .into_response();
     }
     let mut gauges = serde_json::Map::new();
     gauges.insert("berth.apps".into(), json!({"value": apps}));
     gauges.insert("berth.deployments".into(), json!({"value": deployments}));
-    gauges.insert("berth.instances.unplaced".into(), json!({"value": unplaced}));
+    gauges.insert(
+        "berth.instances.unplaced".into(),
+        json!({"value": unplaced}),
+    );
     gauges.insert("berth.uptime.seconds".into(), json!({"value": uptime}));
     for (state, n) in &by_state {
         gauges.insert(format!("berth.tasks.{state}"), json!({"value": n}));
@@ -113,8 +163,10 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
     for (status, n) in &nodes {
         gauges.insert(format!("berth.nodes.{status}"), json!({"value": n}));
     }
-    let counters: serde_json::Map<String, Value> =
-        counters.iter().map(|(k, v)| (format!("berth.{k}"), json!({"count": v}))).collect();
+    let counters: serde_json::Map<String, Value> = counters
+        .iter()
+        .map(|(k, v)| (format!("berth.{k}"), json!({"count": v})))
+        .collect();
     ok(json!({
         "version": "4.0.0",
         "gauges": gauges,
@@ -132,12 +184,17 @@ pub async fn queue(State(s): State<Shared>) -> Response {
     for (id, app) in &st.apps {
         let active = st.app_tasks(id).filter(|t| t.is_active()).count();
         let waiting = (app.instances.max(0) as usize).saturating_sub(active);
-        let delay = st.delays.get(id).filter(|d| Some(&d.version) == app.version.as_ref() && d.until > now);
+        let delay = st
+            .delays
+            .get(id)
+            .filter(|d| Some(&d.version) == app.version.as_ref() && d.until > now);
         let unplaced = st.unplaced.get(id);
         if waiting == 0 && delay.is_none() {
             continue;
         }
-        let time_left = delay.map(|d| (d.until - now) as f64 / 1000.0).unwrap_or(0.0);
+        let time_left = delay
+            .map(|d| (d.until - now) as f64 / 1000.0)
+            .unwrap_or(0.0);
         let reasons: Vec<Value> = unplaced
             .map(|u| {
                 u.reasons
@@ -167,7 +224,9 @@ pub async fn queue(State(s): State<Shared>) -> Response {
 
 pub async fn reset_delay(State(s): State<Shared>, Path(rest): Path<String>) -> ApiResult<Response> {
     let Some(app) = rest.trim_end_matches('/').strip_suffix("/delay") else {
-        return Err(ApiError::NotFound(format!("no such resource: /v2/queue/{rest}")));
+        return Err(ApiError::NotFound(format!(
+            "no such resource: /v2/queue/{rest}"
+        )));
     };
     let id = path::normalize(app);
     s.apply(|st, ch| ops::reset_delay(st, ch, &id)).await?;
@@ -177,8 +236,10 @@ pub async fn reset_delay(State(s): State<Shared>, Path(rest): Path<String>) -> A
 pub async fn deployments(State(s): State<Shared>) -> Response {
     let st = s.state.lock();
     let mut list: Vec<_> = st.deployments.values().collect();
-    list.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-    ok(Value::Array(list.into_iter().map(|d| d.to_marathon()).collect()))
+    list.sort_by_key(|a| a.created_at);
+    ok(Value::Array(
+        list.into_iter().map(|d| d.to_marathon()).collect(),
+    ))
 }
 
 pub async fn cancel_deployment(
@@ -189,7 +250,10 @@ pub async fn cancel_deployment(
 ) -> ApiResult<Response> {
     let force = Params::from_uri(&uri).flag("force", false)?;
     let c = ctx(&addr, &uri);
-    match s.apply(|st, ch| ops::cancel_deployment(st, ch, &id, force, &c)).await? {
+    match s
+        .apply(|st, ch| ops::cancel_deployment(st, ch, &id, force, &c))
+        .await?
+    {
         Some(r) => Ok(ok(r.to_json())),
         None => Ok(StatusCode::ACCEPTED.into_response()),
     }

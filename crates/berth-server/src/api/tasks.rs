@@ -1,10 +1,10 @@
 //! `/v2/tasks`: list every task, kill many.
 
 use super::{Params, ctx, json_body, ok};
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::ops;
 use crate::render::{task_json, visible_state};
-use crate::Shared;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::Uri;
@@ -21,7 +21,9 @@ pub async fn list(State(s): State<Shared>, uri: Uri) -> ApiResult<Response> {
         .map(|v| match v.to_ascii_lowercase().as_str() {
             "running" => Ok(TaskState::Running),
             "staging" => Ok(TaskState::Staging),
-            other => Err(ApiError::BadRequest(format!("status must be running or staging, got '{other}'"))),
+            other => Err(ApiError::BadRequest(format!(
+                "status must be running or staging, got '{other}'"
+            ))),
         })
         .collect::<Result<_, _>>()?;
     let st = s.state.lock();
@@ -31,13 +33,23 @@ pub async fn list(State(s): State<Shared>, uri: Uri) -> ApiResult<Response> {
         .filter(|t| {
             wanted.is_empty()
                 || wanted.iter().any(|w| match w {
-                    TaskState::Staging => matches!(visible_state(t), TaskState::Staging | TaskState::Starting),
+                    TaskState::Staging => {
+                        matches!(visible_state(t), TaskState::Staging | TaskState::Starting)
+                    }
                     other => visible_state(t) == *other,
                 })
         })
         .collect();
-    tasks.sort_by(|a, b| a.app_id.cmp(&b.app_id).then(a.staged_at.cmp(&b.staged_at)).then(a.id.cmp(&b.id)));
-    let out: Vec<Value> = tasks.into_iter().map(|t| task_json(t, st.apps.get(&t.app_id).map(|a| a.as_ref()))).collect();
+    tasks.sort_by(|a, b| {
+        a.app_id
+            .cmp(&b.app_id)
+            .then(a.staged_at.cmp(&b.staged_at))
+            .then(a.id.cmp(&b.id))
+    });
+    let out: Vec<Value> = tasks
+        .into_iter()
+        .map(|t| task_json(t, st.apps.get(&t.app_id).map(|a| a.as_ref())))
+        .collect();
     Ok(ok(json!({"tasks": out})))
 }
 
@@ -59,14 +71,23 @@ pub async fn delete_many(
     for (i, id) in ids.iter().enumerate() {
         match id.as_str() {
             Some(s) => task_ids.push(s.to_string()),
-            None => return Err(ApiError::invalid(&format!("/ids({i})"), "task ids must be strings")),
+            None => {
+                return Err(ApiError::invalid(
+                    &format!("/ids({i})"),
+                    "task ids must be strings",
+                ));
+            }
         }
     }
     let c = ctx(&addr, &uri);
-    let r = s.apply(|st, ch| ops::kill_tasks(st, ch, &task_ids, scale, force, &c)).await?;
+    let r = s
+        .apply(|st, ch| ops::kill_tasks(st, ch, &task_ids, scale, force, &c))
+        .await?;
     if let Some(d) = r.deployment {
         return Ok(ok(d.to_json()));
     }
     let st = s.state.lock();
-    Ok(ok(json!({"tasks": r.tasks.iter().map(|t| task_json(t, st.apps.get(&t.app_id).map(|a| a.as_ref()))).collect::<Vec<_>>()})))
+    Ok(ok(
+        json!({"tasks": r.tasks.iter().map(|t| task_json(t, st.apps.get(&t.app_id).map(|a| a.as_ref()))).collect::<Vec<_>>()}),
+    ))
 }

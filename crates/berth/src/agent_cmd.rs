@@ -1,0 +1,221 @@
+//! `berth agent`.
+
+use anyhow::{Context, Result, bail};
+use berth_agent::driver::exec::{ExecConfig, ExecDriver};
+use berth_agent::driver::fake::{FakeConfig, FakeDriver};
+use berth_agent::driver::{Driver, TaskStatus};
+use berth_agent::runtime::{Agent, AgentConfig};
+use berth_core::node::{NodeInfo, NodeResources, Overcommit, PortRange};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Server URL; repeat for several servers.
+    #[arg(long = "server", required = true)]
+    pub servers: Vec<String>,
+    /// Where the agent keeps task sandboxes, logs and its node id.
+    #[arg(long, default_value = "/var/lib/berth/agent")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// What this node offers; everything has a sensible default read from the host.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Node id (default: generated once and kept in the data dir).
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Hostname reported to the server (default: this host's name).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Address tasks are reachable at (default: the hostname).
+    #[arg(long)]
+    pub address: Option<String>,
+    /// Node attribute for constraints, e.g. `--attribute rack=r1` (repeatable).
+    #[arg(long = "attribute", value_parser = parse_kv)]
+    pub attributes: Vec<(String, String)>,
+    /// CPUs offered (default: all).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory offered in MiB (default: all).
+    #[arg(long)]
+    pub mem: Option<f64>,
+    /// Disk offered in MiB (default: free space of the data dir).
+    #[arg(long)]
+    pub disk: Option<f64>,
+    /// Host port ranges for tasks, e.g. `31000-32000` (repeatable).
+    #[arg(long = "ports", default_value = "31000-32000", value_parser = parse_range)]
+    pub ports: Vec<PortRange>,
+    /// Resources kept for the host itself, e.g. `cpus=1,mem=2048`.
+    #[arg(long, default_value = "")]
+    pub reserved: String,
+    /// Overcommit ratios, e.g. `cpu=4,mem=1.0`.
+    #[arg(long, default_value = "")]
+    pub overcommit: String,
+    /// Drivers to enable (comma-separated): exec, fake.
+    #[arg(long, default_value = "exec,fake", value_delimiter = ',')]
+    pub drivers: Vec<String>,
+    /// Fake driver: delay before a task is RUNNING, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub fake_latency_ms: u64,
+    /// Fake driver: share of tasks that fail at start (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub fake_failure_rate: f64,
+    /// Exec driver: default limit on processes per task (cgroup pids.max).
+    #[arg(long, default_value_t = 4096)]
+    pub pids_max: u64,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected key=value, got '{s}'"))?;
+    if k.is_empty() {
+        return Err(format!("empty key in '{s}'"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_range(s: &str) -> Result<PortRange, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("expected BEGIN-END, got '{s}'"))?;
+    let begin: u16 = a.trim().parse().map_err(|_| format!("bad port '{a}'"))?;
+    let end: u16 = b.trim().parse().map_err(|_| format!("bad port '{b}'"))?;
+    if begin > end || begin == 0 {
+        return Err(format!("bad port range '{s}'"));
+    }
+    Ok(PortRange { begin, end })
+}
+
+/// `cpus=1,mem=2048,disk=0` style lists.
+fn parse_pairs(s: &str) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("expected key=value, got '{part}'"))?;
+        let v: f64 = v
+            .parse()
+            .with_context(|| format!("'{v}' is not a number"))?;
+        if !v.is_finite() || v < 0.0 {
+            bail!("'{part}': value must be a non-negative number");
+        }
+        out.insert(k.to_string(), v);
+    }
+    Ok(out)
+}
+
+pub fn node_info(args: &NodeArgs, data_dir: &Path) -> Result<NodeInfo> {
+    let id = match &args.node_id {
+        Some(id) => id.clone(),
+        None => {
+            berth_agent::node::load_or_create_node_id(data_dir).context("creating the node id")?
+        }
+    };
+    let hostname = args
+        .hostname
+        .clone()
+        .unwrap_or_else(berth_agent::node::hostname);
+    let reserved = parse_pairs(&args.reserved).context("--reserved")?;
+    let overcommit = parse_pairs(&args.overcommit).context("--overcommit")?;
+    for d in &args.drivers {
+        if !["exec", "fake"].contains(&d.as_str()) {
+            bail!("unknown driver '{d}' (available: exec, fake)");
+        }
+    }
+    Ok(NodeInfo {
+        id,
+        hostname: hostname.clone(),
+        address: args.address.clone().unwrap_or(hostname),
+        resources: NodeResources::new(
+            args.cpus.unwrap_or_else(berth_agent::node::cpus),
+            args.mem.unwrap_or_else(berth_agent::node::mem_mb),
+            args.disk
+                .unwrap_or_else(|| berth_agent::node::disk_mb(data_dir)),
+        ),
+        reserved: NodeResources::new(
+            reserved.get("cpus").copied().unwrap_or(0.0),
+            reserved.get("mem").copied().unwrap_or(0.0),
+            reserved.get("disk").copied().unwrap_or(0.0),
+        ),
+        overcommit: Overcommit {
+            cpu: overcommit.get("cpu").copied().unwrap_or(1.0),
+            mem: overcommit.get("mem").copied().unwrap_or(1.0),
+        },
+        port_ranges: args.ports.clone(),
+        attributes: args.attributes.iter().cloned().collect(),
+        drivers: args.drivers.clone(),
+        conditions: vec![],
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+/// Where every driver's status changes arrive.
+type StatusReceiver = mpsc::UnboundedReceiver<TaskStatus>;
+
+/// The drivers this node runs, all reporting into one channel.
+pub fn drivers(
+    args: &NodeArgs,
+    data_dir: &Path,
+) -> Result<(Vec<Arc<dyn Driver>>, StatusReceiver)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut out: Vec<Arc<dyn Driver>> = Vec::new();
+    for d in &args.drivers {
+        match d.as_str() {
+            "exec" => {
+                let exe = std::env::current_exe()
+                    .context("locating the berth binary for the exec shim")?;
+                let mut cfg = ExecConfig::new(data_dir.join("exec"), exe);
+                cfg.pids_max = Some(args.pids_max);
+                out.push(Arc::new(ExecDriver::new(cfg, tx.clone())));
+            }
+            "fake" => {
+                let cfg = FakeConfig {
+                    start_latency: Duration::from_millis(args.fake_latency_ms),
+                    failure_rate: args.fake_failure_rate.clamp(0.0, 1.0),
+                    seed: 42,
+                };
+                out.push(Arc::new(FakeDriver::new(cfg, tx.clone())));
+            }
+            other => bail!("unknown driver '{other}'"),
+        }
+    }
+    Ok((out, rx))
+}
+
+/// Starts an agent; returns its task handle and the drivers (for a clean dev shutdown).
+pub async fn start(
+    servers: Vec<String>,
+    data_dir: &Path,
+    node: &NodeArgs,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(tokio::task::JoinHandle<()>, Vec<Arc<dyn Driver>>)> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let info = node_info(node, data_dir)?;
+    let (drivers, rx) = drivers(node, data_dir)?;
+    let config = AgentConfig {
+        servers,
+        node: info,
+        poll_wait: Duration::from_secs(25),
+    };
+    let handle = Agent::start(config, drivers.clone(), rx, shutdown).await?;
+    Ok((handle, drivers))
+}
+
+pub async fn run(args: AgentArgs) -> Result<()> {
+    let (tx, rx) = watch::channel(false);
+    let (handle, _drivers) = start(args.servers.clone(), &args.data_dir, &args.node, rx).await?;
+    tracing::info!(servers = ?args.servers, data_dir = %args.data_dir.display(), "berth agent running");
+    crate::shutdown_signal().await;
+    // Tasks keep running: a restarted agent re-attaches to them.
+    let _ = tx.send(true);
+    let _ = handle.await;
+    Ok(())
+}
