@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod driver;
+pub mod health;
 pub mod node;
 pub mod runtime;
 pub mod shim;

@@ -12,7 +12,7 @@ use berth_core::node::NodeInfo;
 use berth_core::protocol::{
     Assignment, Assignments, RegisterResponse, ReportedStatus, StatusAck, StatusReport,
 };
-use berth_core::task::{TaskGoal, TaskState};
+use berth_core::task::{HealthResult, TaskGoal, TaskState};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -59,20 +59,154 @@ struct Shared {
     report_now: Notify,
     server_idx: Mutex<usize>,
     heartbeat: Mutex<Duration>,
-}
-
-fn reported(s: &TaskStatus) -> ReportedStatus {
-    ReportedStatus {
-        task_id: s.task_id.clone(),
-        state: s.state,
-        message: s.message.clone(),
-        exit_code: s.exit_code,
-        ip_addresses: s.ip_addresses.clone(),
-        health: None,
-    }
+    /// The spec of every assigned task (for health checks).
+    specs: Mutex<HashMap<String, TaskSpec>>,
+    /// Latest health results per task, one entry per health check.
+    health: Mutex<HashMap<String, Vec<HealthResult>>>,
+    /// Running health-check loops per task.
+    checkers: Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>,
+    /// Why the agent itself killed a task (reported instead of the driver's message).
+    kill_reasons: Mutex<HashMap<String, String>>,
 }
 
 impl Shared {
+    fn reported(&self, s: &TaskStatus) -> ReportedStatus {
+        let reason = if s.state.is_terminal() {
+            self.kill_reasons.lock().get(&s.task_id).cloned()
+        } else {
+            None
+        };
+        ReportedStatus {
+            task_id: s.task_id.clone(),
+            state: s.state,
+            message: reason.or_else(|| s.message.clone()),
+            exit_code: s.exit_code,
+            ip_addresses: s.ip_addresses.clone(),
+            health: self.health.lock().get(&s.task_id).cloned(),
+        }
+    }
+
+    /// Starts the health-check loops of a running task, once.
+    fn ensure_checkers(self: &Arc<Self>, task_id: &str) {
+        let Some(spec) = self.specs.lock().get(task_id).cloned() else {
+            return;
+        };
+        if spec.app.health_checks.is_empty() {
+            return;
+        }
+        let mut checkers = self.checkers.lock();
+        if checkers.contains_key(task_id) {
+            return;
+        }
+        let Some(driver) = self.drivers.get(&spec.app.driver()).cloned() else {
+            return;
+        };
+        let n = spec.app.health_checks.len();
+        self.health.lock().insert(
+            task_id.to_string(),
+            (0..n)
+                .map(|_| HealthResult {
+                    instance_id: task_id.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+        );
+        let handles = (0..n)
+            .map(|i| {
+                let me = self.clone();
+                let spec = spec.clone();
+                let driver = driver.clone();
+                tokio::spawn(async move { me.check_loop(spec, i, driver).await }).abort_handle()
+            })
+            .collect();
+        checkers.insert(task_id.to_string(), handles);
+    }
+
+    fn stop_checkers(&self, task_id: &str) {
+        if let Some(handles) = self.checkers.lock().remove(task_id) {
+            for h in handles {
+                h.abort();
+            }
+        }
+    }
+
+    /// One health check of one task, until the task ends or fails too often.
+    async fn check_loop(self: Arc<Self>, spec: TaskSpec, index: usize, driver: Arc<dyn Driver>) {
+        let Some(check) = spec.app.health_checks.get(index).cloned() else {
+            return;
+        };
+        let started = tokio::time::Instant::now();
+        let grace = Duration::from_secs_f64(check.grace_period_seconds.clamp(0.0, 86_400.0));
+        let interval = Duration::from_secs_f64(check.interval_seconds.clamp(0.1, 86_400.0));
+        let mut ever_succeeded = false;
+        loop {
+            let outcome =
+                crate::health::run_check(&self.http, driver.as_ref(), &check, &spec).await;
+            let now = berth_core::time::now();
+            let mut kill_reason = None;
+            {
+                let mut health = self.health.lock();
+                let Some(results) = health.get_mut(&spec.task_id) else {
+                    return;
+                };
+                let Some(r) = results.get_mut(index) else {
+                    return;
+                };
+                let was_alive = r.alive;
+                match &outcome {
+                    Ok(()) => {
+                        ever_succeeded = true;
+                        r.alive = true;
+                        r.consecutive_failures = 0;
+                        r.last_success = Some(now.clone());
+                        r.first_success.get_or_insert(now);
+                    }
+                    // Failures during the grace period before the first success do not count.
+                    Err(_) if !ever_succeeded && started.elapsed() < grace => {}
+                    Err(cause) => {
+                        r.alive = false;
+                        r.consecutive_failures += 1;
+                        r.last_failure = Some(now);
+                        r.last_failure_cause = Some(cause.clone());
+                        let max = check.max_consecutive_failures;
+                        if max > 0 && i64::from(r.consecutive_failures) >= max {
+                            kill_reason = Some(format!(
+                                "killed after {} consecutive failed health checks (last: {cause})",
+                                r.consecutive_failures
+                            ));
+                        }
+                    }
+                }
+                if r.alive != was_alive || outcome.is_err() {
+                    drop(health);
+                    self.mark_dirty(&spec.task_id);
+                }
+            }
+            if let Some(reason) = kill_reason {
+                tracing::warn!(task = %spec.task_id, %reason, "unhealthy task");
+                self.kill_reasons
+                    .lock()
+                    .insert(spec.task_id.clone(), reason);
+                let grace = Self::kill_grace_of(&spec.app);
+                if let Err(e) = driver.kill(&spec.task_id, grace).await {
+                    tracing::warn!(task = %spec.task_id, error = %e, "killing unhealthy task failed");
+                }
+                return;
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// Queues the task's current status (with health) for the next report.
+    fn mark_dirty(&self, task_id: &str) {
+        let status = self.tasks.lock().get(task_id).map(|t| t.status.clone());
+        if let Some(s) = status {
+            let r = self.reported(&s);
+            self.dirty.lock().insert(task_id.to_string(), r);
+            self.report_now.notify_one();
+        }
+    }
+
     fn server(&self) -> String {
         let i = *self.server_idx.lock();
         self.config
@@ -156,7 +290,7 @@ impl Shared {
         }
     }
 
-    fn record(&self, s: TaskStatus) {
+    fn record(self: &Arc<Self>, s: TaskStatus) {
         let mut tasks = self.tasks.lock();
         if let Some(t) = tasks.get_mut(&s.task_id) {
             // Never let a late non-terminal update overwrite a terminal state.
@@ -166,17 +300,25 @@ impl Shared {
             t.status = s.clone();
         }
         drop(tasks);
-        self.dirty.lock().insert(s.task_id.clone(), reported(&s));
+        if s.state == TaskState::Running {
+            self.ensure_checkers(&s.task_id);
+        } else if s.state.is_terminal() {
+            self.stop_checkers(&s.task_id);
+        }
+        let r = self.reported(&s);
+        self.dirty.lock().insert(s.task_id.clone(), r);
         self.report_now.notify_one();
     }
 
     async fn send_report(&self, full: bool) -> Result<StatusAck, AgentError> {
         let statuses: Vec<ReportedStatus> = if full {
-            self.tasks
+            let all: Vec<TaskStatus> = self
+                .tasks
                 .lock()
                 .values()
-                .map(|t| reported(&t.status))
-                .collect()
+                .map(|t| t.status.clone())
+                .collect();
+            all.iter().map(|t| self.reported(t)).collect()
         } else {
             self.dirty.lock().values().cloned().collect()
         };
@@ -224,9 +366,14 @@ impl Shared {
     }
 
     fn kill_grace(a: Option<&Assignment>) -> Duration {
-        let secs = a
-            .and_then(|a| a.app.task_kill_grace_period_seconds)
-            .unwrap_or(3.0);
+        match a {
+            Some(a) => Self::kill_grace_of(&a.app),
+            None => Duration::from_secs(3),
+        }
+    }
+
+    fn kill_grace_of(app: &berth_core::app::AppDefinition) -> Duration {
+        let secs = app.task_kill_grace_period_seconds.unwrap_or(3.0);
         Duration::from_secs_f64(secs.clamp(0.0, 600.0))
     }
 
@@ -240,6 +387,17 @@ impl Shared {
         let local: HashMap<String, LocalTask> = self.tasks.lock().clone();
         for a in &list.assignments {
             let known = local.get(&a.task_id);
+            if !self.specs.lock().contains_key(&a.task_id) {
+                self.specs
+                    .lock()
+                    .insert(a.task_id.clone(), Self::spec_of(a, &self.config.node.id));
+            }
+            if a.goal == TaskGoal::Running
+                && known.is_some_and(|t| t.status.state == TaskState::Running)
+            {
+                // Covers tasks re-attached after an agent restart.
+                self.ensure_checkers(&a.task_id);
+            }
             match a.goal {
                 TaskGoal::Running => {
                     if known.is_none() && self.starting.lock().insert(a.task_id.clone()) {
@@ -268,6 +426,10 @@ impl Shared {
                 }
                 self.tasks.lock().remove(&id);
                 self.dirty.lock().remove(&id);
+                self.specs.lock().remove(&id);
+                self.health.lock().remove(&id);
+                self.kill_reasons.lock().remove(&id);
+                self.stop_checkers(&id);
             } else {
                 tracing::warn!(task = %id, "task not assigned to this node by the server: stopping it");
                 self.spawn_kill(&id, t.driver, Self::kill_grace(None));
@@ -350,16 +512,34 @@ impl Agent {
     pub async fn start(
         config: AgentConfig,
         drivers: Vec<Arc<dyn Driver>>,
-        mut statuses: mpsc::UnboundedReceiver<TaskStatus>,
-        mut shutdown: watch::Receiver<bool>,
+        statuses: mpsc::UnboundedReceiver<TaskStatus>,
+        shutdown: watch::Receiver<bool>,
     ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
-        let http = reqwest::Client::builder()
+        let http = Self::http_client()?;
+        Self::start_with_client(config, http, drivers, statuses, shutdown).await
+    }
+
+    /// The HTTP client an agent uses by default.
+    pub fn http_client() -> Result<reqwest::Client, AgentError> {
+        reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| AgentError::Http {
                 url: String::new(),
                 message: e.to_string(),
-            })?;
+            })
+    }
+
+    /// Like [`Agent::start`], with a caller-provided HTTP client: many simulated agents in
+    /// one process share one client (and its connection pool). The agent runs as a single
+    /// tokio task (status collector, reporter and poller are futures inside it).
+    pub async fn start_with_client(
+        config: AgentConfig,
+        http: reqwest::Client,
+        drivers: Vec<Arc<dyn Driver>>,
+        mut statuses: mpsc::UnboundedReceiver<TaskStatus>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
         let drivers: HashMap<DriverKind, Arc<dyn Driver>> =
             drivers.into_iter().map(|d| (d.kind(), d)).collect();
         let shared = Arc::new(Shared {
@@ -372,6 +552,10 @@ impl Agent {
             report_now: Notify::new(),
             server_idx: Mutex::new(0),
             heartbeat: Mutex::new(Duration::from_secs(5)),
+            specs: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
+            checkers: Mutex::new(HashMap::new()),
+            kill_reasons: Mutex::new(HashMap::new()),
         });
         for (kind, d) in &shared.drivers {
             let recovered = d.recover().await?;
@@ -391,24 +575,24 @@ impl Agent {
                 );
             }
         }
-        let agent = Agent {
-            shared: shared.clone(),
-        };
         let handle = tokio::spawn(async move {
             // Driver status updates -> local state + pending report.
-            let s1 = agent.shared.clone();
-            let collector = tokio::spawn(async move {
+            let collector = async {
                 while let Some(st) = statuses.recv().await {
-                    s1.record(st);
+                    shared.record(st);
                 }
-            });
-            agent.shared.register_until_ok().await;
-            let reporter = tokio::spawn(report_loop(agent.shared.clone()));
-            let poller = tokio::spawn(poll_loop(agent.shared.clone()));
-            let _ = shutdown.changed().await;
-            reporter.abort();
-            poller.abort();
-            collector.abort();
+                // Every driver is gone: keep serving the other loops.
+                std::future::pending::<()>().await;
+            };
+            let protocol = async {
+                shared.register_until_ok().await;
+                tokio::join!(report_loop(shared.clone()), poll_loop(shared.clone()));
+            };
+            // Shutdown drops the loops (the same as aborting them).
+            tokio::select! {
+                _ = async { tokio::join!(collector, protocol) } => {}
+                _ = shutdown.changed() => {}
+            }
         });
         Ok(handle)
     }

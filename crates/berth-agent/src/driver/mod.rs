@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+pub mod docker;
 pub mod exec;
 pub mod fake;
 
@@ -166,4 +167,33 @@ pub trait Driver: Send + Sync + 'static {
     fn recover(&self) -> BoxFuture<'_, Result<Vec<TaskStatus>, DriverError>>;
     fn list(&self) -> BoxFuture<'_, Result<Vec<TaskStatus>, DriverError>>;
     fn forget(&self, task_id: &str);
+
+    /// Runs a COMMAND health check for a task: `Ok(())` when it exits 0, else the reason.
+    /// The default runs `/bin/sh -c command` on the host with the task's environment
+    /// (right for the exec driver); container drivers run it inside the container.
+    fn check_command(
+        &self,
+        spec: &TaskSpec,
+        command: &str,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        let env = spec.environment();
+        let command = command.to_string();
+        Box::pin(async move {
+            let mut cmd = tokio::process::Command::new("/bin/sh");
+            cmd.arg("-c").arg(&command).envs(env).kill_on_drop(true);
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            match tokio::time::timeout(timeout, cmd.status()).await {
+                Err(_) => Err(format!(
+                    "command timed out after {}s",
+                    timeout.as_secs_f64()
+                )),
+                Ok(Err(e)) => Err(format!("command could not run: {e}")),
+                Ok(Ok(st)) if st.success() => Ok(()),
+                Ok(Ok(st)) => Err(format!("command exited with {st}")),
+            }
+        })
+    }
 }

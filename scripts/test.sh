@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Berth's one test command: installs and starts what the tests need when it is missing
+# (Debian packages, dockerd, the busybox test image, marathon-python), then runs formatting,
+# lints and every test. Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# 1. System packages.
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+[ -x /bin/busybox ] || missing+=(busybox-static)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# 2. Docker Engine (the Docker driver's tests run against the real one).
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd"
+  as_root sh -c 'nohup dockerd >/var/log/berth-dockerd.log 2>&1 &'
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/berth-dockerd.log"; tail -20 /var/log/berth-dockerd.log || true; exit 1; }
+fi
+if [ -x scripts/test-image.sh ]; then
+  log "test image"
+  scripts/test-image.sh
+fi
+
+# 3. marathon-python for the client compatibility test.
+if ! .venv-compat/bin/python -c 'import marathon' >/dev/null 2>&1; then
+  log "installing marathon-python 0.13.0 into .venv-compat"
+  python3 -m venv .venv-compat
+  .venv-compat/bin/pip install -q 'marathon==0.13.0'
+fi
+export BERTH_PYTHON="$PWD/.venv-compat/bin/python"
+
+# 4. Format, lints, tests.
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+log "cargo test"
+cargo test --workspace 2>&1 | tee /tmp/berth-test-output.log
