@@ -98,6 +98,9 @@ pub struct Node {
     pub status: NodeStatus,
     #[serde(default)]
     pub cordoned: bool,
+    /// Every task is being moved off (implies cordoned).
+    #[serde(default)]
+    pub draining: bool,
     /// Epoch milliseconds.
     pub registered_at: i64,
     pub last_heartbeat: i64,

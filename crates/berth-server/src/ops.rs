@@ -1037,3 +1037,41 @@ pub fn reset_delay(st: &mut Cluster, ch: &mut Changes, id: &str) -> ApiResult<()
     }
     Ok(())
 }
+
+/// What an operator asks of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAction {
+    /// No new tasks are placed on it.
+    Cordon,
+    /// It takes new tasks again (and stops draining).
+    Uncordon,
+    /// Cordon, and move every task off, each replacement healthy elsewhere before the old one
+    /// is killed, within each app's minimumHealthCapacity.
+    Drain,
+}
+
+/// `POST /api/v1/nodes/{id}/cordon|uncordon|drain`.
+pub fn node_action(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    id: &str,
+    action: NodeAction,
+) -> ApiResult<()> {
+    let Some(n) = st.nodes.get_mut(id) else {
+        return Err(ApiError::NotFound(format!("node '{id}' does not exist")));
+    };
+    match action {
+        NodeAction::Cordon => n.cordoned = true,
+        NodeAction::Uncordon => {
+            n.cordoned = false;
+            n.draining = false;
+        }
+        NodeAction::Drain => {
+            n.cordoned = true;
+            n.draining = true;
+        }
+    }
+    ch.put(format!("{}{id}", crate::state::K_NODES), &*n);
+    st.sync_sched_node(id);
+    Ok(())
+}

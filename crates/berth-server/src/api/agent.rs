@@ -8,10 +8,14 @@ use crate::state::K_NODES;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::Uri;
+use axum::response::IntoResponse;
 use axum::response::Response;
 use berth_core::app::AppDefinition;
+use berth_core::node::NodeResources;
 use berth_core::node::{Node, NodeInfo, NodeStatus};
-use berth_core::protocol::{Assignment, Assignments, RegisterResponse, StatusAck, StatusReport};
+use berth_core::protocol::{RegisterResponse, StatusAck, StatusReport};
+use berth_core::task::TaskGoal;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest a long-poll is held open.
@@ -53,15 +57,17 @@ pub async fn register(State(s): State<Shared>, body: Body) -> ApiResult<Response
     let now = berth_core::time::now_millis();
     let id = info.id.clone();
     s.apply(|st, ch| {
-        let (cordoned, registered_at) = st
+        // Operator decisions (cordon, drain) survive an agent re-registering.
+        let (cordoned, draining, registered_at) = st
             .nodes
             .get(&id)
-            .map(|n| (n.cordoned, n.registered_at))
-            .unwrap_or((false, now));
+            .map(|n| (n.cordoned, n.draining, n.registered_at))
+            .unwrap_or((false, false, now));
         let node = Node {
             info,
             status: NodeStatus::Ready,
             cordoned,
+            draining,
             registered_at,
             last_heartbeat: now,
         };
@@ -81,7 +87,35 @@ pub async fn register(State(s): State<Shared>, body: Body) -> ApiResult<Response
     .unwrap_or_default()))
 }
 
-fn build_assignments(s: &Shared, node_id: &str) -> ApiResult<Assignments> {
+/// One assignment as sent to the agent: [`Assignment`]'s JSON shape, borrowing the app.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AssignmentOut {
+    task_id: String,
+    app_id: String,
+    version: String,
+    goal: TaskGoal,
+    ports: Vec<u16>,
+    host: String,
+    resources: NodeResources,
+    cpuset: Vec<u32>,
+    #[serde(serialize_with = "serialize_app")]
+    app: Arc<AppDefinition>,
+}
+
+fn serialize_app<S: serde::Serializer>(app: &Arc<AppDefinition>, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(app.as_ref(), s)
+}
+
+#[derive(serde::Serialize)]
+struct AssignmentsOut {
+    generation: u64,
+    assignments: Vec<AssignmentOut>,
+}
+
+/// Collects the node's assignments under the lock (cheap clones only); the caller encodes
+/// them after the lock is released.
+fn build_assignments(s: &Shared, node_id: &str) -> ApiResult<AssignmentsOut> {
     let mut st = s.state.lock();
     if !st.nodes.contains_key(node_id) {
         return Err(ApiError::NotFound(format!(
@@ -89,28 +123,23 @@ fn build_assignments(s: &Shared, node_id: &str) -> ApiResult<Assignments> {
         )));
     }
     let generation = *st.node_gen(node_id).borrow();
-    let ids: Vec<String> = st
-        .tasks_by_node
-        .get(node_id)
-        .map(|s| s.iter().cloned().collect())
-        .unwrap_or_default();
-    let mut assignments = Vec::with_capacity(ids.len());
-    for id in ids {
-        if st.uncommitted.contains(&id) {
+    let st = &*st;
+    let mut assignments = Vec::new();
+    for id in st.tasks_by_node.get(node_id).into_iter().flatten() {
+        if st.uncommitted.contains(id) {
             continue;
         }
-        let Some(t) = st.tasks.get(&id) else { continue };
+        let Some(t) = st.tasks.get(id) else { continue };
         if t.state.is_terminal() {
             continue;
         }
-        let app = st
-            .app_at(&t.app_id, &t.version)
-            .map(|a| a.as_ref().clone())
-            .unwrap_or_else(|| AppDefinition {
+        let app = st.app_at(&t.app_id, &t.version).unwrap_or_else(|| {
+            Arc::new(AppDefinition {
                 id: t.app_id.clone(),
                 ..Default::default()
-            });
-        assignments.push(Assignment {
+            })
+        });
+        assignments.push(AssignmentOut {
             task_id: t.id.clone(),
             app_id: t.app_id.clone(),
             version: t.version.clone(),
@@ -122,7 +151,7 @@ fn build_assignments(s: &Shared, node_id: &str) -> ApiResult<Assignments> {
             app,
         });
     }
-    Ok(Assignments {
+    Ok(AssignmentsOut {
         generation,
         assignments,
     })
@@ -153,7 +182,12 @@ pub async fn assignments(
         let _ = tokio::time::timeout(wait.min(MAX_WAIT), rx.changed()).await;
     }
     let a = build_assignments(&s, &node)?;
-    Ok(ok(serde_json::to_value(a).unwrap_or_default()))
+    let body = serde_json::to_vec(&a).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 pub async fn status(

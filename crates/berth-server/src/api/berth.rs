@@ -25,6 +25,8 @@ fn node_json(st: &Cluster, n: &Node) -> Value {
         "address": n.info.address,
         "status": n.status,
         "cordoned": n.cordoned,
+        "draining": n.draining,
+        "drainBlocked": drain_blocked(st, n),
         "schedulable": n.schedulable(),
         "resources": n.info.resources,
         "reserved": n.info.reserved,
@@ -40,6 +42,58 @@ fn node_json(st: &Cluster, n: &Node) -> Value {
         "registeredAt": format_millis(n.registered_at),
         "lastHeartbeat": format_millis(n.last_heartbeat),
     })
+}
+
+/// While a node drains: what keeps its remaining tasks there.
+fn drain_blocked(st: &Cluster, n: &Node) -> Option<String> {
+    if !n.draining {
+        return None;
+    }
+    let mut apps: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for id in st.tasks_by_node.get(n.id()).into_iter().flatten() {
+        if let Some(t) = st.tasks.get(id) {
+            *apps.entry(t.app_id.as_str()).or_default() += 1;
+        }
+    }
+    if apps.is_empty() {
+        return None;
+    }
+    let reasons: Vec<String> = apps
+        .iter()
+        .map(|(app, count)| match st.unplaced.get(*app) {
+            Some(u) => format!(
+                "{app}: {count} task(s) wait for a replacement that cannot be placed: {}",
+                u.summary
+            ),
+            None => format!(
+                "{app}: {count} task(s) wait for healthy replacements (minimumHealthCapacity)"
+            ),
+        })
+        .collect();
+    Some(reasons.join("; "))
+}
+
+async fn act(s: Shared, id: String, action: crate::ops::NodeAction) -> ApiResult<Response> {
+    s.apply(|st, ch| crate::ops::node_action(st, ch, &id, action))
+        .await?;
+    let st = s.state.lock();
+    let n = st
+        .nodes
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("node '{id}' does not exist")))?;
+    Ok(ok(node_json(&st, n)))
+}
+
+pub async fn cordon(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+    act(s, id, crate::ops::NodeAction::Cordon).await
+}
+
+pub async fn uncordon(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+    act(s, id, crate::ops::NodeAction::Uncordon).await
+}
+
+pub async fn drain(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+    act(s, id, crate::ops::NodeAction::Drain).await
 }
 
 pub async fn nodes(State(s): State<Shared>) -> Response {
