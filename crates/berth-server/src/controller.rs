@@ -104,10 +104,14 @@ fn check_nodes(st: &mut Cluster, ch: &mut Changes, now: i64, timeout: Duration) 
 
 /// Tasks of apps that no longer exist are killed.
 fn kill_orphans(st: &mut Cluster, ch: &mut Changes) {
+    // Every task is indexed by app: look only at the apps that are gone, not at every task.
     let orphans: Vec<String> = st
-        .tasks
-        .values()
-        .filter(|t| t.goal == TaskGoal::Running && !st.apps.contains_key(&t.app_id))
+        .tasks_by_app
+        .iter()
+        .filter(|(app_id, _)| !st.apps.contains_key(*app_id))
+        .flat_map(|(_, ids)| ids.iter())
+        .filter_map(|id| st.tasks.get(id))
+        .filter(|t| t.goal == TaskGoal::Running)
         .map(|t| t.id.clone())
         .collect();
     for id in orphans {
@@ -139,6 +143,7 @@ fn reconcile_app(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, now: i
     let inactive_after = inactive_after_ms(app);
     let mut current: Vec<&Task> = Vec::new();
     let mut outdated: Vec<&Task> = Vec::new();
+    let mut draining: Vec<&Task> = Vec::new();
     for t in st.app_tasks(&app.id) {
         if t.goal != TaskGoal::Running || t.state.is_terminal() {
             continue;
@@ -151,16 +156,25 @@ fn reconcile_app(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, now: i
                 continue;
             }
         }
-        if t.config_version == config {
-            current.push(t);
-        } else {
+        let on_draining_node = st.nodes.get(&t.node_id).is_some_and(|n| n.draining);
+        if t.config_version != config {
             outdated.push(t);
+        } else if on_draining_node {
+            draining.push(t);
+        } else {
+            current.push(t);
         }
     }
     let target = app.instances.max(0) as usize;
     let strategy = app.upgrade_strategy;
-    let max_total = target + (target as f64 * strategy.maximum_over_capacity).floor() as usize;
+    // A drain may always surge by the tasks it moves: each replacement must be healthy before
+    // the task it replaces is killed, whatever maximumOverCapacity says.
+    let max_total =
+        target + (target as f64 * strategy.maximum_over_capacity).floor() as usize + draining.len();
     let min_healthy = (target as f64 * strategy.minimum_health_capacity).ceil() as usize;
+    let upgrading = !outdated.is_empty();
+    // Tasks on draining nodes are replaced exactly like outdated ones.
+    outdated.extend(draining);
 
     let mut to_kill: Vec<String> = Vec::new();
     // Surplus of the current version.
@@ -171,48 +185,49 @@ fn reconcile_app(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, now: i
     }
     let current_kept = current.len().min(target);
 
-    // Outdated instances: unhealthy ones can always go; healthy ones only while enough
-    // healthy instances remain.
-    let healthy_now = current
+    // Outdated instances: unhealthy ones can always go; a healthy one only while the healthy
+    // count stays above minimumHealthCapacity (new instances count once healthy), and only
+    // when the new ones already cover the target or more than enough are healthy.
+    let mut healthy_left = current
         .iter()
         .chain(outdated.iter())
         .filter(|t| is_healthy(app, t))
         .count();
-    let mut healthy_left = healthy_now;
     let mut outdated_sorted = outdated.clone();
     sort_for_kill(app, &mut outdated_sorted);
     let mut outdated_left = outdated.len();
     for t in &outdated_sorted {
         let healthy = is_healthy(app, t);
-        let total_after = current_kept + outdated_left - 1;
-        // Old instances beyond what is needed to keep `target` running are surplus.
-        let surplus = current_kept + outdated_left > target && current_kept >= target;
-        if !healthy || surplus || healthy_left > min_healthy {
+        if !healthy || healthy_left > min_healthy {
             to_kill.push(t.id.clone());
             outdated_left -= 1;
             if healthy {
                 healthy_left -= 1;
             }
-        } else {
-            let _ = total_after;
         }
     }
-    // Room for new instances within maximumOverCapacity.
-    let live_after_kills = current_kept + outdated_left;
+    // Room for new instances within maximumOverCapacity. Tasks being killed still run until
+    // their agent stops them, so they count until they are gone.
+    let still_alive = st
+        .app_tasks(&app.id)
+        .filter(|t| t.goal == TaskGoal::Killed && !t.state.is_terminal())
+        .count();
+    let live_after_kills = current.len() + outdated.len() + still_alive;
     let want_new = target.saturating_sub(current_kept);
-    let mut room = max_total.saturating_sub(live_after_kills).min(want_new);
-    // Deadlock guard (minimumHealthCapacity 1, maximumOverCapacity 0): Marathon still makes
-    // progress by replacing one instance at a time.
-    if room == 0
+    let room = max_total.saturating_sub(live_after_kills).min(want_new);
+    // Deadlock guard for upgrades (minimumHealthCapacity 1, maximumOverCapacity 0): when
+    // nothing is pending (no kill in flight, every new instance healthy) and still no room,
+    // make progress like Marathon by replacing one instance at a time.
+    if upgrading
+        && still_alive == 0
+        && current.iter().all(|t| is_healthy(app, t))
+        && room == 0
         && want_new > 0
         && outdated_left > 0
         && to_kill.is_empty()
         && let Some(t) = outdated_sorted.first()
     {
         to_kill.push(t.id.clone());
-    }
-    if outdated_left == 0 {
-        room = want_new;
     }
 
     for id in &to_kill {
@@ -418,8 +433,9 @@ pub fn apply_statuses(
             on_terminal(st, ch, &t, now);
             st.remove_task(&t.id, ch);
         } else {
+            // A state change is not an assignment change: no agent re-poll.
             let id = t.id.clone();
-            st.save_task(&id, ch);
+            st.save_task_state(&id, ch);
         }
     }
     if full {
@@ -615,5 +631,278 @@ fn progress_deployments(st: &mut Cluster, ch: &mut Changes) {
             ch.put(format!("{K_DEPLOYMENTS}{id}"), &d2);
             st.deployments.insert(id, d2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{self, AppUpdate, RequestCtx};
+    use berth_core::node::{Node, NodeInfo, NodeResources, PortRange};
+    use berth_core::task::HealthResult;
+    use serde_json::json;
+
+    fn node(id: &str) -> Node {
+        Node {
+            info: NodeInfo {
+                id: id.into(),
+                hostname: id.into(),
+                address: "127.0.0.1".into(),
+                resources: NodeResources::new(16.0, 16000.0, 1000.0),
+                reserved: NodeResources::default(),
+                overcommit: Default::default(),
+                port_ranges: vec![PortRange {
+                    begin: 31000,
+                    end: 32000,
+                }],
+                attributes: Default::default(),
+                drivers: vec!["exec".into(), "fake".into()],
+                conditions: vec![],
+                agent_version: String::new(),
+            },
+            status: NodeStatus::Ready,
+            cordoned: false,
+            draining: false,
+            registered_at: 0,
+            last_heartbeat: i64::MAX / 2,
+        }
+    }
+
+    fn cluster(nodes: usize) -> Cluster {
+        let mut st = Cluster::new(7);
+        for i in 0..nodes {
+            let n = node(&format!("n{i}"));
+            st.nodes.insert(n.info.id.clone(), n);
+            st.sync_sched_node(&format!("n{i}"));
+        }
+        st
+    }
+
+    /// One step of simulated agents: staged tasks start, killed tasks end, running tasks of
+    /// a config in `healthy_configs` pass their checks, others fail them.
+    fn agents_step(st: &mut Cluster, healthy_config: &dyn Fn(&str) -> bool) {
+        let mut ch = Changes::default();
+        let ids: Vec<String> = st.tasks.keys().cloned().collect();
+        for id in ids {
+            let Some(t) = st.tasks.get(&id).cloned() else {
+                continue;
+            };
+            let node = t.node_id.clone();
+            let state = if t.goal == TaskGoal::Killed {
+                TaskState::Killed
+            } else if t.state == TaskState::Staging {
+                TaskState::Running
+            } else {
+                t.state
+            };
+            let health = (state == TaskState::Running).then(|| {
+                vec![HealthResult {
+                    alive: healthy_config(&t.config_version),
+                    instance_id: id.clone(),
+                    ..Default::default()
+                }]
+            });
+            let s = ReportedStatus {
+                task_id: id,
+                state,
+                message: None,
+                exit_code: None,
+                ip_addresses: vec![],
+                health,
+            };
+            apply_statuses(st, &mut ch, &node, &[s], false, 0);
+        }
+        st.committed(&ch.new_tasks, &ch.nodes);
+    }
+
+    fn counts(st: &Cluster, app: &str) -> (usize, usize) {
+        let app_def = st.apps.get(app).cloned();
+        let alive = st.app_tasks(app).filter(|t| !t.state.is_terminal()).count();
+        let healthy = st
+            .app_tasks(app)
+            .filter(|t| t.goal == TaskGoal::Running)
+            .filter(|t| app_def.as_ref().is_some_and(|a| is_healthy_any(a, t)))
+            .count();
+        (alive, healthy)
+    }
+
+    /// Healthy regardless of version (the old version's checks are the same here).
+    fn is_healthy_any(_app: &AppDefinition, t: &Task) -> bool {
+        t.state == TaskState::Running && t.is_healthy() == Some(true)
+    }
+
+    fn app_json(instances: i64, cmd: &str, min: f64, max: f64) -> serde_json::Value {
+        json!({"id": "/web", "cmd": cmd, "instances": instances, "cpus": 0.1, "mem": 16,
+               "upgradeStrategy": {"minimumHealthCapacity": min, "maximumOverCapacity": max},
+               "healthChecks": [{"protocol": "TCP", "gracePeriodSeconds": 1}]})
+    }
+
+    fn run_until_converged(
+        st: &mut Cluster,
+        steps: usize,
+        healthy_config: &dyn Fn(&str) -> bool,
+        mut check: impl FnMut(&Cluster),
+    ) -> bool {
+        for _ in 0..steps {
+            let mut ch = Changes::default();
+            reconcile(st, &mut ch, 0, Duration::from_secs(3600));
+            st.committed(&ch.new_tasks, &ch.nodes);
+            check(st);
+            if st.deployments.is_empty() {
+                return true;
+            }
+            agents_step(st, healthy_config);
+            check(st);
+        }
+        false
+    }
+
+    #[test]
+    fn rolling_upgrade_respects_the_strategy_bounds() {
+        let mut st = cluster(3);
+        let mut ch = Changes::default();
+        let app = berth_core::validate::app_from_json(app_json(4, "v1", 0.5, 0.25)).unwrap();
+        ops::create_app(&mut st, &mut ch, app, &RequestCtx::default()).unwrap();
+        assert!(
+            run_until_converged(&mut st, 50, &|_| true, |_| {}),
+            "initial deployment converges"
+        );
+        assert_eq!(counts(&st, "/web"), (4, 4));
+
+        let body = match app_json(4, "v2", 0.5, 0.25) {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        ops::put_app(
+            &mut st,
+            &mut ch,
+            "/web",
+            AppUpdate::Definition(body),
+            true,
+            false,
+            &RequestCtx::default(),
+        )
+        .unwrap();
+        let (mut max_alive, mut min_healthy) = (0, usize::MAX);
+        let converged = run_until_converged(&mut st, 100, &|_| true, |st| {
+            let (alive, healthy) = counts(st, "/web");
+            max_alive = max_alive.max(alive);
+            min_healthy = min_healthy.min(healthy);
+        });
+        assert!(converged, "upgrade converges");
+        assert!(
+            max_alive <= 5,
+            "never more than instances + floor(0.25*4) = 5 tasks alive, saw {max_alive}"
+        );
+        assert!(
+            min_healthy >= 2,
+            "never fewer than ceil(0.5*4) = 2 healthy, saw {min_healthy}"
+        );
+        let config = st.apps["/web"].config_version().to_string();
+        assert_eq!(
+            st.app_tasks("/web")
+                .filter(|t| t.config_version == config)
+                .count(),
+            4
+        );
+    }
+
+    #[test]
+    fn failing_new_version_keeps_old_instances_serving() {
+        let mut st = cluster(3);
+        let mut ch = Changes::default();
+        let app = berth_core::validate::app_from_json(app_json(2, "v1", 1.0, 0.5)).unwrap();
+        ops::create_app(&mut st, &mut ch, app, &RequestCtx::default()).unwrap();
+        assert!(run_until_converged(&mut st, 50, &|_| true, |_| {}));
+        let old_config = st.apps["/web"].config_version().to_string();
+        let body = match app_json(2, "v2", 1.0, 0.5) {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        ops::put_app(
+            &mut st,
+            &mut ch,
+            "/web",
+            AppUpdate::Definition(body),
+            true,
+            false,
+            &RequestCtx::default(),
+        )
+        .unwrap();
+        let old = old_config.clone();
+        let converged = run_until_converged(&mut st, 40, &move |c| c == old, |st| {
+            let old_healthy = st
+                .app_tasks("/web")
+                .filter(|t| t.config_version == old_config && t.goal == TaskGoal::Running)
+                .count();
+            assert_eq!(old_healthy, 2, "both old instances keep serving");
+        });
+        assert!(
+            !converged,
+            "a version that never gets healthy never completes"
+        );
+    }
+
+    #[test]
+    fn drain_moves_tasks_without_dropping_below_minimum_health() {
+        let mut st = cluster(3);
+        let mut ch = Changes::default();
+        let app = berth_core::validate::app_from_json(app_json(2, "v1", 1.0, 0.0)).unwrap();
+        ops::create_app(&mut st, &mut ch, app, &RequestCtx::default()).unwrap();
+        assert!(run_until_converged(&mut st, 50, &|_| true, |_| {}));
+        let busy: Vec<String> = st.app_tasks("/web").map(|t| t.node_id.clone()).collect();
+        for n in &busy {
+            ops::node_action(&mut st, &mut ch, n, ops::NodeAction::Drain).unwrap();
+        }
+        let mut min_healthy = usize::MAX;
+        for _ in 0..50 {
+            let mut ch = Changes::default();
+            reconcile(&mut st, &mut ch, 0, Duration::from_secs(3600));
+            st.committed(&ch.new_tasks, &ch.nodes);
+            min_healthy = min_healthy.min(counts(&st, "/web").1);
+            agents_step(&mut st, &|_| true);
+            min_healthy = min_healthy.min(counts(&st, "/web").1);
+        }
+        assert!(
+            min_healthy >= 2,
+            "never fewer than 2 healthy during the drain, saw {min_healthy}"
+        );
+        assert!(
+            st.app_tasks("/web").all(|t| !busy.contains(&t.node_id)),
+            "every task moved off the drained nodes"
+        );
+        assert_eq!(st.app_tasks("/web").count(), 2);
+    }
+
+    #[test]
+    fn upgrade_without_surge_room_still_completes() {
+        let mut st = cluster(3);
+        let mut ch = Changes::default();
+        let app = berth_core::validate::app_from_json(app_json(3, "v1", 1.0, 0.0)).unwrap();
+        ops::create_app(&mut st, &mut ch, app, &RequestCtx::default()).unwrap();
+        assert!(run_until_converged(&mut st, 50, &|_| true, |_| {}));
+        let body = match app_json(3, "v2", 1.0, 0.0) {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        ops::put_app(
+            &mut st,
+            &mut ch,
+            "/web",
+            AppUpdate::Definition(body),
+            true,
+            false,
+            &RequestCtx::default(),
+        )
+        .unwrap();
+        let mut max_alive = 0;
+        let converged = run_until_converged(&mut st, 100, &|_| true, |st| {
+            max_alive = max_alive.max(counts(st, "/web").0)
+        });
+        assert!(converged, "replaces one instance at a time");
+        assert!(
+            max_alive <= 3,
+            "maximumOverCapacity 0: never more than 3 alive, saw {max_alive}"
+        );
     }
 }
