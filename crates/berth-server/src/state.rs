@@ -316,6 +316,14 @@ impl Cluster {
         }
     }
 
+    /// Persists a task whose observed state changed but whose assignment (goal, placement)
+    /// did not: the node's agents need not re-fetch their assignments.
+    pub fn save_task_state(&self, task_id: &str, ch: &mut Changes) {
+        if let Some(t) = self.tasks.get(task_id) {
+            ch.put(format!("{K_TASKS}{task_id}"), t);
+        }
+    }
+
     /// Removes a task for good (terminal, or expunged), freeing its resources.
     pub fn remove_task(&mut self, task_id: &str, ch: &mut Changes) -> Option<Task> {
         let t = self.tasks.remove(task_id)?;
