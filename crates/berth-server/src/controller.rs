@@ -59,7 +59,42 @@ pub fn reconcile(st: &mut Cluster, ch: &mut Changes, now: i64, node_timeout: Dur
         }
     }
     kill_orphans(st, ch);
+    expunge_unreachable(st, ch, now);
     progress_deployments(st, ch);
+}
+
+/// Unreachable tasks are forgotten after their app's `expungeAfterSeconds`. If their node
+/// comes back, its agent stops them because the server no longer lists them.
+fn expunge_unreachable(st: &mut Cluster, ch: &mut Changes, now: i64) {
+    let expired: Vec<String> = st
+        .tasks
+        .values()
+        .filter(|t| t.state == TaskState::Unreachable)
+        .filter(|t| {
+            let after = st
+                .apps
+                .get(&t.app_id)
+                .and_then(|a| match &a.unreachable_strategy {
+                    berth_core::app::UnreachableStrategy::Enabled(e) => {
+                        Some((e.expunge_after_seconds * 1000.0) as i64)
+                    }
+                    berth_core::app::UnreachableStrategy::Disabled(_) => None,
+                });
+            // Apps that are gone: nothing to wait for.
+            after.is_none_or(|ms| now - t.updated_at >= ms)
+                && (after.is_some() || !st.apps.contains_key(&t.app_id))
+        })
+        .map(|t| t.id.clone())
+        .collect();
+    for id in expired {
+        if let Some(mut t) = st.remove_task(&id, ch) {
+            t.state = TaskState::Gone;
+            ch.event(status_event(
+                &t,
+                Some("expunged: unreachable for longer than expungeAfterSeconds"),
+            ));
+        }
+    }
 }
 
 /// Marks nodes unreachable after missed heartbeats; their tasks become TASK_UNREACHABLE.
@@ -903,6 +938,177 @@ mod tests {
         assert!(
             max_alive <= 3,
             "maximumOverCapacity 0: never more than 3 alive, saw {max_alive}"
+        );
+    }
+
+    #[test]
+    fn node_loss_replaces_after_inactive_and_the_surplus_goes_when_it_returns() {
+        let mut st = cluster(2);
+        let mut ch = Changes::default();
+        let mut j = app_json(2, "v1", 0.5, 1.0);
+        j["constraints"] = json!([["hostname", "UNIQUE"]]);
+        j["unreachableStrategy"] = json!({"inactiveAfterSeconds": 5, "expungeAfterSeconds": 600});
+        let app = berth_core::validate::app_from_json(j).unwrap();
+        ops::create_app(&mut st, &mut ch, app, &RequestCtx::default()).unwrap();
+        // A third node for the replacement.
+        let n = node("n2");
+        st.nodes.insert("n2".into(), n);
+        st.sync_sched_node("n2");
+        assert!(run_until_converged(&mut st, 50, &|_| true, |_| {}));
+        let lost_node = st.app_tasks("/web").next().unwrap().node_id.clone();
+        let lost_task = st
+            .app_tasks("/web")
+            .find(|t| t.node_id == lost_node)
+            .unwrap()
+            .id
+            .clone();
+        // The node stops reporting.
+        let timeout = Duration::from_secs(10);
+        for n in st.nodes.values_mut() {
+            n.last_heartbeat = if n.info.id == lost_node { 0 } else { 100_000 };
+        }
+        let mut ch = Changes::default();
+        reconcile(&mut st, &mut ch, 20_000, timeout);
+        assert_eq!(st.tasks[&lost_task].state, TaskState::Unreachable);
+        assert_eq!(st.nodes[&lost_node].status, NodeStatus::Unreachable);
+        assert_eq!(
+            st.app_tasks("/web").count(),
+            2,
+            "no replacement before inactiveAfterSeconds"
+        );
+        // After inactiveAfterSeconds, a replacement starts elsewhere.
+        reconcile(&mut st, &mut ch, 26_000, timeout);
+        st.committed(&ch.new_tasks, &ch.nodes);
+        let replacement: Vec<_> = st
+            .app_tasks("/web")
+            .filter(|t| t.id != lost_task && t.node_id != lost_node)
+            .collect();
+        assert_eq!(replacement.len(), 2, "a replacement on a healthy node");
+        // The node returns and reports its task running: exactly 2 instances remain.
+        for n in st.nodes.values_mut() {
+            n.last_heartbeat = 30_000;
+        }
+        if let Some(n) = st.nodes.get_mut(&lost_node) {
+            n.status = NodeStatus::Ready;
+        }
+        let s = ReportedStatus {
+            task_id: lost_task.clone(),
+            state: TaskState::Running,
+            message: None,
+            exit_code: None,
+            ip_addresses: vec![],
+            health: Some(vec![HealthResult {
+                alive: true,
+                ..Default::default()
+            }]),
+        };
+        apply_statuses(&mut st, &mut ch, &lost_node, &[s], false, 30_000);
+        for _ in 0..5 {
+            reconcile(&mut st, &mut ch, 30_000, timeout);
+            agents_step(&mut st, &|_| true);
+        }
+        assert_eq!(
+            st.app_tasks("/web")
+                .filter(|t| !t.state.is_terminal())
+                .count(),
+            2,
+            "surplus killed"
+        );
+    }
+
+    #[test]
+    fn unreachable_tasks_are_expunged() {
+        let mut st = cluster(1);
+        let mut ch = Changes::default();
+        let mut j = app_json(1, "v1", 0.0, 1.0);
+        j["unreachableStrategy"] = json!({"inactiveAfterSeconds": 0, "expungeAfterSeconds": 60});
+        ops::create_app(
+            &mut st,
+            &mut ch,
+            berth_core::validate::app_from_json(j).unwrap(),
+            &RequestCtx::default(),
+        )
+        .unwrap();
+        assert!(run_until_converged(&mut st, 20, &|_| true, |_| {}));
+        let id = st.app_tasks("/web").next().unwrap().id.clone();
+        if let Some(n) = st.nodes.get_mut("n0") {
+            n.last_heartbeat = 0;
+        }
+        reconcile(&mut st, &mut ch, 11_000, Duration::from_secs(10));
+        assert_eq!(st.tasks[&id].state, TaskState::Unreachable);
+        reconcile(&mut st, &mut ch, 11_000 + 59_000, Duration::from_secs(10));
+        assert!(st.tasks.contains_key(&id));
+        reconcile(&mut st, &mut ch, 11_000 + 61_000, Duration::from_secs(10));
+        assert!(
+            !st.tasks.contains_key(&id),
+            "expunged after expungeAfterSeconds"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_resets() {
+        let mut st = cluster(1);
+        let mut ch = Changes::default();
+        let mut j = app_json(1, "v1", 0.0, 1.0);
+        j["backoffSeconds"] = json!(2);
+        j["backoffFactor"] = json!(2.0);
+        j["maxLaunchDelaySeconds"] = json!(10);
+        ops::create_app(
+            &mut st,
+            &mut ch,
+            berth_core::validate::app_from_json(j).unwrap(),
+            &RequestCtx::default(),
+        )
+        .unwrap();
+        let mut delays = Vec::new();
+        let mut now = 1_000_000;
+        for _ in 0..5 {
+            // Wait out any delay, launch, then the task fails.
+            now = st
+                .delays
+                .get("/web")
+                .map(|d| d.until)
+                .unwrap_or(now)
+                .max(now);
+            reconcile(&mut st, &mut ch, now, Duration::from_secs(3600));
+            st.committed(&ch.new_tasks, &ch.nodes);
+            let t = st
+                .app_tasks("/web")
+                .find(|t| t.goal == TaskGoal::Running)
+                .unwrap()
+                .clone();
+            let fail = ReportedStatus {
+                task_id: t.id.clone(),
+                state: TaskState::Failed,
+                message: Some("exited with code 1".into()),
+                exit_code: Some(1),
+                ip_addresses: vec![],
+                health: None,
+            };
+            apply_statuses(&mut st, &mut ch, &t.node_id, &[fail], false, now);
+            let d = st.delays.get("/web").unwrap();
+            delays.push(d.until - now);
+            // Nothing launches while the delay runs.
+            reconcile(&mut st, &mut ch, now + 500, Duration::from_secs(3600));
+            assert_eq!(
+                st.app_tasks("/web").count(),
+                0,
+                "no launch during the back-off delay"
+            );
+        }
+        assert_eq!(
+            delays,
+            vec![2000, 4000, 8000, 10000, 10000],
+            "backoffSeconds * factor^n, capped"
+        );
+        assert_eq!(st.last_failures["/web"]["message"], "exited with code 1");
+        // DELETE /v2/queue/{id}/delay resets it.
+        ops::reset_delay(&mut st, &mut ch, "/web").unwrap();
+        reconcile(&mut st, &mut ch, now + 500, Duration::from_secs(3600));
+        assert_eq!(
+            st.app_tasks("/web").count(),
+            1,
+            "relaunched at once after the reset"
         );
     }
 }
