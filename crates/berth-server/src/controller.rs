@@ -606,14 +606,57 @@ fn converged(
     }
 }
 
-/// Why a deployment is not finished yet, in words.
+/// Why a deployment is not finished yet, in words: instances that cannot be placed, or a
+/// new version that fails its health checks or keeps failing.
 fn blocked_reason(st: &Cluster, app_id: &str, target: Option<&AppDefinition>) -> Option<String> {
     let def = target?;
-    let u = st.unplaced.get(app_id)?;
-    Some(format!(
-        "{app_id}: {} of {} instances unplaced: {}",
-        u.count, def.instances, u.summary
-    ))
+    let mut reasons = Vec::new();
+    if let Some(u) = st.unplaced.get(app_id) {
+        reasons.push(format!(
+            "{app_id}: {} of {} instances unplaced: {}",
+            u.count, def.instances, u.summary
+        ));
+    }
+    let config = def.config_version();
+    let failing_check = st
+        .app_tasks(app_id)
+        .filter(|t| t.config_version == config && t.goal == TaskGoal::Running)
+        .flat_map(|t| t.health.iter())
+        .filter(|h| !h.alive && h.last_failure.is_some())
+        .max_by(|a, b| a.last_failure.cmp(&b.last_failure));
+    if let Some(h) = failing_check {
+        reasons.push(format!(
+            "{app_id}: new version failing health checks: last failure {} at {}",
+            h.last_failure_cause.as_deref().unwrap_or("unknown"),
+            h.last_failure.as_deref().unwrap_or("?")
+        ));
+    } else if let Some(f) = st
+        .last_failures
+        .get(app_id)
+        .filter(|f| f["version"].as_str() == def.version.as_deref())
+    {
+        reasons.push(format!(
+            "{app_id}: new version tasks fail: {} ({} at {})",
+            f["message"].as_str().unwrap_or(""),
+            f["state"].as_str().unwrap_or(""),
+            f["timestamp"].as_str().unwrap_or("")
+        ));
+    }
+    if let Some(d) = st
+        .delays
+        .get(app_id)
+        .filter(|d| Some(&d.version) == def.version.as_ref())
+    {
+        reasons.push(format!(
+            "{app_id}: launches delayed by back-off after {} failures",
+            d.failures
+        ));
+    }
+    if reasons.is_empty() {
+        None
+    } else {
+        Some(reasons.join("; "))
+    }
 }
 
 fn progress_deployments(st: &mut Cluster, ch: &mut Changes) {
@@ -731,9 +774,12 @@ mod tests {
                 t.state
             };
             let health = (state == TaskState::Running).then(|| {
+                let alive = healthy_config(&t.config_version);
                 vec![HealthResult {
-                    alive: healthy_config(&t.config_version),
+                    alive,
                     instance_id: id.clone(),
+                    last_failure: (!alive).then(|| "2026-01-01T00:00:00.000Z".to_string()),
+                    last_failure_cause: (!alive).then(|| "HTTP GET returned 500".to_string()),
                     ..Default::default()
                 }]
             });
