@@ -17,6 +17,7 @@ pub const KNOWN_EVENT_TYPES: &[&str] = &[
     "unhealthy_instance_kill_event",
     "unhealthy_task_kill_event",
     "app_terminated_event",
+    "unknown_instance_terminated_event",
     "group_change_success",
     "group_change_failed",
     "deployment_info",

@@ -473,6 +473,24 @@ pub fn apply_statuses(
             st.save_task_state(&id, ch);
         }
     }
+    // Ghosts: running tasks the server does not know (e.g. left behind by a lost server state
+    // or a daemon upgrade). The agent stops them after its grace period; announce each once.
+    for s in statuses
+        .iter()
+        .filter(|s| !s.state.is_terminal() && unknown.contains(&s.task_id))
+    {
+        if st.ghosts_reported.len() > 100_000 {
+            st.ghosts_reported.clear();
+        }
+        if st.ghosts_reported.insert(s.task_id.clone()) {
+            tracing::warn!(node = node_id, task = %s.task_id, "agent runs a task the server does not know");
+            ch.event(Event::new(
+                "unknown_instance_terminated_event",
+                json!({"instanceId": s.task_id, "runSpecId": "", "condition": "Unknown", "slaveId": node_id,
+                       "message": "a task this server does not know is running on the node; the agent stops it after its grace period"}),
+            ));
+        }
+    }
     if full {
         // A task the server placed here, that the agent had started, and that the agent no
         // longer has, is lost (e.g. the agent's data dir was wiped).

@@ -156,6 +156,8 @@ pub struct Cluster {
     /// Tasks whose creation is not yet durable: hidden from agents.
     pub uncommitted: HashSet<String>,
     pub node_gens: HashMap<String, watch::Sender<u64>>,
+    /// Tasks agents reported that the server does not know (ghosts), already announced.
+    pub ghosts_reported: HashSet<String>,
     pub scheduler: Scheduler,
     /// Count of launches, kills, failures since start (for /metrics).
     pub counters: BTreeMap<&'static str, u64>,
@@ -177,6 +179,7 @@ impl Cluster {
             unplaced: HashMap::new(),
             uncommitted: HashSet::new(),
             node_gens: HashMap::new(),
+            ghosts_reported: HashSet::new(),
             scheduler: Scheduler::new(seed),
             counters: BTreeMap::new(),
         }
