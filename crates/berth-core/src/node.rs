@@ -69,6 +69,10 @@ pub struct NodeInfo {
     pub conditions: Vec<NodeCondition>,
     #[serde(default)]
     pub agent_version: String,
+    /// Base URL of the agent's own HTTP endpoint (task logs, `/metrics`), e.g.
+    /// `http://10.0.0.5:5051`; `None` for agents without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_url: Option<String>,
 }
 
 impl NodeInfo {
@@ -137,6 +141,7 @@ mod tests {
             drivers: vec![],
             conditions: vec![],
             agent_version: String::new(),
+            agent_url: None,
         };
         let a = info.allocatable();
         assert_eq!(a.cpus, 28.0);
