@@ -755,6 +755,7 @@ mod tests {
                 drivers: vec!["exec".into(), "fake".into()],
                 conditions: vec![],
                 agent_version: String::new(),
+                agent_url: None,
             },
             status: NodeStatus::Ready,
             cordoned: false,
