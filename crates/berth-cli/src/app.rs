@@ -1,11 +1,11 @@
 //! `berth app ...`: Marathon's `/v2/apps`.
 
 use crate::client::{is_created, normalize_id, query};
-use crate::deployment::wait_for_deployment;
 use crate::error::CliError;
 use crate::table::{Table, truncate};
 use crate::task::task_table;
 use crate::view::{arr, fmt_num, int, kv, kv_list, num, or_dash, plain, s, short_time};
+use crate::watch::{self, Target};
 use crate::{Ctx, view};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -24,7 +24,8 @@ pub enum AppSubcommand {
     List,
     /// Show one app and its tasks.
     Show { id: String },
-    /// Create or update an app from a JSON definition (PUT /v2/apps/{id}).
+    /// Create or update an app from a JSON definition (PUT /v2/apps/{id}), then follow the
+    /// deployment until the app runs the new version (unless --detach).
     Deploy(DeployArgs),
     /// Delete an app and kill its tasks.
     #[command(visible_alias = "rm")]
@@ -67,7 +68,21 @@ pub struct DeployArgs {
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
-    pub wait: WaitArgs,
+    pub wait: DeployWaitArgs,
+}
+
+/// `app deploy` waits by default.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeployWaitArgs {
+    /// Return as soon as the server accepted the change, printing the deployment id and version.
+    #[arg(long, conflicts_with = "wait")]
+    pub detach: bool,
+    /// Wait for the deployment (the default; accepted for older scripts).
+    #[arg(long, hide = true)]
+    pub wait: bool,
+    /// Give up (exit non-zero, printing why the deployment is stuck) after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -89,8 +104,13 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, cmd: AppSubcommand) -> Result<(), Cli
             let id = normalize_id(&id)?;
             let path = format!("/v2/apps{id}{}", force_query(force));
             let reply = ctx.client.delete(&path).await?;
-            started(ctx, &reply, &format!("Deleting app {id}"))?;
-            finish_wait(ctx, &reply, &wait, None).await
+            started(ctx, &reply, &format!("Deleting app {id}"), wait.wait)?;
+            let target = Target {
+                app_id: Some(id),
+                deleting: true,
+                ..target_of(&reply)
+            };
+            finish_wait(ctx, target, wait.wait, wait.timeout).await
         }
         AppSubcommand::Scale {
             id,
@@ -108,15 +128,24 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, cmd: AppSubcommand) -> Result<(), Cli
                 ctx,
                 &reply,
                 &format!("Scaling app {id} to {instances} instance(s)"),
+                wait.wait,
             )?;
-            finish_wait(ctx, &reply, &wait, Some(&id)).await
+            let target = Target {
+                app_id: Some(id),
+                ..target_of(&reply)
+            };
+            finish_wait(ctx, target, wait.wait, wait.timeout).await
         }
         AppSubcommand::Restart { id, force, wait } => {
             let id = normalize_id(&id)?;
             let path = format!("/v2/apps{id}/restart{}", force_query(force));
             let reply = ctx.client.post(&path, &json!({})).await?;
-            started(ctx, &reply, &format!("Restarting app {id}"))?;
-            finish_wait(ctx, &reply, &wait, Some(&id)).await
+            started(ctx, &reply, &format!("Restarting app {id}"), wait.wait)?;
+            let target = Target {
+                app_id: Some(id),
+                ..target_of(&reply)
+            };
+            finish_wait(ctx, target, wait.wait, wait.timeout).await
         }
     }
 }
@@ -335,8 +364,11 @@ async fn deploy(ctx: &mut Ctx<'_>, args: DeployArgs) -> Result<(), CliError> {
     let (id, body) = parse_definition(&source, &text)?;
     let path = format!("/v2/apps{id}{}", force_query(args.force));
     let reply = ctx.client.send(Method::PUT, &path, Some(&body)).await?;
+    let wait = !args.wait.detach;
     if ctx.json_mode() {
-        ctx.json(&reply.body)?;
+        if !wait {
+            ctx.json(&reply.body)?;
+        }
     } else {
         let verb = if is_created(reply.status) {
             "Created"
@@ -352,7 +384,11 @@ async fn deploy(ctx: &mut Ctx<'_>, args: DeployArgs) -> Result<(), CliError> {
         kv(&mut out, "Version", &or_dash(s(&reply.body, "version")));
         ctx.write(&out)?;
     }
-    finish_wait(ctx, &reply.body, &args.wait, Some(&id)).await
+    let target = Target {
+        app_id: Some(id),
+        ..target_of(&reply.body)
+    };
+    finish_wait(ctx, target, wait, args.wait.timeout).await
 }
 
 /// Checks an app definition file: a JSON object with a non-empty string `id`. Returns the
@@ -374,10 +410,11 @@ pub(crate) fn parse_definition(source: &str, text: &str) -> Result<(String, Valu
     Ok((normalize_id(id)?, body))
 }
 
-/// Prints the `{deploymentId, version}` a change returned (table mode) or the JSON.
-fn started(ctx: &mut Ctx<'_>, reply: &Value, what: &str) -> Result<(), CliError> {
+/// Prints the `{deploymentId, version}` a change returned (table mode) or the JSON (unless
+/// waiting: then only the final document is printed).
+fn started(ctx: &mut Ctx<'_>, reply: &Value, what: &str, waiting: bool) -> Result<(), CliError> {
     if ctx.json_mode() {
-        return ctx.json(reply);
+        return if waiting { Ok(()) } else { ctx.json(reply) };
     }
     let mut out = format!("{what}\n");
     kv(&mut out, "Deployment", &or_dash(s(reply, "deploymentId")));
@@ -385,45 +422,53 @@ fn started(ctx: &mut Ctx<'_>, reply: &Value, what: &str) -> Result<(), CliError>
     ctx.write(&out)
 }
 
-/// With `--wait`: waits for the reply's deployment, then reports the app's counts (JSON mode:
-/// prints the app's JSON as a second document).
+/// The deployment a change's reply names.
+fn target_of(reply: &Value) -> Target {
+    Target {
+        deployment_id: s(reply, "deploymentId").to_string(),
+        version: s(reply, "version").to_string(),
+        ..Target::default()
+    }
+}
+
+/// When waiting: follows the deployment with live progress, then reports the app's counts
+/// (JSON mode: prints one document with the outcome, the last deployment view and the app).
+/// Fails when the deployment was cancelled, rolled back or superseded, or on timeout.
 async fn finish_wait(
     ctx: &mut Ctx<'_>,
-    reply: &Value,
-    wait: &WaitArgs,
-    app_id: Option<&str>,
+    target: Target,
+    wait: bool,
+    timeout_secs: u64,
 ) -> Result<(), CliError> {
-    if !wait.wait {
+    if !wait {
         return Ok(());
     }
-    let deployment_id = s(reply, "deploymentId").to_string();
-    if deployment_id.is_empty() {
+    if target.deployment_id.is_empty() {
         return Err(CliError::BadResponse {
             url: ctx.client.base_url().to_string(),
             reason: "the server returned no deploymentId to wait for".into(),
         });
     }
-    wait_for_deployment(ctx, &deployment_id, wait.timeout).await?;
-    let Some(id) = app_id else {
-        if !ctx.json_mode() {
-            ctx.line(&format!("Deployment {deployment_id} finished"))?;
-        }
-        return Ok(());
-    };
-    let body = ctx.client.get(&format!("/v2/apps{id}")).await?;
+    let outcome = watch::follow(ctx, &target, timeout_secs).await?;
     if ctx.json_mode() {
-        return ctx.json(&body);
+        ctx.json(&outcome.json(&target))?;
+        return outcome.into_result();
     }
-    let app = body.get("app").unwrap_or(&body);
-    let mut line = format!(
-        "Deployment {deployment_id} finished: {id} has {}/{} running",
-        int(app, "tasksRunning"),
-        int(app, "instances")
-    );
-    if !arr(app, "healthChecks").is_empty() {
-        line.push_str(&format!(", {} healthy", int(app, "tasksHealthy")));
+    if outcome.status == watch::Status::Succeeded {
+        let id = &target.deployment_id;
+        let line = match (&target.app_id, &outcome.app) {
+            (Some(app_id), Some(app)) => format!(
+                "Deployment {id} finished: {app_id} has {}",
+                watch::counts(app)
+            ),
+            (Some(app_id), None) if target.deleting => {
+                format!("Deployment {id} finished: {app_id} deleted")
+            }
+            _ => format!("Deployment {id} finished"),
+        };
+        ctx.line(&line)?;
     }
-    ctx.line(&line)
+    outcome.into_result()
 }
 
 #[cfg(test)]

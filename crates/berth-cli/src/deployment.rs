@@ -1,20 +1,13 @@
-//! `berth deployment ...`: Marathon's `/v2/deployments`, and waiting for a deployment.
+//! `berth deployment ...`: Berth's `/api/v1/deployments` (with progress and why a deployment
+//! is blocked), falling back to Marathon's `/v2/deployments`.
 
-use crate::Ctx;
-use crate::client::{normalize_id, query};
+use crate::client::{Client, encode, normalize_id, query};
 use crate::error::CliError;
-use crate::table::Table;
-use crate::view::{arr, int, kv, or_dash, plain, s};
+use crate::table::{Table, truncate};
+use crate::view::{arr, int, kv, or_dash, plain, s, short_time};
+use crate::watch::recent_failure;
+use crate::{Ctx, watch};
 use serde_json::Value;
-use std::time::Duration;
-use tokio::time::Instant;
-
-/// How often `--wait` polls `/v2/deployments`.
-const POLL_INTERVAL: Duration = if cfg!(test) {
-    Duration::from_millis(50)
-} else {
-    Duration::from_secs(1)
-};
 
 #[derive(Debug, clap::Args)]
 pub struct DeploymentCmd {
@@ -24,9 +17,11 @@ pub struct DeploymentCmd {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DeploymentSubcommand {
-    /// List deployments in progress.
+    /// List deployments in progress (with why each is blocked, if it is).
     #[command(visible_alias = "ls")]
     List,
+    /// Show one deployment: steps, current actions, per-app progress, blocked reason.
+    Show { id: String },
     /// Cancel a deployment: rolls back, or with --force just stops it where it is.
     Cancel {
         id: String,
@@ -39,11 +34,38 @@ pub enum DeploymentSubcommand {
 pub(crate) async fn run(ctx: &mut Ctx<'_>, cmd: DeploymentSubcommand) -> Result<(), CliError> {
     match cmd {
         DeploymentSubcommand::List => {
-            let body = ctx.client.get("/v2/deployments").await?;
+            let (list, body) = fetch_deployments(&ctx.client).await?;
             if ctx.json_mode() {
                 return ctx.json(&body);
             }
-            let text = deployments_table(deployment_list(&body)).render();
+            let text = deployments_table(&list).render();
+            ctx.write(&text)
+        }
+        DeploymentSubcommand::Show { id } => {
+            let id = id.trim().trim_matches('/').to_string();
+            if id.is_empty() {
+                return Err(CliError::Input("a deployment id is required".into()));
+            }
+            let body = match ctx
+                .client
+                .get(&format!("/api/v1/deployments/{}", encode(&id, false)))
+                .await
+            {
+                Ok(body) => body,
+                // A server without Berth's API: find it in Marathon's list.
+                Err(e) if e.status() == Some(404) => {
+                    let (list, _) = fetch_deployments(&ctx.client).await?;
+                    match list.into_iter().find(|d| s(d, "id") == id) {
+                        Some(d) => d,
+                        None => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            if ctx.json_mode() {
+                return ctx.json(&body);
+            }
+            let text = render_deployment(&body);
             ctx.write(&text)
         }
         DeploymentSubcommand::Cancel { id, force } => {
@@ -70,7 +92,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, cmd: DeploymentSubcommand) -> Result<
     }
 }
 
-/// `/v2/deployments` is a bare array (tolerate `{"deployments": [...]}` too).
+/// `/v2/deployments` is a bare array, `/api/v1/deployments` `{"deployments": [...]}`.
 fn deployment_list(body: &Value) -> &[Value] {
     match body {
         Value::Array(a) => a,
@@ -78,8 +100,19 @@ fn deployment_list(body: &Value) -> &[Value] {
     }
 }
 
+/// The deployments in progress, from Berth's `/api/v1/deployments` or, when the server has no
+/// such endpoint (404), Marathon's `/v2/deployments`. Also returns the body as sent.
+pub(crate) async fn fetch_deployments(client: &Client) -> Result<(Vec<Value>, Value), CliError> {
+    let body = match client.get("/api/v1/deployments").await {
+        Ok(body) => body,
+        Err(e) if e.status() == Some(404) => client.get("/v2/deployments").await?,
+        Err(e) => return Err(e),
+    };
+    Ok((deployment_list(&body).to_vec(), body))
+}
+
 /// `StartApplication /web` -> `start /web`.
-fn describe_actions(actions: &[Value]) -> String {
+pub(crate) fn describe_actions(actions: &[Value]) -> String {
     actions
         .iter()
         .map(|a| {
@@ -99,7 +132,7 @@ fn step_cell(d: &Value) -> String {
 }
 
 pub(crate) fn deployments_table(list: &[Value]) -> Table {
-    let mut t = Table::new(&["ID", "APPS", "ACTIONS", "STEP", "VERSION"]);
+    let mut t = Table::new(&["ID", "APPS", "ACTIONS", "STEP", "VERSION", "BLOCKED"]);
     for d in list {
         let apps: Vec<String> = arr(d, "affectedApps").iter().map(plain).collect();
         t.row(vec![
@@ -108,47 +141,91 @@ pub(crate) fn deployments_table(list: &[Value]) -> Table {
             or_dash(describe_actions(arr(d, "currentActions"))),
             step_cell(d),
             or_dash(s(d, "version")),
+            or_dash(truncate(&blocked_text(d), 100)),
         ]);
     }
     t
 }
 
-/// Polls `/v2/deployments` until `id` is no longer listed; fails after `timeout_secs`.
-pub(crate) async fn wait_for_deployment(
-    ctx: &mut Ctx<'_>,
-    id: &str,
-    timeout_secs: u64,
-) -> Result<(), CliError> {
-    if !ctx.json_mode() {
-        ctx.line(&format!(
-            "Waiting for deployment {id} (up to {timeout_secs} s)..."
-        ))?;
+/// The server's `blocked` plus task failures since the deployment started.
+fn blocked_text(d: &Value) -> String {
+    watch::Snapshot::from_json(d).blocked.unwrap_or_default()
+}
+
+/// `berth deployment show`: the deployment in words.
+pub(crate) fn render_deployment(d: &Value) -> String {
+    let mut out = String::new();
+    kv(&mut out, "ID", s(d, "id"));
+    kv(&mut out, "Version", &or_dash(s(d, "version")));
+    if !s(d, "createdAt").is_empty() {
+        kv(&mut out, "Created", &short_time(s(d, "createdAt")));
     }
-    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
-    loop {
-        let body = ctx.client.get("/v2/deployments").await?;
-        let current = deployment_list(&body)
-            .iter()
-            .find(|d| s(d, "id") == id)
-            .cloned();
-        let Some(current) = current else {
-            return Ok(());
-        };
-        if Instant::now() >= deadline {
-            let actions = describe_actions(arr(&current, "currentActions"));
-            return Err(CliError::Timeout(format!(
-                "deployment {id} did not finish within {timeout_secs} s (step {}{}); it is still running on the server: see `berth deployment list`",
-                step_cell(&current),
-                if actions.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {actions}")
-                },
-            )));
+    let apps: Vec<String> = arr(d, "affectedApps").iter().map(plain).collect();
+    kv(&mut out, "Apps", &or_dash(apps.join(", ")));
+    kv(&mut out, "Step", &step_cell(d));
+    kv(
+        &mut out,
+        "Current",
+        &or_dash(describe_actions(arr(d, "currentActions"))),
+    );
+    if !s(d, "rollbackOf").is_empty() {
+        kv(&mut out, "Rollback of", s(d, "rollbackOf"));
+    }
+    kv(&mut out, "Blocked", &or_dash(blocked_text(d)));
+
+    let steps = arr(d, "steps");
+    if !steps.is_empty() {
+        out.push_str("\nSteps:\n");
+        let current = int(d, "currentStep");
+        for (i, step) in steps.iter().enumerate() {
+            let n = i as i64 + 1;
+            let mark = if n < current {
+                "done"
+            } else if n == current {
+                "current"
+            } else {
+                "pending"
+            };
+            out.push_str(&format!(
+                "  {n}. {}  ({mark})\n",
+                or_dash(describe_actions(arr(step, "actions")))
+            ));
         }
-        tokio::time::sleep(POLL_INTERVAL.min(deadline.saturating_duration_since(Instant::now())))
-            .await;
     }
+
+    let progress = arr(d, "progress");
+    if !progress.is_empty() {
+        out.push_str("\nProgress:\n");
+        let mut t = Table::new(&["APP", "TARGET", "OLD", "NEW", "HEALTHY", "UNPLACED"]);
+        for p in progress {
+            let unplaced = match p.get("unplaced").filter(|u| u.is_object()) {
+                Some(u) if !s(u, "summary").is_empty() => {
+                    format!("{} ({})", int(u, "count"), s(u, "summary"))
+                }
+                Some(u) => int(u, "count").to_string(),
+                None => "-".into(),
+            };
+            t.row(vec![
+                s(p, "app").to_string(),
+                int(p, "targetInstances").to_string(),
+                int(p, "oldInstances").to_string(),
+                int(p, "newInstances").to_string(),
+                int(p, "healthyNewInstances").to_string(),
+                unplaced,
+            ]);
+        }
+        out.push_str(&t.render());
+        for p in progress {
+            if let Some(f) = recent_failure(p.get("lastTaskFailure"), "") {
+                let at = p
+                    .get("lastTaskFailure")
+                    .map(|f| short_time(s(f, "timestamp")))
+                    .unwrap_or_default();
+                out.push_str(&format!("Last failure of {} ({at}): {f}\n", s(p, "app")));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -168,9 +245,53 @@ mod tests {
         }]);
         assert_eq!(
             deployments_table(deployment_list(&list)).render(),
-            "ID                                    APPS   ACTIONS             STEP  VERSION\n\
-             5ed4c0c5-9ff8-4a6f-a0cd-f57f59a34b43  /a,/b  start /a, scale /b  1/2   2024-01-01T00:00:00.000Z\n"
+            "ID                                    APPS   ACTIONS             STEP  VERSION                   BLOCKED\n\
+             5ed4c0c5-9ff8-4a6f-a0cd-f57f59a34b43  /a,/b  start /a, scale /b  1/2   2024-01-01T00:00:00.000Z  -\n"
         );
         assert!(deployment_list(&json!({})).is_empty());
+        let blocked = json!({"deployments": [{"id": "d1", "currentStep": 1, "totalSteps": 1,
+            "blocked": "/a: 1 of 2 instances unplaced: 3 insufficient mem"}]});
+        assert_eq!(
+            deployments_table(deployment_list(&blocked)).render(),
+            "ID  APPS  ACTIONS  STEP  VERSION  BLOCKED\n\
+             d1  -     -        1/1   -        /a: 1 of 2 instances unplaced: 3 insufficient mem\n"
+        );
+    }
+
+    #[test]
+    fn deployment_details() {
+        let d = json!({
+            "id": "dep-2", "version": "v2", "affectedApps": ["/web"], "createdAt": "2024-01-01T00:00:10.000Z",
+            "steps": [{"actions": [{"action": "StartApplication", "app": "/web"}]},
+                      {"actions": [{"action": "RestartApplication", "app": "/web"}]}],
+            "currentActions": [{"action": "RestartApplication", "app": "/web"}],
+            "currentStep": 2, "totalSteps": 2, "rollbackOf": "dep-1",
+            "blocked": "/web: 2 of 4 instances unplaced: 7 insufficient mem",
+            "progress": [{"app": "/web", "targetInstances": 4, "oldInstances": 3, "newInstances": 2,
+                          "healthyNewInstances": 1,
+                          "unplaced": {"count": 2, "reasons": {"insufficient mem": 7}, "summary": "7 insufficient mem"},
+                          "lastTaskFailure": {"taskId": "web.3", "state": "TASK_FAILED", "host": "n1",
+                                              "message": "exited 1", "timestamp": "2024-01-01T00:00:05.000Z"}}]
+        });
+        assert_eq!(
+            render_deployment(&d),
+            "ID:             dep-2\n\
+             Version:        v2\n\
+             Created:        2024-01-01T00:00:10Z\n\
+             Apps:           /web\n\
+             Step:           2/2\n\
+             Current:        restart /web\n\
+             Rollback of:    dep-1\n\
+             Blocked:        /web: 2 of 4 instances unplaced: 7 insufficient mem\n\
+             \n\
+             Steps:\n  \
+             1. start /web  (done)\n  \
+             2. restart /web  (current)\n\
+             \n\
+             Progress:\n\
+             APP   TARGET  OLD  NEW  HEALTHY  UNPLACED\n\
+             /web  4       3    2    1        2 (7 insufficient mem)\n\
+             Last failure of /web (2024-01-01T00:00:05Z): task web.3 TASK_FAILED on n1: exited 1\n"
+        );
     }
 }

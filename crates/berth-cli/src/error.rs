@@ -53,6 +53,10 @@ pub enum CliError {
     /// `--wait` gave up.
     #[error("{0}")]
     Timeout(String),
+
+    /// What the CLI waited for ended badly (a deployment was cancelled or rolled back).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl CliError {

@@ -11,11 +11,13 @@ mod deployment;
 mod error;
 mod events;
 mod node;
+mod progress;
 mod table;
 mod task;
 mod view;
+mod watch;
 
-pub use app::{AppCmd, AppSubcommand, DeployArgs, WaitArgs};
+pub use app::{AppCmd, AppSubcommand, DeployArgs, DeployWaitArgs, WaitArgs};
 pub use client::{Client, Reply, encode, normalize_id, query};
 pub use deployment::{DeploymentCmd, DeploymentSubcommand};
 pub use error::{CliError, ErrorDetail};
@@ -25,7 +27,7 @@ pub use table::{Table, truncate};
 pub use task::{TaskCmd, TaskSubcommand};
 
 use serde_json::Value;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 /// The client subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -34,11 +36,11 @@ pub enum ClientCommand {
     App(AppCmd),
     /// List and kill tasks.
     Task(TaskCmd),
-    /// List and cancel deployments.
+    /// List, show and cancel deployments.
     Deployment(DeploymentCmd),
     /// Follow the server's event stream (until Ctrl-C).
     Events(EventsArgs),
-    /// Inspect the cluster's nodes.
+    /// Inspect, cordon and drain the cluster's nodes.
     Node(NodeCmd),
 }
 
@@ -64,23 +66,36 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Runs one client command, printing to stdout.
+/// Runs one client command, printing to stdout (with live progress bars when stdout is a
+/// terminal).
 pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<(), CliError> {
     let mut stdout = std::io::stdout();
-    run_with_output(opts, cmd, &mut stdout).await
+    let tty = stdout.is_terminal();
+    run_inner(opts, cmd, &mut stdout, tty).await
 }
 
-/// Runs one client command, printing to `out` (tests capture the output this way).
-/// A closed output pipe (`berth events | head`) ends the command quietly.
+/// Runs one client command, printing to `out` (tests capture the output this way); progress
+/// is printed as plain lines. A closed output pipe (`berth events | head`) ends the command
+/// quietly.
 pub async fn run_with_output(
     opts: &ClientOpts,
     cmd: ClientCommand,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
+    run_inner(opts, cmd, out, false).await
+}
+
+async fn run_inner(
+    opts: &ClientOpts,
+    cmd: ClientCommand,
+    out: &mut (dyn Write + Send),
+    tty: bool,
+) -> Result<(), CliError> {
     let client = Client::new(&opts.server)?;
     let mut ctx = Ctx {
         client,
         format: opts.output,
+        tty,
         out,
     };
     let result = match cmd {
@@ -102,6 +117,8 @@ pub async fn run_with_output(
 pub(crate) struct Ctx<'a> {
     pub client: Client,
     pub format: OutputFormat,
+    /// `out` is a terminal: progress may redraw a bar in place.
+    pub tty: bool,
     pub out: &'a mut (dyn Write + Send),
 }
 
@@ -191,8 +208,12 @@ mod tests {
         };
         assert_eq!(d.file, "app.json");
         assert!(d.force);
-        assert!(d.wait.wait);
+        assert!(d.wait.wait && !d.wait.detach);
         assert_eq!(d.wait.timeout, 60);
+        assert!(
+            parse(&["app", "deploy", "-f", "a.json", "--wait", "--detach"]).is_err(),
+            "--wait contradicts --detach"
+        );
 
         let cli = parse(&["app", "deploy", "-f", "-"]).unwrap();
         let ClientCommand::App(AppCmd {
@@ -202,8 +223,21 @@ mod tests {
             panic!()
         };
         assert_eq!(d.file, "-");
-        assert!(!d.force && !d.wait.wait);
-        assert_eq!(d.wait.timeout, 300);
+        assert!(
+            !d.force && !d.wait.wait && !d.wait.detach,
+            "waits by default"
+        );
+        assert_eq!(d.wait.timeout, 600);
+        let cli = parse(&["app", "deploy", "-f", "a.json", "--detach"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            ClientCommand::App(AppCmd {
+                command: AppSubcommand::Deploy(DeployArgs {
+                    wait: DeployWaitArgs { detach: true, .. },
+                    ..
+                })
+            })
+        ));
 
         let cli = parse(&["app", "scale", "/web", "5", "--force"]).unwrap();
         assert!(matches!(
@@ -257,6 +291,10 @@ mod tests {
             })
         ));
         assert!(parse(&["deployment", "list"]).is_ok());
+        assert!(matches!(
+            parse(&["deployment", "show", "d1"]).unwrap().cmd,
+            ClientCommand::Deployment(DeploymentCmd { command: DeploymentSubcommand::Show { ref id } }) if id == "d1"
+        ));
 
         let cli = parse(&["events", "--type", "status_update_event", "--type", "a,b"]).unwrap();
         let ClientCommand::Events(e) = cli.cmd else {
@@ -267,6 +305,25 @@ mod tests {
         assert!(matches!(
             cli.cmd,
             ClientCommand::Node(NodeCmd { command: NodeSubcommand::Show { ref id } }) if id == "n1"
+        ));
+        for action in ["cordon", "uncordon"] {
+            assert!(parse(&["node", action, "n1"]).is_ok());
+            assert!(parse(&["node", action]).is_err());
+        }
+        let cli = parse(&["node", "drain", "n1", "--wait", "--timeout", "30"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            ClientCommand::Node(NodeCmd { command: NodeSubcommand::Drain { ref id, wait: true, timeout: 30 } }) if id == "n1"
+        ));
+        assert!(matches!(
+            parse(&["node", "drain", "n1"]).unwrap().cmd,
+            ClientCommand::Node(NodeCmd {
+                command: NodeSubcommand::Drain {
+                    wait: false,
+                    timeout: 600,
+                    ..
+                }
+            })
         ));
         assert!(parse(&["bogus"]).is_err());
     }

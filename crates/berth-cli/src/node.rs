@@ -3,9 +3,14 @@
 use crate::Ctx;
 use crate::client::normalize_id;
 use crate::error::CliError;
+use crate::progress::{Display, Shown};
 use crate::table::Table;
 use crate::view::{arr, fmt_num, int, kv, kv_list, num, or_dash, s, short_time};
+use crate::watch::POLL_INTERVAL;
+use reqwest::Method;
 use serde_json::Value;
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(Debug, clap::Args)]
 pub struct NodeCmd {
@@ -20,6 +25,21 @@ pub enum NodeSubcommand {
     List,
     /// Show one node.
     Show { id: String },
+    /// Stop placing new tasks on a node (its running tasks stay).
+    Cordon { id: String },
+    /// Let the scheduler place tasks on a node again (also ends a drain).
+    Uncordon { id: String },
+    /// Cordon a node and move its tasks elsewhere.
+    Drain {
+        id: String,
+        /// Wait until no tasks are left on the node, showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up (exit non-zero, printing what keeps the tasks) after this
+        /// many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 600, requires = "wait")]
+        timeout: u64,
+    },
 }
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>, cmd: NodeSubcommand) -> Result<(), CliError> {
@@ -48,6 +68,120 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, cmd: NodeSubcommand) -> Result<(), Cl
             let text = render_node(node);
             ctx.write(&text)
         }
+        NodeSubcommand::Cordon { id } => {
+            let node = act(ctx, &id, "cordon").await?;
+            if ctx.json_mode() {
+                return ctx.json(&node);
+            }
+            ctx.line(&format!(
+                "Node {} cordoned: no new tasks will be placed on it ({} running)",
+                s(&node, "id"),
+                int(&node, "tasks")
+            ))
+        }
+        NodeSubcommand::Uncordon { id } => {
+            let node = act(ctx, &id, "uncordon").await?;
+            if ctx.json_mode() {
+                return ctx.json(&node);
+            }
+            ctx.line(&format!(
+                "Node {} uncordoned: tasks may be placed on it again",
+                s(&node, "id")
+            ))
+        }
+        NodeSubcommand::Drain { id, wait, timeout } => {
+            let node = act(ctx, &id, "drain").await?;
+            if !wait {
+                if ctx.json_mode() {
+                    return ctx.json(&node);
+                }
+                return ctx.line(&format!(
+                    "Node {} draining: {} task(s) to move",
+                    s(&node, "id"),
+                    int(&node, "tasks")
+                ));
+            }
+            drain_wait(ctx, &id, node, timeout).await
+        }
+    }
+}
+
+/// `POST /api/v1/nodes/{id}/{action}` with an empty body; returns the node.
+async fn act(ctx: &mut Ctx<'_>, id: &str, action: &str) -> Result<Value, CliError> {
+    let path = format!("/api/v1/nodes{}/{action}", normalize_id(id)?);
+    let body = ctx.client.send(Method::POST, &path, None).await?.body;
+    Ok(body.get("node").cloned().unwrap_or(body))
+}
+
+/// One plain line for a draining node, e.g. `n1: 3 task(s) remaining; blocked: ...`.
+pub(crate) fn drain_shown(node: &Value, initial: i64) -> Shown {
+    let tasks = int(node, "tasks");
+    let blocked = Some(s(node, "drainBlocked"))
+        .filter(|b| !b.is_empty())
+        .map(str::to_string);
+    let mut line = format!("{}: {tasks} task(s) remaining", s(node, "id"));
+    if let Some(b) = &blocked {
+        line.push_str(&format!("; blocked: {b}"));
+    }
+    Shown {
+        done: (initial - tasks).max(0) as u64,
+        total: initial.max(0) as u64,
+        line,
+        bar_msg: format!("{tasks} task(s) remaining on {}", s(node, "id")),
+        blocked,
+    }
+}
+
+/// `drain --wait`: polls the node until it runs no tasks.
+async fn drain_wait(
+    ctx: &mut Ctx<'_>,
+    id: &str,
+    mut node: Value,
+    timeout_secs: u64,
+) -> Result<(), CliError> {
+    let path = format!("/api/v1/nodes{}", normalize_id(id)?);
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    let initial = int(&node, "tasks");
+    if !ctx.json_mode() {
+        ctx.line(&format!(
+            "Draining node {}: waiting for {initial} task(s) to move (up to {timeout_secs} s)...",
+            s(&node, "id")
+        ))?;
+    }
+    let mut display = Display::for_ctx(ctx);
+    display.set_unit("moved");
+    let mut last_blocked: Option<String> = None;
+    loop {
+        let shown = drain_shown(&node, initial.max(int(&node, "tasks")));
+        if shown.blocked.is_some() {
+            last_blocked.clone_from(&shown.blocked);
+        }
+        let tasks = int(&node, "tasks");
+        if tasks == 0 {
+            display.finish();
+            if ctx.json_mode() {
+                return ctx.json(&node);
+            }
+            return ctx.line(&format!("Node {} drained: no tasks left", s(&node, "id")));
+        }
+        display.update(ctx, &shown)?;
+        if Instant::now() >= deadline {
+            display.finish();
+            if ctx.json_mode() {
+                ctx.json(&node)?;
+            }
+            let reason = last_blocked
+                .map(|b| format!(": {b}"))
+                .unwrap_or_else(|| ": the server gave no reason".into());
+            return Err(CliError::Timeout(format!(
+                "node {} still runs {tasks} task(s) after {timeout_secs} s{reason}; it stays cordoned and draining",
+                s(&node, "id")
+            )));
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
+        let body = ctx.client.get(&path).await?;
+        node = body.get("node").cloned().unwrap_or(body);
     }
 }
 
@@ -55,10 +189,19 @@ fn res(node: &Value, which: &str, key: &str) -> f64 {
     node.get(which).map(|r| num(r, key)).unwrap_or(0.0)
 }
 
+/// `ready`, `ready,cordoned`, `ready,cordoned,draining` (`drained` once no tasks are left).
 fn status_cell(node: &Value) -> String {
+    let flag = |key| node.get(key).and_then(Value::as_bool) == Some(true);
     let mut status = or_dash(s(node, "status"));
-    if node.get("cordoned").and_then(Value::as_bool) == Some(true) {
+    if flag("cordoned") {
         status.push_str(",cordoned");
+    }
+    if flag("draining") {
+        status.push_str(if int(node, "tasks") == 0 {
+            ",drained"
+        } else {
+            ",draining"
+        });
     }
     status
 }
@@ -104,6 +247,9 @@ pub(crate) fn render_node(n: &Value) -> String {
     kv(&mut out, "Address", &or_dash(s(n, "address")));
     kv(&mut out, "Status", &status_cell(n));
     kv(&mut out, "Tasks", &int(n, "tasks").to_string());
+    if !s(n, "drainBlocked").is_empty() {
+        kv(&mut out, "Drain blocked", s(n, "drainBlocked"));
+    }
     kv(
         &mut out,
         "Last heartbeat",
@@ -170,6 +316,34 @@ mod tests {
             "ID  HOSTNAME  ADDRESS        STATUS          CPUS (USED/ALLOC)  MEM (USED/ALLOC)  TASKS  HEARTBEAT\n\
              n1  host-1    10.0.0.1:9090  ready,cordoned  0.5/3.5            256/7680          2      2024-01-01T00:00:05Z\n"
         );
+    }
+
+    #[test]
+    fn status_shows_cordoned_draining_and_drained() {
+        let mut n = node();
+        n["draining"] = json!(true);
+        assert_eq!(status_cell(&n), "ready,cordoned,draining");
+        n["tasks"] = json!(0);
+        assert_eq!(status_cell(&n), "ready,cordoned,drained");
+        n["cordoned"] = json!(false);
+        n["draining"] = json!(false);
+        assert_eq!(status_cell(&n), "ready");
+    }
+
+    #[test]
+    fn drain_progress_line() {
+        let mut n = node();
+        n["drainBlocked"] =
+            json!("/web: 2 task(s) wait for healthy replacements (minimumHealthCapacity)");
+        let shown = drain_shown(&n, 5);
+        assert_eq!(
+            shown.line,
+            "n1: 2 task(s) remaining; blocked: /web: 2 task(s) wait for healthy replacements (minimumHealthCapacity)"
+        );
+        assert_eq!((shown.done, shown.total), (3, 5));
+        n["drainBlocked"] = Value::Null;
+        assert_eq!(drain_shown(&n, 2).line, "n1: 2 task(s) remaining");
+        assert!(render_node(&n).contains("Tasks:          2\n"));
     }
 
     #[test]
