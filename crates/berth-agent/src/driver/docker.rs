@@ -1,0 +1,1983 @@
+//! The Docker driver: runs apps with a `container.docker` section as Docker containers through
+//! the Engine API (bollard; the API version is negotiated with dockerd at connect time).
+//!
+//! - Containers are named `berth-<task_id>` and labelled `berth.task_id`, `berth.app_id`,
+//!   `berth.version`, `berth.node_id`; those labels are the only state the driver needs to
+//!   re-attach after an agent restart (`recover`): nothing is restarted or duplicated.
+//! - Exits are observed through the Docker events stream (`start`/`die`/`oom`/`destroy`), with a
+//!   periodic re-list as a fallback; when dockerd restarts the stream ends, and the watcher
+//!   resubscribes (replaying events since the last one seen) and reconciles every task.
+//! - The platform sets the limits: memory = `mem` with swap equal to it, CPU shares from `cpus`
+//!   (plus a hard quota with label `BERTH_CPU_QUOTA=true`), a pids limit (agent default, label
+//!   `BERTH_PIDS_LIMIT`), json-file log rotation. The container sees them in its environment
+//!   (`BERTH_CPUS`, `BERTH_MEM_MB`, `BERTH_CPUSET`) and in `/etc/berth/container_info`.
+//!
+//! On-disk layout, `<data_dir>/`:
+//! - `tasks/<task_id>/container_info`  JSON bind-mounted read-only into the container
+//! - `tasks/<task_id>/killed`          marker: the task was killed on request (TASK_KILLED)
+//! - `uids.json`                       task id -> UID allocated for `BERTH_UID=auto`
+
+use super::{Driver, DriverError, StatusSink, TaskSpec, TaskStatus};
+use berth_core::app::{AppDefinition, DockerParameter, DriverKind, PortMapping};
+use berth_core::task::TaskState;
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, DeviceMapping,
+    EventMessage, HostConfig, HostConfigLogConfig, PortBinding, PortMap, ResourcesUlimits,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions,
+    KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
+};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Container label holding the task id (every Berth container has it).
+pub const LABEL_TASK_ID: &str = "berth.task_id";
+pub const LABEL_APP_ID: &str = "berth.app_id";
+pub const LABEL_VERSION: &str = "berth.version";
+pub const LABEL_NODE_ID: &str = "berth.node_id";
+/// App label: `true` adds a hard CPU quota (`cpus` worth of CPU time) to the CPU shares.
+pub const APP_LABEL_CPU_QUOTA: &str = "BERTH_CPU_QUOTA";
+/// App label: per-task pids limit (a positive number, or `unlimited`).
+pub const APP_LABEL_PIDS_LIMIT: &str = "BERTH_PIDS_LIMIT";
+/// App label: `auto` runs the container as a UID unique on this node.
+pub const APP_LABEL_UID: &str = "BERTH_UID";
+/// Where the container finds its limits.
+pub const CONTAINER_INFO_PATH: &str = "/etc/berth/container_info";
+/// Name of the per-task file bind-mounted at [`CONTAINER_INFO_PATH`].
+pub const CONTAINER_INFO_FILE: &str = "container_info";
+const KILLED_MARKER: &str = "killed";
+const UIDS_FILE: &str = "uids.json";
+/// Files of lxcfs's `proc` directory bind-mounted over the container's `/proc` entries.
+const LXCFS_PROC_FILES: [&str; 7] = [
+    "meminfo",
+    "cpuinfo",
+    "stat",
+    "uptime",
+    "loadavg",
+    "diskstats",
+    "swaps",
+];
+/// How long `kill` keeps waiting for the container to stop after SIGKILL.
+const KILL_SETTLE: Duration = Duration::from_secs(30);
+/// Request timeout of the Engine API client (response headers; streams are not cut).
+const API_TIMEOUT_SECS: u64 = 120;
+const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
+
+/// `docker.parameters` keys the driver passes through (docker run flag names).
+pub const SUPPORTED_PARAMETERS: &[&str] = &[
+    "add-host",
+    "cap-add",
+    "cap-drop",
+    "cpuset-cpus",
+    "device",
+    "dns",
+    "dns-option",
+    "dns-search",
+    "entrypoint",
+    "env",
+    "group-add",
+    "hostname",
+    "init",
+    "ipc",
+    "label",
+    "log-driver",
+    "log-opt",
+    "memory-swappiness",
+    "oom-score-adj",
+    "pid",
+    "privileged",
+    "read-only",
+    "security-opt",
+    "shm-size",
+    "stop-signal",
+    "sysctl",
+    "tmpfs",
+    "ulimit",
+    "user",
+    "uts",
+    "volume",
+    "workdir",
+];
+
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// Engine address: a socket path, `unix://...`, `tcp://...` or `http://...`.
+    /// `None`: `$DOCKER_HOST`, else `unix:///var/run/docker.sock`.
+    pub host: Option<String>,
+    /// Driver data directory (made absolute at connect: files are bind-mounted from it).
+    pub data_dir: PathBuf,
+    /// When set, `recover` and the event watcher only consider containers labelled with this
+    /// node id (several agents may share one dockerd, e.g. in `berth dev`).
+    pub node_id: Option<String>,
+    /// Default pids limit per container (`None`: unlimited). App label `BERTH_PIDS_LIMIT`
+    /// overrides it.
+    pub pids_limit: Option<i64>,
+    /// UIDs handed out for `BERTH_UID=auto` (inclusive).
+    pub uid_range: (u32, u32),
+    /// json-file rotation defaults (overridable with `log-opt` parameters).
+    pub log_max_size: String,
+    pub log_max_file: u32,
+    /// lxcfs mount point; its `proc/` files are bind-mounted when `<lxcfs_dir>/proc` exists.
+    pub lxcfs_dir: PathBuf,
+    /// Fallback re-list of all containers (the events stream is the main source).
+    pub resync_interval: Duration,
+    /// How long `connect` waits for dockerd to answer.
+    pub connect_timeout: Duration,
+}
+
+impl DockerConfig {
+    /// Defaults: `$DOCKER_HOST` or the local socket, pids limit 4096, UIDs 100000-165535,
+    /// json-file rotation 10m x 3, lxcfs at `/var/lib/lxcfs`, re-list every 10 s.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            host: None,
+            data_dir: data_dir.into(),
+            node_id: None,
+            pids_limit: Some(4096),
+            uid_range: (100_000, 165_535),
+            log_max_size: "10m".into(),
+            log_max_file: 3,
+            lxcfs_dir: PathBuf::from("/var/lib/lxcfs"),
+            resync_interval: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn tasks_dir(&self) -> PathBuf {
+        self.data_dir.join("tasks")
+    }
+}
+
+/// The Docker container name of a task.
+pub fn container_name(task_id: &str) -> String {
+    format!("berth-{task_id}")
+}
+
+/// Runs tasks as Docker containers. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct DockerDriver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    docker: Docker,
+    config: DockerConfig,
+    sink: StatusSink,
+    tasks: Mutex<HashMap<String, Entry>>,
+    uids: Mutex<Option<BTreeMap<String, u32>>>,
+    server_version: String,
+    watcher_started: AtomicBool,
+    /// Dropped with the driver: stops the watcher.
+    _stop: watch::Sender<()>,
+    stop_rx: watch::Receiver<()>,
+}
+
+struct Entry {
+    status: TaskStatus,
+    /// Set while `start` is still pulling/creating: the watcher leaves the task alone.
+    launching: bool,
+    kill_requested: bool,
+}
+
+/// What `container_info` says (also handy for tests).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub task_id: String,
+    pub app_id: String,
+    pub version: String,
+    pub cpus: f64,
+    pub mem_mb: f64,
+    pub cpuset: Vec<u32>,
+    /// Host ports (as in `PORTS`).
+    pub ports: Vec<u16>,
+    /// Bridge/user networking: container port -> host port.
+    pub port_mappings: Vec<InfoPortMapping>,
+    pub pids_limit: Option<i64>,
+    pub uid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoPortMapping {
+    pub container_port: u16,
+    pub host_port: Option<u16>,
+    pub protocol: String,
+}
+
+impl DockerDriver {
+    /// Connects to dockerd, negotiates the API version and checks it answers; fails with
+    /// [`DriverError::Unavailable`] when it does not.
+    pub async fn connect(config: DockerConfig, sink: StatusSink) -> Result<Self, DriverError> {
+        let mut config = config;
+        config.data_dir = std::path::absolute(&config.data_dir)?;
+        fs::create_dir_all(config.tasks_dir())?;
+        let (docker, server_version) =
+            connect_engine(config.host.as_deref(), config.connect_timeout).await?;
+        tracing::info!(
+            host = %engine_address(config.host.as_deref()),
+            server_version,
+            api_version = %docker.client_version(),
+            "docker driver connected"
+        );
+        let (stop, stop_rx) = watch::channel(());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                docker,
+                config,
+                sink,
+                tasks: Mutex::new(HashMap::new()),
+                uids: Mutex::new(None),
+                server_version,
+                watcher_started: AtomicBool::new(false),
+                _stop: stop,
+                stop_rx,
+            }),
+        })
+    }
+
+    /// Whether dockerd answers at `host` (see [`DockerConfig::host`]) within `timeout`;
+    /// returns its version.
+    pub async fn probe(host: Option<&str>, timeout: Duration) -> Result<String, DriverError> {
+        connect_engine(host, timeout).await.map(|(_, v)| v)
+    }
+
+    /// The Engine API client (API version already negotiated).
+    pub fn docker(&self) -> &Docker {
+        &self.inner.docker
+    }
+
+    /// dockerd's version string.
+    pub fn server_version(&self) -> &str {
+        &self.inner.server_version
+    }
+
+    pub fn config(&self) -> &DockerConfig {
+        &self.inner.config
+    }
+
+    /// The task's directory (holds `container_info`).
+    pub fn task_dir(&self, task_id: &str) -> PathBuf {
+        self.inner.config.tasks_dir().join(task_id)
+    }
+
+    /// The UID allocated to a task with `BERTH_UID=auto`, if any.
+    pub fn task_uid(&self, task_id: &str) -> Option<u32> {
+        let mut uids = self.inner.uids.lock();
+        self.inner.load_uids(&mut uids).get(task_id).copied()
+    }
+
+    async fn start_task(&self, spec: TaskSpec) -> Result<(), DriverError> {
+        let inner = &self.inner;
+        validate_task_id(&spec.task_id)?;
+        let id = spec.task_id.clone();
+        // Validate everything before anything is reported or created.
+        let plan = build_plan(&spec, &inner.config).map_err(DriverError::InvalidSpec)?;
+        {
+            let mut tasks = inner.tasks.lock();
+            if tasks.contains_key(&id) {
+                return Ok(());
+            }
+            tasks.insert(
+                id.clone(),
+                Entry {
+                    status: status(&id, TaskState::Staging, None, None),
+                    launching: true,
+                    kill_requested: false,
+                },
+            );
+        }
+        inner.ensure_watcher();
+        match inner.launch(&spec, plan).await {
+            Ok(()) => {
+                if let Some(e) = inner.tasks.lock().get_mut(&id) {
+                    e.launching = false;
+                }
+                inner.refresh(&id).await;
+                Ok(())
+            }
+            Err(LaunchError::Killed) => {
+                let st = status(
+                    &id,
+                    TaskState::Killed,
+                    Some("killed before it started".into()),
+                    None,
+                );
+                inner.set_status(&id, st, false);
+                Ok(())
+            }
+            Err(LaunchError::Failed(e)) => {
+                inner.tasks.lock().remove(&id);
+                inner.release_uid(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn kill_task(&self, task_id: &str, grace: Duration) -> Result<(), DriverError> {
+        let inner = &self.inner;
+        {
+            let mut tasks = inner.tasks.lock();
+            match tasks.get_mut(task_id) {
+                None => return Ok(()),
+                Some(e) if e.status.state.is_terminal() => return Ok(()),
+                Some(e) => e.kill_requested = true,
+            }
+        }
+        let dir = inner.config.tasks_dir().join(task_id);
+        if let Err(e) =
+            fs::create_dir_all(&dir).and_then(|()| fs::write(dir.join(KILLED_MARKER), b""))
+        {
+            tracing::warn!(task_id, error = %e, "cannot write killed marker");
+        }
+        let started = Instant::now();
+        // A task still pulling or being created: its launch sees `kill_requested` and stops.
+        loop {
+            let launching = match inner.tasks.lock().get(task_id) {
+                None => return Ok(()),
+                Some(e) if e.status.state.is_terminal() => return Ok(()),
+                Some(e) => e.launching,
+            };
+            if !launching {
+                break;
+            }
+            if started.elapsed() > grace + KILL_SETTLE {
+                return Err(DriverError::Other(format!(
+                    "task {task_id} is still launching {:?} after the kill request",
+                    started.elapsed()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let name = container_name(task_id);
+        let stop_signal = match inner
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => c
+                .config
+                .and_then(|c| c.stop_signal)
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "SIGTERM".into()),
+            Err(e) if is_not_found(&e) => {
+                inner.refresh(task_id).await;
+                return Ok(());
+            }
+            Err(e) => return Err(api_error("inspecting the container", e)),
+        };
+        inner.signal(&name, &stop_signal).await?;
+        let mut kill_sent = false;
+        loop {
+            match inner.container_running(&name).await {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::warn!(task_id, error = %e, "cannot inspect container while killing it")
+                }
+            }
+            let elapsed = started.elapsed();
+            if elapsed >= grace && !kill_sent {
+                inner.signal(&name, "SIGKILL").await?;
+                kill_sent = true;
+            }
+            if elapsed >= grace + KILL_SETTLE {
+                return Err(DriverError::Other(format!(
+                    "container {name} still running {KILL_SETTLE:?} after SIGKILL"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(if kill_sent { 20 } else { 50 })).await;
+        }
+        inner.refresh(task_id).await;
+        Ok(())
+    }
+
+    async fn recover_tasks(&self) -> Result<Vec<TaskStatus>, DriverError> {
+        let inner = &self.inner;
+        inner.ensure_watcher();
+        let containers = inner.list_berth_containers().await?;
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        for (task_id, container_id) in containers {
+            seen.push(task_id.clone());
+            if let Some(e) = inner.tasks.lock().get(&task_id) {
+                out.push(e.status.clone());
+                continue;
+            }
+            let c = match inner
+                .docker
+                .inspect_container(&container_id, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(api_error("inspecting a container", e)),
+            };
+            let killed = inner.killed_marker(&task_id);
+            let mut st = status_from_inspect(&task_id, &c, killed);
+            if st.state == TaskState::Starting {
+                // Created by an agent that died before starting it: never ran, so not
+                // running it now cannot lose work; the scheduler replaces it.
+                if let Err(e) = inner.remove_container(&container_id).await {
+                    tracing::warn!(task_id, error = %e, "cannot remove a never-started container");
+                }
+                st = status(
+                    &task_id,
+                    TaskState::Failed,
+                    Some("the agent restarted before the container was started".into()),
+                    None,
+                );
+            }
+            inner.tasks.lock().entry(task_id.clone()).or_insert(Entry {
+                status: st.clone(),
+                launching: false,
+                kill_requested: killed,
+            });
+            out.push(st);
+        }
+        // UIDs of tasks whose containers are gone are free again.
+        {
+            let mut uids = inner.uids.lock();
+            let map = inner.load_uids(&mut uids);
+            let before = map.len();
+            map.retain(|task, _| seen.contains(task));
+            if map.len() != before {
+                let map = map.clone();
+                inner.store_uids(&map);
+            }
+        }
+        out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        Ok(out)
+    }
+
+    fn forget_task(&self, task_id: &str) {
+        let inner = &self.inner;
+        {
+            let mut tasks = inner.tasks.lock();
+            if let Some(e) = tasks.get(task_id)
+                && !e.status.state.is_terminal()
+            {
+                tracing::warn!(task_id, "not forgetting a task that is still running");
+                return;
+            }
+            tasks.remove(task_id);
+        }
+        if validate_task_id(task_id).is_err() {
+            return;
+        }
+        inner.release_uid(task_id);
+        let _ = fs::remove_dir_all(inner.config.tasks_dir().join(task_id));
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let docker = inner.docker.clone();
+        let name = container_name(task_id);
+        let task_id = task_id.to_string();
+        handle.spawn(async move {
+            match docker
+                .inspect_container(&name, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {
+                    tracing::warn!(task_id, "forgotten task's container is running; leaving it");
+                }
+                Ok(c) => {
+                    let id = c.id.unwrap_or(name);
+                    let opts = RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    };
+                    if let Err(e) = docker.remove_container(&id, Some(opts)).await
+                        && !is_not_found(&e)
+                    {
+                        tracing::warn!(task_id, error = %e, "cannot remove container");
+                    }
+                }
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    tracing::warn!(task_id, error = %e, "cannot inspect forgotten task's container")
+                }
+            }
+        });
+    }
+}
+
+enum LaunchError {
+    /// A kill arrived while the task was being set up.
+    Killed,
+    Failed(DriverError),
+}
+
+impl From<DriverError> for LaunchError {
+    fn from(e: DriverError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<std::io::Error> for LaunchError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl Inner {
+    fn emit(&self, status: TaskStatus) {
+        // The agent runtime may be shutting down; nothing to do then.
+        let _ = self.sink.send(status);
+    }
+
+    fn kill_requested(&self, id: &str) -> bool {
+        self.tasks.lock().get(id).is_none_or(|e| e.kill_requested)
+    }
+
+    fn killed_marker(&self, id: &str) -> bool {
+        self.config
+            .tasks_dir()
+            .join(id)
+            .join(KILLED_MARKER)
+            .exists()
+    }
+
+    /// Records a status and emits it when the state changed.
+    fn set_status(&self, id: &str, st: TaskStatus, launching: bool) {
+        let changed = {
+            let mut tasks = self.tasks.lock();
+            let Some(e) = tasks.get_mut(id) else { return };
+            e.launching = launching;
+            if e.status.state.is_terminal() || e.status.state == st.state {
+                false
+            } else {
+                e.status = st.clone();
+                true
+            }
+        };
+        if changed {
+            self.emit(st);
+        }
+    }
+
+    /// Pulls the image when needed, creates and starts the container.
+    async fn launch(&self, spec: &TaskSpec, plan: Plan) -> Result<(), LaunchError> {
+        let id = &spec.task_id;
+        let name = container_name(id);
+        // A container from an earlier agent (or an earlier attempt): adopt it, never run twice.
+        match self
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => {
+                let owner = c
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.labels.as_ref())
+                    .and_then(|l| l.get(LABEL_TASK_ID))
+                    .cloned();
+                if owner.as_deref() != Some(id.as_str()) {
+                    return Err(DriverError::Other(format!(
+                        "a container named {name} exists and is not this task's"
+                    ))
+                    .into());
+                }
+                if c.state.as_ref().and_then(|s| s.status)
+                    == Some(ContainerStateStatusEnum::CREATED)
+                {
+                    self.start_container(id, &name).await?;
+                }
+                return Ok(());
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(api_error("inspecting the container", e).into()),
+        }
+        self.ensure_image(id, &plan.image, plan.force_pull).await?;
+        if self.kill_requested(id) {
+            return Err(LaunchError::Killed);
+        }
+        let mut body = plan.body;
+        let mut info = plan.info;
+        if plan.auto_uid {
+            let uid = self.allocate_uid(id)?;
+            body.user = Some(format!("{uid}:{uid}"));
+            info.uid = Some(uid);
+        }
+        let dir = self.config.tasks_dir().join(id);
+        fs::create_dir_all(&dir)?;
+        let info_path = dir.join(CONTAINER_INFO_FILE);
+        let json =
+            serde_json::to_vec_pretty(&info).map_err(|e| DriverError::Other(e.to_string()))?;
+        write_atomic(&info_path, &json)?;
+        let mut binds = vec![format!("{}:{CONTAINER_INFO_PATH}:ro", info_path.display())];
+        let lxcfs_proc = self.config.lxcfs_dir.join("proc");
+        if lxcfs_proc.is_dir() {
+            for f in LXCFS_PROC_FILES {
+                let p = lxcfs_proc.join(f);
+                if p.exists() {
+                    binds.push(format!("{}:/proc/{f}:ro", p.display()));
+                }
+            }
+        }
+        if let Some(hc) = body.host_config.as_mut() {
+            hc.binds.get_or_insert_with(Vec::new).extend(binds);
+        }
+        let opts = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        match self.docker.create_container(Some(opts), body).await {
+            Ok(_) => {}
+            Err(e) if status_code(&e) == Some(409) => {
+                // Created concurrently (a retried start): treat like the adopt path above.
+                return Ok(());
+            }
+            Err(e) => return Err(api_error(&format!("creating container {name}"), e).into()),
+        }
+        self.set_status(id, status(id, TaskState::Starting, None, None), true);
+        if self.kill_requested(id) {
+            // Leave the created container for `kill`'s refresh to report; it never ran.
+            return Err(LaunchError::Killed);
+        }
+        self.start_container(id, &name).await
+    }
+
+    async fn start_container(&self, id: &str, name: &str) -> Result<(), LaunchError> {
+        if let Err(e) = self.docker.start_container(name, None).await {
+            let err = api_error(&format!("starting container {name}"), e);
+            if let Err(e) = self.remove_container(name).await {
+                tracing::warn!(task_id = id, error = %e, "cannot remove a container that failed to start");
+            }
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, name: &str) -> Result<(), DriverError> {
+        let opts = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(api_error("removing the container", e)),
+        }
+    }
+
+    /// Pulls `image` unless present (or always with `forcePullImage`). A slow pull keeps the
+    /// task in TASK_STAGING; only an error fails it.
+    async fn ensure_image(&self, id: &str, image: &str, force: bool) -> Result<(), LaunchError> {
+        if !force {
+            match self.docker.inspect_image(image).await {
+                Ok(_) => return Ok(()),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(api_error(&format!("inspecting image {image}"), e).into()),
+            }
+        }
+        tracing::info!(task_id = id, image, "pulling image");
+        self.set_status(
+            id,
+            status(
+                id,
+                TaskState::Staging,
+                Some(format!("pulling image {image}")),
+                None,
+            ),
+            true,
+        );
+        let opts = CreateImageOptions {
+            from_image: Some(image_with_tag(image)),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                        return Err(
+                            DriverError::Other(format!("pulling image {image}: {err}")).into()
+                        );
+                    }
+                }
+                Err(e) => return Err(api_error(&format!("pulling image {image}"), e).into()),
+            }
+            if self.kill_requested(id) {
+                return Err(LaunchError::Killed);
+            }
+        }
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                Err(api_error(&format!("image {image} is still missing after the pull"), e).into())
+            }
+        }
+    }
+
+    async fn signal(&self, name: &str, signal: &str) -> Result<(), DriverError> {
+        let opts = KillContainerOptions {
+            signal: signal.to_string(),
+        };
+        match self.docker.kill_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            // 404: gone; 409: not running.
+            Err(e) if matches!(status_code(&e), Some(404 | 409)) => Ok(()),
+            Err(e) => Err(api_error(&format!("sending {signal} to {name}"), e)),
+        }
+    }
+
+    async fn container_running(&self, name: &str) -> Result<bool, DriverError> {
+        match self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(c.state.and_then(|s| s.running).unwrap_or(false)),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(api_error("inspecting the container", e)),
+        }
+    }
+
+    /// Looks at one task's container, records and emits any state change.
+    async fn refresh(&self, id: &str) {
+        let killed = {
+            let tasks = self.tasks.lock();
+            match tasks.get(id) {
+                None => return,
+                Some(e) if e.launching || e.status.state.is_terminal() => return,
+                Some(e) => e.kill_requested,
+            }
+        };
+        let name = container_name(id);
+        let st = match self
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => status_from_inspect(id, &c, killed || self.killed_marker(id)),
+            Err(e) if is_not_found(&e) => {
+                if killed {
+                    status(
+                        id,
+                        TaskState::Killed,
+                        Some("killed (container removed)".into()),
+                        None,
+                    )
+                } else {
+                    status(
+                        id,
+                        TaskState::Lost,
+                        Some(format!("container {name} disappeared")),
+                        None,
+                    )
+                }
+            }
+            Err(e) => {
+                // dockerd down or restarting: keep the last known state; the watcher retries.
+                tracing::debug!(task_id = id, error = %e, "cannot inspect container");
+                return;
+            }
+        };
+        let changed = {
+            let mut tasks = self.tasks.lock();
+            let Some(e) = tasks.get_mut(id) else { return };
+            if e.launching || e.status.state.is_terminal() || e.status.state == st.state {
+                false
+            } else {
+                e.status = st.clone();
+                true
+            }
+        };
+        if changed {
+            self.emit(st);
+        }
+    }
+
+    /// Refreshes every task that is neither launching nor terminal.
+    async fn refresh_all(&self) {
+        let ids: Vec<String> = self
+            .tasks
+            .lock()
+            .iter()
+            .filter(|(_, e)| !e.launching && !e.status.state.is_terminal())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.refresh(&id).await;
+        }
+    }
+
+    fn label_filters(&self) -> HashMap<String, Vec<String>> {
+        let mut labels = vec![LABEL_TASK_ID.to_string()];
+        if let Some(node) = &self.config.node_id {
+            labels.push(format!("{LABEL_NODE_ID}={node}"));
+        }
+        HashMap::from([("label".to_string(), labels)])
+    }
+
+    /// `(task_id, container_id)` of every Berth container of this node.
+    async fn list_berth_containers(&self) -> Result<Vec<(String, String)>, DriverError> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(self.label_filters()),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| api_error("listing containers", e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let task = c.labels.as_ref()?.get(LABEL_TASK_ID)?.clone();
+                Some((task, c.id?))
+            })
+            .collect())
+    }
+
+    fn ensure_watcher(self: &Arc<Self>) {
+        if self.watcher_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.watcher_started.store(false, Ordering::SeqCst);
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let docker = self.docker.clone();
+        let filters = self.label_filters();
+        let resync = self.config.resync_interval;
+        let stop = self.stop_rx.clone();
+        handle.spawn(watch_events(weak, docker, filters, resync, stop));
+    }
+
+    fn load_uids<'a>(
+        &self,
+        slot: &'a mut Option<BTreeMap<String, u32>>,
+    ) -> &'a mut BTreeMap<String, u32> {
+        slot.get_or_insert_with(|| {
+            let path = self.config.data_dir.join(UIDS_FILE);
+            match fs::read(&path) {
+                Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable UID allocations");
+                    BTreeMap::new()
+                }),
+                Err(_) => BTreeMap::new(),
+            }
+        })
+    }
+
+    fn store_uids(&self, map: &BTreeMap<String, u32>) {
+        let path = self.config.data_dir.join(UIDS_FILE);
+        let res = serde_json::to_vec_pretty(map)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_atomic(&path, &bytes));
+        if let Err(e) = res {
+            tracing::warn!(path = %path.display(), error = %e, "cannot persist UID allocations");
+        }
+    }
+
+    /// A UID from the configured range no other task of this node holds (persisted).
+    fn allocate_uid(&self, task_id: &str) -> Result<u32, DriverError> {
+        let mut slot = self.uids.lock();
+        let map = self.load_uids(&mut slot);
+        if let Some(uid) = map.get(task_id) {
+            return Ok(*uid);
+        }
+        let used: std::collections::BTreeSet<u32> = map.values().copied().collect();
+        let (lo, hi) = self.config.uid_range;
+        let uid = (lo..=hi)
+            .find(|u| !used.contains(u))
+            .ok_or_else(|| DriverError::Unavailable(format!("no free UID left in {lo}-{hi}")))?;
+        map.insert(task_id.to_string(), uid);
+        let path = self.config.data_dir.join(UIDS_FILE);
+        let bytes =
+            serde_json::to_vec_pretty(&*map).map_err(|e| DriverError::Other(e.to_string()))?;
+        write_atomic(&path, &bytes)?;
+        Ok(uid)
+    }
+
+    fn release_uid(&self, task_id: &str) {
+        let mut slot = self.uids.lock();
+        let map = self.load_uids(&mut slot);
+        if map.remove(task_id).is_some() {
+            let map = map.clone();
+            self.store_uids(&map);
+        }
+    }
+}
+
+/// Follows dockerd's events for Berth containers; re-lists every `resync` and after every
+/// reconnection. Ends when the driver is dropped.
+async fn watch_events(
+    weak: Weak<Inner>,
+    docker: Docker,
+    filters: HashMap<String, Vec<String>>,
+    resync: Duration,
+    mut stop: watch::Receiver<()>,
+) {
+    let mut filters = filters;
+    filters.insert("type".into(), vec!["container".into()]);
+    filters.insert(
+        "event".into(),
+        ["start", "die", "oom", "destroy", "kill"]
+            .map(String::from)
+            .to_vec(),
+    );
+    let mut since = unix_now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let opts = EventsOptions {
+            // Replays what happened while we were not subscribed.
+            since: Some(since.saturating_sub(1).to_string()),
+            until: None,
+            filters: Some(filters.clone()),
+        };
+        let mut events = docker.events(Some(opts));
+        let mut tick = tokio::time::interval(resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut healthy = false;
+        loop {
+            tokio::select! {
+                r = stop.changed() => if r.is_err() { return },
+                ev = events.next() => match ev {
+                    Some(Ok(ev)) => {
+                        if !healthy {
+                            healthy = true;
+                            backoff = Duration::from_millis(200);
+                        }
+                        if let Some(t) = ev.time {
+                            since = since.max(u64::try_from(t).unwrap_or(0));
+                        }
+                        let Some(inner) = weak.upgrade() else { return };
+                        if let Some(task_id) = event_task_id(&ev) {
+                            inner.refresh(&task_id).await;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "docker events stream failed; resubscribing");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!("docker events stream ended (dockerd restarted?); resubscribing");
+                        break;
+                    }
+                },
+                _ = tick.tick() => {
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.refresh_all().await;
+                }
+            }
+        }
+        tokio::select! {
+            r = stop.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // Reconcile now: exits during the gap are also replayed by `since`, but dockerd may
+        // have lost them (a restart kills containers without live-restore).
+        let Some(inner) = weak.upgrade() else { return };
+        inner.refresh_all().await;
+    }
+}
+
+fn event_task_id(ev: &EventMessage) -> Option<String> {
+    ev.actor
+        .as_ref()?
+        .attributes
+        .as_ref()?
+        .get(LABEL_TASK_ID)
+        .cloned()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn engine_address(host: Option<&str>) -> String {
+    host.map(str::to_string)
+        .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| DEFAULT_SOCKET.to_string())
+}
+
+/// A client for `host`, with the API version negotiated; and dockerd's version.
+async fn connect_engine(
+    host: Option<&str>,
+    timeout: Duration,
+) -> Result<(Docker, String), DriverError> {
+    let addr = engine_address(host);
+    let unavailable =
+        |what: String| DriverError::Unavailable(format!("Docker Engine at {addr}: {what}"));
+    let client = if addr.starts_with('/') || addr.starts_with("unix://") {
+        Docker::connect_with_unix(&addr, API_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    } else if addr.starts_with("tcp://") || addr.starts_with("http://") {
+        Docker::connect_with_http(&addr, API_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    } else {
+        return Err(unavailable(
+            "unsupported address (use a socket path, unix://, tcp:// or http://)".into(),
+        ));
+    }
+    .map_err(|e| unavailable(e.to_string()))?;
+    let docker = tokio::time::timeout(timeout, client.negotiate_version())
+        .await
+        .map_err(|_| unavailable(format!("no answer within {timeout:?}")))?
+        .map_err(|e| unavailable(format!("not reachable: {e}")))?;
+    let version = tokio::time::timeout(timeout, docker.version())
+        .await
+        .map_err(|_| unavailable(format!("no answer within {timeout:?}")))?
+        .map_err(|e| unavailable(format!("not reachable: {e}")))?;
+    Ok((docker, version.version.unwrap_or_default()))
+}
+
+fn status_code(e: &BollardError) -> Option<u16> {
+    match e {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    status_code(e) == Some(404)
+}
+
+fn api_error(what: &str, e: BollardError) -> DriverError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => DriverError::Other(format!("{what}: {message} (HTTP {status_code})")),
+        e @ (BollardError::IOError { .. }
+        | BollardError::HyperResponseError { .. }
+        | BollardError::SocketNotFoundError(_)
+        | BollardError::RequestTimeoutError) => {
+            DriverError::Unavailable(format!("{what}: Docker Engine not reachable: {e}"))
+        }
+        e => DriverError::Other(format!("{what}: {e}")),
+    }
+}
+
+fn status(
+    id: &str,
+    state: TaskState,
+    message: Option<String>,
+    exit_code: Option<i32>,
+) -> TaskStatus {
+    TaskStatus {
+        task_id: id.to_string(),
+        state,
+        message,
+        exit_code,
+        ip_addresses: Vec::new(),
+    }
+}
+
+/// The task status a container's inspect data describes.
+pub fn status_from_inspect(id: &str, c: &ContainerInspectResponse, killed: bool) -> TaskStatus {
+    use ContainerStateStatusEnum as S;
+    let state = c.state.as_ref();
+    match state.and_then(|s| s.status) {
+        Some(S::RUNNING | S::PAUSED | S::RESTARTING | S::STOPPING) => {
+            let mut st = status(id, TaskState::Running, None, None);
+            st.ip_addresses = c
+                .network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref())
+                .map(|nets| {
+                    let mut ips: Vec<String> = nets
+                        .values()
+                        .filter_map(|n| n.ip_address.clone())
+                        .filter(|ip| !ip.is_empty())
+                        .collect();
+                    ips.sort();
+                    ips
+                })
+                .unwrap_or_default();
+            st
+        }
+        Some(S::EXITED | S::DEAD | S::REMOVING) => {
+            let code = state
+                .and_then(|s| s.exit_code)
+                .and_then(|c| i32::try_from(c).ok());
+            let oom = state.and_then(|s| s.oom_killed).unwrap_or(false);
+            let error = state
+                .and_then(|s| s.error.clone())
+                .filter(|e| !e.is_empty());
+            let describe = code.map_or_else(
+                || "exit status unknown".to_string(),
+                |c| format!("exited with code {c}"),
+            );
+            let (st, msg) = if killed {
+                (TaskState::Killed, format!("killed: {describe}"))
+            } else if oom {
+                (
+                    TaskState::Failed,
+                    "OOM killed: memory limit exceeded".to_string(),
+                )
+            } else if let Some(err) = error {
+                (TaskState::Failed, format!("failed to start: {err}"))
+            } else if code == Some(0) {
+                (TaskState::Finished, describe)
+            } else {
+                (TaskState::Failed, describe)
+            };
+            status(id, st, Some(msg), code)
+        }
+        _ => status(id, TaskState::Starting, None, None),
+    }
+}
+
+/// Container names (and task directories) come from task ids.
+fn validate_task_id(id: &str) -> Result<(), DriverError> {
+    let ok = !id.is_empty()
+        && id.len() <= 200
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(DriverError::InvalidSpec(format!(
+            "task id {id:?} cannot name a container"
+        )))
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
+}
+
+/// `busybox` -> `busybox:latest` (pulling without a tag would pull every tag).
+fn image_with_tag(image: &str) -> String {
+    if image.contains('@') {
+        return image.to_string();
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if last.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
+/// Everything decided from the spec before talking to dockerd.
+#[derive(Debug)]
+struct Plan {
+    image: String,
+    force_pull: bool,
+    auto_uid: bool,
+    body: ContainerCreateBody,
+    info: ContainerInfo,
+}
+
+enum NetMode {
+    Host,
+    Bridge,
+    User(String),
+}
+
+fn network_mode(app: &AppDefinition) -> Result<NetMode, String> {
+    let legacy = app
+        .container
+        .as_ref()
+        .and_then(|c| c.docker.as_ref())
+        .and_then(|d| d.network.as_deref());
+    let user_name = || {
+        app.networks
+            .iter()
+            .find_map(|n| n.name.clone())
+            .ok_or_else(|| "USER networking needs a network name".to_string())
+    };
+    match legacy {
+        Some("HOST") => return Ok(NetMode::Host),
+        Some("BRIDGE") => return Ok(NetMode::Bridge),
+        Some("USER") => return user_name().map(NetMode::User),
+        Some("NONE") | None => {}
+        Some(other) => return Err(format!("unknown docker network {other:?}")),
+    }
+    if app.networks.len() > 1 {
+        return Err("the docker driver supports one network per container".into());
+    }
+    match app.networks.first() {
+        None => Ok(NetMode::Host),
+        Some(n) => match n.mode.as_str() {
+            "host" => Ok(NetMode::Host),
+            "container/bridge" => Ok(NetMode::Bridge),
+            "container" => match &n.name {
+                Some(name) if !name.is_empty() => Ok(NetMode::User(name.clone())),
+                _ => Err("network mode `container` needs a network name".into()),
+            },
+            other => Err(format!("unknown network mode {other:?}")),
+        },
+    }
+}
+
+/// Builds the container from the spec; errors are user errors (invalid spec).
+fn build_plan(spec: &TaskSpec, config: &DockerConfig) -> Result<Plan, String> {
+    let app = &spec.app;
+    let container = app
+        .container
+        .as_ref()
+        .ok_or("the docker driver needs a `container` section")?;
+    if container.kind != "DOCKER" {
+        return Err(format!(
+            "container type {:?} is not supported by the docker driver",
+            container.kind
+        ));
+    }
+    let docker = container
+        .docker
+        .as_ref()
+        .ok_or("the docker driver needs `container.docker`")?;
+    let image = docker.image.trim().to_string();
+    if image.is_empty() {
+        return Err("container.docker.image is required".into());
+    }
+    let mut params = ParamEffects::default();
+    for p in &docker.parameters {
+        params.apply(p)?;
+    }
+
+    // Command: `cmd` runs under /bin/sh -c (as Mesos does); `args` replace the image's CMD.
+    let cmd = app.cmd.as_deref().filter(|c| !c.trim().is_empty());
+    let args = app.args.as_ref().filter(|a| !a.is_empty());
+    let (entrypoint, command) = match (cmd, args) {
+        (Some(_), Some(_)) => return Err("app has both cmd and args".into()),
+        (Some(cmd), None) => (
+            Some(vec!["/bin/sh".to_string(), "-c".to_string()]),
+            Some(vec![cmd.to_string()]),
+        ),
+        (None, Some(args)) => (None, Some(args.clone())),
+        (None, None) => (None, None),
+    };
+    let entrypoint = params.entrypoint.clone().or(entrypoint);
+
+    // Networking and ports.
+    let net = network_mode(app)?;
+    let mappings: Vec<PortMapping> = container
+        .port_mappings
+        .clone()
+        .or_else(|| docker.port_mappings.clone())
+        .unwrap_or_default();
+    let mut exposed = Vec::new();
+    let mut bindings: PortMap = HashMap::new();
+    let mut info_mappings = Vec::new();
+    let network_mode = match &net {
+        NetMode::Host => "host".to_string(),
+        NetMode::Bridge => "bridge".to_string(),
+        NetMode::User(name) => name.clone(),
+    };
+    if !matches!(net, NetMode::Host) {
+        let mut host_ports = spec.ports.iter().copied();
+        for m in &mappings {
+            let host = match m.host_port {
+                Some(_) => Some(host_ports.next().ok_or_else(|| {
+                    "fewer host ports were assigned than the port mappings need".to_string()
+                })?),
+                None => None,
+            };
+            let cport = if m.container_port == 0 {
+                host.ok_or("containerPort 0 needs a host port")?
+            } else {
+                u16::try_from(m.container_port)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("bad containerPort {}", m.container_port))?
+            };
+            for proto in m.protocol.split(',').map(str::trim) {
+                if !matches!(proto, "tcp" | "udp" | "sctp") {
+                    return Err(format!("bad port protocol {proto:?}"));
+                }
+                let key = format!("{cport}/{proto}");
+                exposed.push(key.clone());
+                if let Some(h) = host {
+                    bindings
+                        .entry(key)
+                        .or_insert_with(|| Some(Vec::new()))
+                        .get_or_insert_with(Vec::new)
+                        .push(PortBinding {
+                            host_ip: None,
+                            host_port: Some(h.to_string()),
+                        });
+                }
+                info_mappings.push(InfoPortMapping {
+                    container_port: cport,
+                    host_port: host,
+                    protocol: proto.to_string(),
+                });
+            }
+        }
+    }
+
+    // Volumes.
+    let mut binds = Vec::new();
+    for v in &container.volumes {
+        let Some(host) = v.host_path.as_deref().filter(|h| !h.is_empty()) else {
+            return Err(format!(
+                "volume {:?}: only hostPath volumes are supported by the docker driver",
+                v.container_path
+            ));
+        };
+        if !v.container_path.starts_with('/') {
+            return Err(format!(
+                "volume containerPath {:?} must be absolute",
+                v.container_path
+            ));
+        }
+        let mode = match v.mode.as_str() {
+            "RO" | "ro" => "ro",
+            "RW" | "rw" => "rw",
+            other => return Err(format!("volume mode {other:?} (use RO or RW)")),
+        };
+        binds.push(format!("{host}:{}:{mode}", v.container_path));
+    }
+    binds.extend(params.volumes.iter().cloned());
+
+    // Resources.
+    let cpus = spec.resources.cpus;
+    let mem = spec.resources.mem;
+    let cpu_shares = (1024.0 * cpus).round().max(2.0) as i64;
+    let quota = app
+        .labels
+        .get(APP_LABEL_CPU_QUOTA)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let (cpu_period, cpu_quota) = if quota && cpus > 0.0 {
+        (
+            Some(100_000),
+            Some(((cpus * 100_000.0).round() as i64).max(1000)),
+        )
+    } else {
+        (None, None)
+    };
+    let memory = (mem > 0.0).then(|| (mem * 1024.0 * 1024.0).round() as i64);
+    let pids_limit = match app.labels.get(APP_LABEL_PIDS_LIMIT).map(|s| s.trim()) {
+        None | Some("") => config.pids_limit,
+        Some("unlimited") | Some("-1") => None,
+        Some(v) => Some(v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            format!("label {APP_LABEL_PIDS_LIMIT}={v:?}: expected a positive number or `unlimited`")
+        })?),
+    };
+    let cpuset_cpus = params.cpuset_cpus.clone().or_else(|| {
+        (!spec.cpuset.is_empty()).then(|| {
+            spec.cpuset
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    });
+    let cpuset_list: Vec<u32> = match &params.cpuset_cpus {
+        Some(s) => parse_cpu_list(s)?,
+        None => spec.cpuset.clone(),
+    };
+
+    // User: an explicit `user` parameter wins, then BERTH_UID=auto, then the app's `user`.
+    let auto_uid = match app.labels.get(APP_LABEL_UID).map(String::as_str) {
+        None | Some("") => false,
+        Some("auto") => params.user.is_none(),
+        Some(v) => {
+            return Err(format!(
+                "label {APP_LABEL_UID}={v:?}: only `auto` is supported"
+            ));
+        }
+    };
+    let user = params
+        .user
+        .clone()
+        .or_else(|| app.user.clone().filter(|u| !u.is_empty()));
+
+    // Logs: json-file with rotation unless the operator picks another driver.
+    let log_driver = params
+        .log_driver
+        .clone()
+        .unwrap_or_else(|| "json-file".into());
+    let mut log_opts = HashMap::new();
+    if matches!(log_driver.as_str(), "json-file" | "local") {
+        log_opts.insert("max-size".to_string(), config.log_max_size.clone());
+        log_opts.insert("max-file".to_string(), config.log_max_file.to_string());
+    }
+    log_opts.extend(params.log_opts.clone());
+
+    // Environment: Marathon's, then `env` parameters.
+    let mut env = spec.environment();
+    if let Some(c) = &params.cpuset_cpus {
+        env.insert("BERTH_CPUSET".into(), c.clone());
+    }
+    for (k, v) in &params.env {
+        env.insert(k.clone(), v.clone());
+    }
+
+    let mut labels: HashMap<String, String> = params.labels.clone().into_iter().collect();
+    labels.insert(LABEL_TASK_ID.into(), spec.task_id.clone());
+    labels.insert(LABEL_APP_ID.into(), spec.app_id.clone());
+    labels.insert(LABEL_VERSION.into(), spec.version.clone());
+    labels.insert(LABEL_NODE_ID.into(), spec.node_id.clone());
+
+    let host_config = HostConfig {
+        network_mode: Some(network_mode),
+        port_bindings: (!bindings.is_empty()).then_some(bindings),
+        binds: Some(binds),
+        memory,
+        memory_swap: memory,
+        cpu_shares: Some(cpu_shares),
+        cpu_period,
+        cpu_quota,
+        cpuset_cpus,
+        pids_limit: Some(pids_limit.unwrap_or(-1)),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some(log_driver),
+            config: Some(log_opts),
+        }),
+        privileged: Some(docker.privileged || params.privileged.unwrap_or(false)),
+        extra_hosts: non_empty(params.extra_hosts.clone()),
+        ulimits: non_empty(params.ulimits.clone()),
+        cap_add: non_empty(params.cap_add.clone()),
+        cap_drop: non_empty(params.cap_drop.clone()),
+        dns: non_empty(params.dns.clone()),
+        dns_search: non_empty(params.dns_search.clone()),
+        dns_options: non_empty(params.dns_options.clone()),
+        security_opt: non_empty(params.security_opt.clone()),
+        group_add: non_empty(params.group_add.clone()),
+        devices: non_empty(params.devices.clone()),
+        sysctls: (!params.sysctls.is_empty()).then(|| params.sysctls.clone().into_iter().collect()),
+        tmpfs: (!params.tmpfs.is_empty()).then(|| params.tmpfs.clone().into_iter().collect()),
+        shm_size: params.shm_size,
+        oom_score_adj: params.oom_score_adj,
+        memory_swappiness: params.memory_swappiness,
+        init: params.init,
+        readonly_rootfs: params.read_only,
+        ipc_mode: params.ipc.clone(),
+        pid_mode: params.pid.clone(),
+        uts_mode: params.uts.clone(),
+        ..Default::default()
+    };
+    let body = ContainerCreateBody {
+        image: Some(image.clone()),
+        cmd: command,
+        entrypoint,
+        env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some(labels),
+        user,
+        hostname: params.hostname.clone(),
+        working_dir: params.workdir.clone(),
+        stop_signal: params.stop_signal.clone(),
+        exposed_ports: non_empty(exposed),
+        host_config: Some(host_config),
+        ..Default::default()
+    };
+    let info = ContainerInfo {
+        task_id: spec.task_id.clone(),
+        app_id: spec.app_id.clone(),
+        version: spec.version.clone(),
+        cpus,
+        mem_mb: mem,
+        cpuset: cpuset_list,
+        ports: spec.ports.clone(),
+        port_mappings: info_mappings,
+        pids_limit,
+        uid: None,
+    };
+    Ok(Plan {
+        image,
+        force_pull: docker.force_pull_image,
+        auto_uid,
+        body,
+        info,
+    })
+}
+
+fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
+
+/// Checks `docker.parameters` the way the driver will apply them: unsupported keys and
+/// malformed values are errors (the server turns them into a 422 at validation).
+pub fn check_parameters(params: &[DockerParameter]) -> Result<(), String> {
+    let mut effects = ParamEffects::default();
+    for p in params {
+        effects.apply(p)?;
+    }
+    Ok(())
+}
+
+/// What `docker.parameters` ask for.
+#[derive(Default)]
+struct ParamEffects {
+    extra_hosts: Vec<String>,
+    ulimits: Vec<ResourcesUlimits>,
+    cpuset_cpus: Option<String>,
+    log_driver: Option<String>,
+    log_opts: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    user: Option<String>,
+    env: Vec<(String, String)>,
+    hostname: Option<String>,
+    workdir: Option<String>,
+    entrypoint: Option<Vec<String>>,
+    cap_add: Vec<String>,
+    cap_drop: Vec<String>,
+    dns: Vec<String>,
+    dns_search: Vec<String>,
+    dns_options: Vec<String>,
+    security_opt: Vec<String>,
+    group_add: Vec<String>,
+    devices: Vec<DeviceMapping>,
+    sysctls: BTreeMap<String, String>,
+    tmpfs: BTreeMap<String, String>,
+    volumes: Vec<String>,
+    shm_size: Option<i64>,
+    oom_score_adj: Option<i64>,
+    memory_swappiness: Option<i64>,
+    init: Option<bool>,
+    read_only: Option<bool>,
+    privileged: Option<bool>,
+    stop_signal: Option<String>,
+    ipc: Option<String>,
+    pid: Option<String>,
+    uts: Option<String>,
+}
+
+impl ParamEffects {
+    fn apply(&mut self, p: &DockerParameter) -> Result<(), String> {
+        let key = p.key.trim().trim_start_matches('-');
+        let value = p.value.trim();
+        let err = |why: &str| Err(format!("docker parameter {key:?}={value:?}: {why}"));
+        let kv = || -> Result<(String, String), String> {
+            match value.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => Err(format!(
+                    "docker parameter {key:?}={value:?}: expected KEY=VALUE"
+                )),
+            }
+        };
+        let non_empty = || -> Result<String, String> {
+            if value.is_empty() {
+                Err(format!("docker parameter {key:?}: value is empty"))
+            } else {
+                Ok(value.to_string())
+            }
+        };
+        match key {
+            "add-host" => match value.split_once(':') {
+                Some((h, ip)) if !h.is_empty() && !ip.is_empty() => {
+                    self.extra_hosts.push(value.to_string())
+                }
+                _ => return err("expected HOST:IP"),
+            },
+            "ulimit" => self.ulimits.push(
+                parse_ulimit(value)
+                    .map_err(|e| format!("docker parameter \"ulimit\"={value:?}: {e}"))?,
+            ),
+            "cpuset-cpus" => {
+                parse_cpu_list(value)?;
+                self.cpuset_cpus = Some(value.to_string());
+            }
+            "log-driver" => self.log_driver = Some(non_empty()?),
+            "log-opt" => {
+                let (k, v) = kv()?;
+                self.log_opts.insert(k, v);
+            }
+            "label" => {
+                let (k, v) = match value.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (value.to_string(), String::new()),
+                };
+                if k.is_empty() {
+                    return err("empty label name");
+                }
+                if k.starts_with("berth.") {
+                    return err("labels starting with `berth.` are set by Berth");
+                }
+                self.labels.insert(k, v);
+            }
+            "user" => self.user = Some(non_empty()?),
+            "env" | "e" => {
+                let (k, v) = kv()?;
+                self.env.push((k, v));
+            }
+            "hostname" | "h" => self.hostname = Some(non_empty()?),
+            "workdir" | "w" => {
+                if !value.starts_with('/') {
+                    return err("must be an absolute path");
+                }
+                self.workdir = Some(value.to_string());
+            }
+            "entrypoint" => self.entrypoint = Some(vec![value.to_string()]),
+            "cap-add" => self.cap_add.push(non_empty()?),
+            "cap-drop" => self.cap_drop.push(non_empty()?),
+            "dns" => self.dns.push(non_empty()?),
+            "dns-search" => self.dns_search.push(non_empty()?),
+            "dns-option" | "dns-opt" => self.dns_options.push(non_empty()?),
+            "security-opt" => self.security_opt.push(non_empty()?),
+            "group-add" => self.group_add.push(non_empty()?),
+            "device" => {
+                let parts: Vec<&str> = value.split(':').collect();
+                if parts.is_empty() || parts.len() > 3 || !parts[0].starts_with('/') {
+                    return err("expected /dev/HOST[:/dev/CONTAINER[:PERMISSIONS]]");
+                }
+                self.devices.push(DeviceMapping {
+                    path_on_host: Some(parts[0].to_string()),
+                    path_in_container: Some(parts.get(1).copied().unwrap_or(parts[0]).to_string()),
+                    cgroup_permissions: Some(parts.get(2).copied().unwrap_or("rwm").to_string()),
+                });
+            }
+            "sysctl" => {
+                let (k, v) = kv()?;
+                self.sysctls.insert(k, v);
+            }
+            "tmpfs" => {
+                let (path, opts) = value.split_once(':').unwrap_or((value, ""));
+                if !path.starts_with('/') {
+                    return err("expected /PATH[:OPTIONS]");
+                }
+                self.tmpfs.insert(path.to_string(), opts.to_string());
+            }
+            "volume" | "v" => {
+                let parts: Vec<&str> = value.split(':').collect();
+                if !(2..=3).contains(&parts.len())
+                    || parts[0].is_empty()
+                    || !parts[1].starts_with('/')
+                {
+                    return err("expected SOURCE:/CONTAINER/PATH[:ro|rw]");
+                }
+                self.volumes.push(value.to_string());
+            }
+            "shm-size" => {
+                self.shm_size = Some(parse_size(value).ok_or_else(|| {
+                    format!("docker parameter \"shm-size\"={value:?}: expected a size like 64m")
+                })?)
+            }
+            "oom-score-adj" => match value.parse::<i64>() {
+                Ok(n) if (-1000..=1000).contains(&n) => self.oom_score_adj = Some(n),
+                _ => return err("expected a number from -1000 to 1000"),
+            },
+            "memory-swappiness" => match value.parse::<i64>() {
+                Ok(n) if (0..=100).contains(&n) => self.memory_swappiness = Some(n),
+                _ => return err("expected a number from 0 to 100"),
+            },
+            "init" => {
+                self.init = Some(parse_bool(value).ok_or_else(|| {
+                    format!("docker parameter {key:?}={value:?}: expected true or false")
+                })?)
+            }
+            "read-only" => {
+                self.read_only = Some(parse_bool(value).ok_or_else(|| {
+                    format!("docker parameter {key:?}={value:?}: expected true or false")
+                })?)
+            }
+            "privileged" => {
+                self.privileged = Some(parse_bool(value).ok_or_else(|| {
+                    format!("docker parameter {key:?}={value:?}: expected true or false")
+                })?)
+            }
+            "stop-signal" => self.stop_signal = Some(non_empty()?),
+            "ipc" => self.ipc = Some(non_empty()?),
+            "pid" => self.pid = Some(non_empty()?),
+            "uts" => self.uts = Some(non_empty()?),
+            "memory" | "m" | "memory-swap" | "memory-reservation" | "kernel-memory" => {
+                return Err(format!(
+                    "docker parameter {key:?} is not supported: Berth sets the memory limit from the app's `mem` (swap equal to it)"
+                ));
+            }
+            "cpus" | "cpu-shares" | "c" | "cpu-quota" | "cpu-period" => {
+                return Err(format!(
+                    "docker parameter {key:?} is not supported: Berth sets CPU shares from the app's `cpus` (label {APP_LABEL_CPU_QUOTA}=true adds a hard quota)"
+                ));
+            }
+            "pids-limit" => {
+                return Err(format!(
+                    "docker parameter \"pids-limit\" is not supported: use the app label {APP_LABEL_PIDS_LIMIT}"
+                ));
+            }
+            "name" | "net" | "network" | "publish" | "p" | "publish-all" | "P" | "restart"
+            | "rm" | "detach" | "d" => {
+                return Err(format!(
+                    "docker parameter {key:?} is not supported: Berth manages container names, networks, ports and restarts"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "docker parameter {key:?} is not supported (supported: {})",
+                    SUPPORTED_PARAMETERS.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "" | "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// `nofile=1024[:2048]`; `-1`/`unlimited` for no limit.
+fn parse_ulimit(v: &str) -> Result<ResourcesUlimits, String> {
+    let (name, limits) = v.split_once('=').ok_or("expected NAME=SOFT[:HARD]")?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase()) {
+        return Err(format!("bad ulimit name {name:?}"));
+    }
+    let num = |s: &str| -> Result<i64, String> {
+        match s {
+            "unlimited" | "-1" => Ok(-1),
+            s => s
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| format!("bad ulimit value {s:?}")),
+        }
+    };
+    let (soft, hard) = match limits.split_once(':') {
+        Some((s, h)) => (num(s)?, num(h)?),
+        None => {
+            let n = num(limits)?;
+            (n, n)
+        }
+    };
+    if hard != -1 && (soft == -1 || soft > hard) {
+        return Err("soft limit exceeds hard limit".into());
+    }
+    Ok(ResourcesUlimits {
+        name: Some(name.to_string()),
+        soft: Some(soft),
+        hard: Some(hard),
+    })
+}
+
+/// `64m`, `1g`, `512k`, `1024` (bytes).
+fn parse_size(v: &str) -> Option<i64> {
+    let v = v.trim().to_ascii_lowercase();
+    let v = v.strip_suffix('b').unwrap_or(&v);
+    let (num, mult) = match v.chars().last()? {
+        'k' => (&v[..v.len() - 1], 1024),
+        'm' => (&v[..v.len() - 1], 1024 * 1024),
+        'g' => (&v[..v.len() - 1], 1024 * 1024 * 1024),
+        _ => (v, 1),
+    };
+    num.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)?
+        .checked_mul(mult)
+}
+
+/// `0-3,8` -> `[0, 1, 2, 3, 8]`.
+fn parse_cpu_list(v: &str) -> Result<Vec<u32>, String> {
+    let bad = || format!("docker parameter \"cpuset-cpus\"={v:?}: expected a CPU list like 0-3,8");
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: u32 = a.parse().map_err(|_| bad())?;
+                let b: u32 = b.parse().map_err(|_| bad())?;
+                if a > b || b - a > 4096 {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(out)
+}
+
+impl Driver for DockerDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Docker
+    }
+
+    fn start(&self, spec: TaskSpec) -> BoxFuture<'_, Result<(), DriverError>> {
+        Box::pin(self.start_task(spec))
+    }
+
+    fn kill(&self, task_id: &str, grace: Duration) -> BoxFuture<'_, Result<(), DriverError>> {
+        let task_id = task_id.to_string();
+        Box::pin(async move { self.kill_task(&task_id, grace).await })
+    }
+
+    fn recover(&self) -> BoxFuture<'_, Result<Vec<TaskStatus>, DriverError>> {
+        Box::pin(self.recover_tasks())
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<TaskStatus>, DriverError>> {
+        Box::pin(async move {
+            let tasks = self.inner.tasks.lock();
+            let mut out: Vec<TaskStatus> = tasks.values().map(|e| e.status.clone()).collect();
+            out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+            Ok(out)
+        })
+    }
+
+    fn forget(&self, task_id: &str) {
+        self.forget_task(task_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_core::node::NodeResources;
+
+    fn param(k: &str, v: &str) -> DockerParameter {
+        DockerParameter {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    fn spec(app_json: serde_json::Value, ports: Vec<u16>) -> TaskSpec {
+        let app: AppDefinition = serde_json::from_value(app_json).unwrap();
+        TaskSpec {
+            task_id: "web.1".into(),
+            app_id: "/web".into(),
+            version: "v1".into(),
+            resources: NodeResources::new(app.cpus, app.mem, app.disk),
+            app,
+            ports,
+            host: "node1".into(),
+            node_id: "n1".into(),
+            cpuset: vec![],
+        }
+    }
+
+    #[test]
+    fn supported_parameters_pass_and_others_fail_clearly() {
+        let ok = [
+            param("add-host", "db:10.0.0.1"),
+            param("ulimit", "nofile=1024:2048"),
+            param("cpuset-cpus", "0-1"),
+            param("log-opt", "max-size=1m"),
+            param("label", "team=a"),
+            param("user", "nobody"),
+            param("env", "A=b"),
+            param("shm-size", "64m"),
+            param("init", "true"),
+        ];
+        check_parameters(&ok).unwrap();
+        for key in SUPPORTED_PARAMETERS {
+            // Every advertised key is known (values may be invalid, the key never "unsupported").
+            let e = check_parameters(&[param(key, "x")])
+                .err()
+                .unwrap_or_default();
+            assert!(!e.contains("is not supported"), "{key}: {e}");
+        }
+        let e = check_parameters(&[param("volume-driver", "x")]).unwrap_err();
+        assert!(
+            e.contains("\"volume-driver\" is not supported (supported: add-host"),
+            "{e}"
+        );
+        let e = check_parameters(&[param("memory", "1g")]).unwrap_err();
+        assert!(e.contains("`mem`"), "{e}");
+        assert!(check_parameters(&[param("ulimit", "nofile=2048:1024")]).is_err());
+        assert!(check_parameters(&[param("add-host", "nocolon")]).is_err());
+        assert!(check_parameters(&[param("label", "berth.task_id=x")]).is_err());
+    }
+
+    #[test]
+    fn plan_sets_platform_limits_and_bridge_ports() {
+        let s = spec(
+            serde_json::json!({
+                "id": "/web", "cpus": 0.5, "mem": 64, "cmd": "httpd -f",
+                "labels": {"BERTH_CPU_QUOTA": "true", "BERTH_PIDS_LIMIT": "100"},
+                "networks": [{"mode": "container/bridge"}],
+                "container": {"type": "DOCKER", "docker": {"image": "busybox",
+                  "parameters": [{"key": "log-opt", "value": "max-size=1m"}]},
+                  "portMappings": [{"containerPort": 8080, "hostPort": 0},
+                                   {"containerPort": 53, "protocol": "udp"}],
+                  "volumes": [{"containerPath": "/data", "hostPath": "/tmp", "mode": "RO"}]}
+            }),
+            vec![31001],
+        );
+        let cfg = DockerConfig::new("/tmp/x");
+        let plan = build_plan(&s, &cfg).unwrap();
+        let hc = plan.body.host_config.as_ref().unwrap();
+        assert_eq!(hc.memory, Some(64 * 1024 * 1024));
+        assert_eq!(hc.memory_swap, hc.memory);
+        assert_eq!(hc.cpu_shares, Some(512));
+        assert_eq!((hc.cpu_period, hc.cpu_quota), (Some(100_000), Some(50_000)));
+        assert_eq!(hc.pids_limit, Some(100));
+        assert_eq!(hc.network_mode.as_deref(), Some("bridge"));
+        let b = hc.port_bindings.as_ref().unwrap();
+        assert_eq!(
+            b["8080/tcp"].as_ref().unwrap()[0].host_port.as_deref(),
+            Some("31001")
+        );
+        assert!(!b.contains_key("53/udp"));
+        let log = hc.log_config.as_ref().unwrap();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        let opts = log.config.as_ref().unwrap();
+        assert_eq!(
+            (opts["max-size"].as_str(), opts["max-file"].as_str()),
+            ("1m", "3")
+        );
+        assert_eq!(
+            hc.binds.as_ref().unwrap(),
+            &vec!["/tmp:/data:ro".to_string()]
+        );
+        assert_eq!(
+            plan.body.entrypoint,
+            Some(vec!["/bin/sh".to_string(), "-c".to_string()])
+        );
+        assert_eq!(plan.body.cmd, Some(vec!["httpd -f".to_string()]));
+        let labels = plan.body.labels.as_ref().unwrap();
+        assert_eq!(labels[LABEL_TASK_ID], "web.1");
+        assert_eq!(labels[LABEL_NODE_ID], "n1");
+        assert_eq!(plan.info.port_mappings.len(), 2);
+        assert_eq!(image_with_tag("busybox"), "busybox:latest");
+        assert_eq!(image_with_tag("reg:5000/a/b"), "reg:5000/a/b:latest");
+        assert_eq!(image_with_tag("reg:5000/a/b:1"), "reg:5000/a/b:1");
+    }
+
+    #[test]
+    fn plan_rejects_bad_specs() {
+        let cfg = DockerConfig::new("/tmp/x");
+        let no_image = spec(
+            serde_json::json!({"id": "/a", "container": {"type": "DOCKER", "docker": {"image": ""}}}),
+            vec![],
+        );
+        assert!(build_plan(&no_image, &cfg).is_err());
+        let persistent = spec(
+            serde_json::json!({"id": "/a", "container": {"type": "DOCKER", "docker": {"image": "x"},
+                "volumes": [{"containerPath": "data", "persistent": {"size": 10}}]}}),
+            vec![],
+        );
+        assert!(build_plan(&persistent, &cfg).is_err());
+        let bad_pids = spec(
+            serde_json::json!({"id": "/a", "labels": {"BERTH_PIDS_LIMIT": "lots"},
+                "container": {"type": "DOCKER", "docker": {"image": "x"}}}),
+            vec![],
+        );
+        assert!(
+            build_plan(&bad_pids, &cfg)
+                .unwrap_err()
+                .contains("BERTH_PIDS_LIMIT")
+        );
+        assert!(validate_task_id("../x").is_err());
+        assert!(validate_task_id("web.1-a_b").is_ok());
+    }
+
+    #[test]
+    fn sizes_and_cpu_lists() {
+        assert_eq!(parse_size("64m"), Some(64 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("10"), Some(10));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_cpu_list("0-2,5").unwrap(), vec![0, 1, 2, 5]);
+        assert!(parse_cpu_list("a").is_err());
+    }
+}
