@@ -1,0 +1,586 @@
+//! The Docker driver against a real Docker Engine and the `berth-test/busybox:latest` image
+//! (built by `scripts/test-image.sh` when missing). Without a reachable engine every test
+//! prints a SKIP notice and passes, unless `BERTH_REQUIRE_DOCKER=1`, which makes it fail.
+
+use berth_agent::driver::docker::{
+    ContainerInfo, DockerConfig, DockerDriver, LABEL_APP_ID, LABEL_NODE_ID, LABEL_TASK_ID,
+    LABEL_VERSION, check_parameters, container_name,
+};
+use berth_agent::driver::{Driver, DriverError, TaskSpec, TaskStatus};
+use berth_core::app::{AppDefinition, DockerParameter};
+use berth_core::node::NodeResources;
+use berth_core::task::TaskState;
+use bollard::query_parameters::InspectContainerOptions;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+const IMAGE: &str = "berth-test/busybox:latest";
+
+/// Whether the engine and the test image are there; panics instead of skipping when
+/// `BERTH_REQUIRE_DOCKER=1`.
+async fn docker_ready(test: &str) -> bool {
+    let required = std::env::var("BERTH_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let fail = |why: String| {
+        if required {
+            panic!("{test}: Docker required (BERTH_REQUIRE_DOCKER=1) but {why}");
+        }
+        eprintln!("SKIP {test}: {why}");
+        false
+    };
+    if let Err(e) = DockerDriver::probe(None, Duration::from_secs(5)).await {
+        return fail(format!("Docker is unavailable: {e}"));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image.sh");
+    match Command::new(&script).output() {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => fail(format!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => fail(format!("cannot run {}: {e}", script.display())),
+    }
+}
+
+/// Removes the test's containers however the test ends.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", &container_name(id)])
+                .output();
+        }
+    }
+}
+
+struct Harness {
+    driver: DockerDriver,
+    rx: UnboundedReceiver<TaskStatus>,
+    dir: tempfile::TempDir,
+    node: String,
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let node = unique("node");
+    let (driver, rx) = driver_for(dir.path(), &node).await;
+    Harness {
+        driver,
+        rx,
+        dir,
+        node,
+    }
+}
+
+async fn driver_for(dir: &Path, node: &str) -> (DockerDriver, UnboundedReceiver<TaskStatus>) {
+    let (tx, rx) = unbounded_channel();
+    let mut cfg = DockerConfig::new(dir.join("docker"));
+    cfg.node_id = Some(node.to_string());
+    cfg.resync_interval = Duration::from_secs(2);
+    let driver = DockerDriver::connect(cfg, tx).await.unwrap();
+    (driver, rx)
+}
+
+fn spec(task_id: &str, node: &str, app: serde_json::Value, ports: Vec<u16>) -> TaskSpec {
+    let mut app = app;
+    app["container"]["type"] = json!("DOCKER");
+    app["container"]["docker"]["image"] = json!(IMAGE);
+    let app: AppDefinition = serde_json::from_value(app).unwrap();
+    TaskSpec {
+        task_id: task_id.into(),
+        app_id: app.id.clone(),
+        version: "2024-01-01T00:00:00.000Z".into(),
+        resources: NodeResources::new(app.cpus, app.mem, app.disk),
+        app,
+        ports,
+        host: "127.0.0.1".into(),
+        node_id: node.into(),
+        cpuset: vec![],
+    }
+}
+
+/// Waits for `state` of `task`; panics on another terminal state or after `timeout`.
+async fn wait_for(
+    rx: &mut UnboundedReceiver<TaskStatus>,
+    task: &str,
+    state: TaskState,
+    timeout: Duration,
+) -> TaskStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let s = tokio::time::timeout(left, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{task}: no {state:?} within {timeout:?}"))
+            .expect("status channel closed");
+        if s.task_id != task {
+            continue;
+        }
+        if s.state == state {
+            return s;
+        }
+        assert!(
+            !s.state.is_terminal(),
+            "{task}: expected {state:?}, got {s:?}"
+        );
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn inspect(d: &DockerDriver, task: &str) -> bollard::models::ContainerInspectResponse {
+    d.docker()
+        .inspect_container(&container_name(task), None::<InspectContainerOptions>)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_with_labels_env_container_info_and_limits_then_kill() {
+    if !docker_ready("runs_with_labels_env_container_info_and_limits_then_kill").await {
+        return;
+    }
+    let mut h = harness().await;
+    let id = unique("limits");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let mut s = spec(
+        &id,
+        &h.node,
+        json!({"id": "/test/limits", "cmd": "sleep 1000", "cpus": 0.5, "mem": 64,
+               "env": {"GREETING": "hello"}, "container": {"docker": {}}}),
+        vec![31555],
+    );
+    s.cpuset = vec![0];
+    h.driver.start(s.clone()).await.unwrap();
+    wait_for(&mut h.rx, &id, TaskState::Running, Duration::from_secs(60)).await;
+    // A second start of the same task is a no-op.
+    h.driver.start(s).await.unwrap();
+
+    let c = inspect(&h.driver, &id).await;
+    let labels = c.config.as_ref().unwrap().labels.clone().unwrap();
+    assert_eq!(labels[LABEL_TASK_ID], id);
+    assert_eq!(labels[LABEL_APP_ID], "/test/limits");
+    assert_eq!(labels[LABEL_VERSION], "2024-01-01T00:00:00.000Z");
+    assert_eq!(labels[LABEL_NODE_ID], h.node);
+    let hc = c.host_config.unwrap();
+    assert_eq!(hc.memory, Some(64 * 1024 * 1024));
+    assert_eq!(hc.memory_swap, hc.memory, "no silent 2x swap");
+    assert_eq!(hc.cpu_shares, Some(512));
+    assert_eq!(hc.pids_limit, Some(4096));
+    assert_eq!(hc.cpuset_cpus.as_deref(), Some("0"));
+    assert_eq!(hc.network_mode.as_deref(), Some("host"));
+    let log = hc.log_config.unwrap();
+    assert_eq!(log.typ.as_deref(), Some("json-file"));
+    let opts = log.config.unwrap();
+    assert_eq!(opts["max-size"], "10m");
+    assert_eq!(opts["max-file"], "3");
+
+    let name = container_name(&id);
+    let env = docker(&["exec", &name, "env"]);
+    for want in [
+        "BERTH_CPUS=0.5",
+        "BERTH_MEM_MB=64",
+        "BERTH_CPUSET=0",
+        "GREETING=hello",
+        "PORT0=31555",
+        "MARATHON_APP_ID=/test/limits",
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} missing in:\n{env}");
+    }
+    let info: ContainerInfo = serde_json::from_str(&docker(&[
+        "exec",
+        &name,
+        "cat",
+        "/etc/berth/container_info",
+    ]))
+    .unwrap();
+    assert_eq!(info.task_id, id);
+    assert_eq!(info.app_id, "/test/limits");
+    assert_eq!((info.cpus, info.mem_mb), (0.5, 64.0));
+    assert_eq!(info.cpuset, vec![0]);
+    assert_eq!(info.ports, vec![31555]);
+    assert_eq!(info.pids_limit, Some(4096));
+    // Read-only inside the container.
+    let out = Command::new("docker")
+        .args([
+            "exec",
+            &name,
+            "sh",
+            "-c",
+            "echo x > /etc/berth/container_info",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    // `sleep` as PID 1 ignores SIGTERM: SIGKILL after the grace period.
+    let t = Instant::now();
+    h.driver
+        .kill(&id, Duration::from_millis(1500))
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+    let st = wait_for(&mut h.rx, &id, TaskState::Killed, Duration::from_secs(10)).await;
+    assert!(st.message.unwrap().starts_with("killed"));
+    let listed = h.driver.list().await.unwrap();
+    assert_eq!(listed[0].state, TaskState::Killed);
+    // Killing again is fine; forgetting removes the container.
+    h.driver.kill(&id, Duration::ZERO).await.unwrap();
+    h.driver.forget(&id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h
+        .driver
+        .docker()
+        .inspect_container(&name, None::<InspectContainerOptions>)
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "container not removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(h.driver.list().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_task_that_handles_it() {
+    if !docker_ready("sigterm_ends_a_task_that_handles_it").await {
+        return;
+    }
+    let mut h = harness().await;
+    let id = unique("term");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let s = spec(
+        &id,
+        &h.node,
+        json!({"id": "/test/term", "cmd": "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+               "container": {"docker": {}}}),
+        vec![],
+    );
+    h.driver.start(s).await.unwrap();
+    wait_for(&mut h.rx, &id, TaskState::Running, Duration::from_secs(60)).await;
+    let t = Instant::now();
+    h.driver.kill(&id, Duration::from_secs(20)).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let st = wait_for(&mut h.rx, &id, TaskState::Killed, Duration::from_secs(10)).await;
+    assert_eq!(st.exit_code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pids_limit_contains_a_fork_bomb() {
+    if !docker_ready("pids_limit_contains_a_fork_bomb").await {
+        return;
+    }
+    let mut h = harness().await;
+    let id = unique("bomb");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let s = spec(
+        &id,
+        &h.node,
+        json!({"id": "/test/bomb", "labels": {"BERTH_PIDS_LIMIT": "64"},
+               "cmd": "bomb() { bomb | bomb & }; bomb; sleep 1000",
+               "container": {"docker": {}}}),
+        vec![],
+    );
+    h.driver.start(s).await.unwrap();
+    wait_for(&mut h.rx, &id, TaskState::Running, Duration::from_secs(60)).await;
+    let c = inspect(&h.driver, &id).await;
+    assert_eq!(c.host_config.unwrap().pids_limit, Some(64));
+    let cid = c.id.unwrap();
+    let cg = pids_cgroup(&cid).expect("pids cgroup of the container");
+    let read = |f: &str| std::fs::read_to_string(cg.join(f)).unwrap_or_default();
+    assert_eq!(read("pids.max").trim(), "64");
+    let mut peak = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        let cur: u64 = read("pids.current").trim().parse().unwrap_or(0);
+        peak = peak.max(cur);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(peak <= 64, "pids.current reached {peak}");
+    // The limit was hit: forks were refused.
+    let events = read("pids.events");
+    let refused: u64 = events
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(refused > 0, "pids.events: {events:?} (peak {peak})");
+    h.driver.kill(&id, Duration::ZERO).await.unwrap();
+    wait_for(&mut h.rx, &id, TaskState::Killed, Duration::from_secs(30)).await;
+}
+
+/// The container's pids cgroup directory (cgroup v1 cgroupfs or systemd, or v2).
+fn pids_cgroup(id: &str) -> Option<PathBuf> {
+    [
+        format!("/sys/fs/cgroup/pids/docker/{id}"),
+        format!("/sys/fs/cgroup/pids/system.slice/docker-{id}.scope"),
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope"),
+        format!("/sys/fs/cgroup/docker/{id}"),
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.join("pids.max").exists())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_port_mapping_serves_http() {
+    if !docker_ready("bridge_port_mapping_serves_http").await {
+        return;
+    }
+    let mut h = harness().await;
+    let id = unique("httpd");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let s = spec(
+        &id,
+        &h.node,
+        json!({"id": "/test/httpd", "args": ["httpd", "-f", "-p", "8080", "-h", "/var/www"],
+               "networks": [{"mode": "container/bridge"}],
+               "container": {"docker": {}, "portMappings": [{"containerPort": 8080, "hostPort": 0}]}}),
+        vec![port],
+    );
+    h.driver.start(s).await.unwrap();
+    let st = wait_for(&mut h.rx, &id, TaskState::Running, Duration::from_secs(60)).await;
+    assert!(!st.ip_addresses.is_empty(), "bridge tasks report their IP");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        match http_get(port) {
+            Ok(b) if b.contains("berth test") => break b,
+            r => {
+                assert!(Instant::now() < deadline, "no HTTP answer on {port}: {r:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(body.starts_with("HTTP/1."), "{body}");
+    let c = inspect(&h.driver, &id).await;
+    let bindings = c.host_config.unwrap().port_bindings.unwrap();
+    assert_eq!(
+        bindings["8080/tcp"].as_ref().unwrap()[0]
+            .host_port
+            .as_deref(),
+        Some(port.to_string().as_str())
+    );
+    h.driver.kill(&id, Duration::from_secs(1)).await.unwrap();
+    wait_for(&mut h.rx, &id, TaskState::Killed, Duration::from_secs(10)).await;
+}
+
+fn http_get(port: u16) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_and_oom_are_reported() {
+    if !docker_ready("exit_codes_and_oom_are_reported").await {
+        return;
+    }
+    let mut h = harness().await;
+    let (fail, ok, oom) = (unique("exit3"), unique("exit0"), unique("oom"));
+    let _cleanup = Cleanup(vec![fail.clone(), ok.clone(), oom.clone()]);
+    let app = |cmd: &str, mem: f64| json!({"id": "/test/exit", "cmd": cmd, "mem": mem, "container": {"docker": {}}});
+    h.driver
+        .start(spec(&fail, &h.node, app("sleep 0.5; exit 3", 32.0), vec![]))
+        .await
+        .unwrap();
+    h.driver
+        .start(spec(&ok, &h.node, app("true", 32.0), vec![]))
+        .await
+        .unwrap();
+    // dd fills a 256 MiB buffer: far over the 32 MiB limit (and no swap to spill into).
+    h.driver
+        .start(spec(
+            &oom,
+            &h.node,
+            app("dd if=/dev/zero of=/dev/null bs=256M count=1", 32.0),
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let st = wait_for(&mut h.rx, &fail, TaskState::Failed, Duration::from_secs(60)).await;
+    assert_eq!(st.exit_code, Some(3));
+    assert_eq!(st.message.as_deref(), Some("exited with code 3"));
+    // The others may have ended already; `list` has the final word.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = h.driver.list().await.unwrap();
+        let get = |id: &str| list.iter().find(|s| s.task_id == id).cloned();
+        if let (Some(a), Some(b)) = (get(&ok), get(&oom))
+            && a.state.is_terminal()
+            && b.state.is_terminal()
+        {
+            assert_eq!(a.state, TaskState::Finished, "{a:?}");
+            assert_eq!(a.exit_code, Some(0));
+            assert_eq!(b.state, TaskState::Failed, "{b:?}");
+            assert!(
+                b.message.as_deref().unwrap_or("").contains("OOM killed"),
+                "{b:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "tasks did not end: {list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_driver_recovers_containers_without_restarting_them() {
+    if !docker_ready("a_new_driver_recovers_containers_without_restarting_them").await {
+        return;
+    }
+    let mut h = harness().await;
+    let (long, short) = (unique("recover"), unique("recover-exit"));
+    let _cleanup = Cleanup(vec![long.clone(), short.clone()]);
+    h.driver
+        .start(spec(
+            &long,
+            &h.node,
+            json!({"id": "/test/recover", "cmd": "sleep 1000", "labels": {"BERTH_UID": "auto"},
+                   "container": {"docker": {}}}),
+            vec![],
+        ))
+        .await
+        .unwrap();
+    h.driver
+        .start(spec(
+            &short,
+            &h.node,
+            json!({"id": "/test/recover", "cmd": "sleep 4; exit 5", "container": {"docker": {}}}),
+            vec![],
+        ))
+        .await
+        .unwrap();
+    wait_for(
+        &mut h.rx,
+        &long,
+        TaskState::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for(
+        &mut h.rx,
+        &short,
+        TaskState::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    let before = inspect(&h.driver, &long).await;
+    let uid = h.driver.task_uid(&long).expect("a UID was allocated");
+    assert!((100_000..=165_535).contains(&uid));
+    let name = container_name(&long);
+    assert_eq!(docker(&["exec", &name, "id", "-u"]).trim(), uid.to_string());
+
+    // Agent A goes away (as with kill -9: nothing is stopped).
+    let Harness {
+        driver,
+        rx,
+        dir,
+        node,
+    } = h;
+    drop(driver);
+    drop(rx);
+
+    let (b, mut rx) = driver_for(dir.path(), &node).await;
+    let recovered = b.recover().await.unwrap();
+    let find = |id: &str| recovered.iter().find(|s| s.task_id == id).cloned();
+    assert_eq!(find(&long).map(|s| s.state), Some(TaskState::Running));
+    assert!(find(&short).is_some(), "{recovered:?}");
+    assert_eq!(recovered.len(), 2, "{recovered:?}");
+    let after = inspect(&b, &long).await;
+    assert_eq!(after.id, before.id, "same container");
+    assert_eq!(
+        after.state.as_ref().unwrap().started_at,
+        before.state.as_ref().unwrap().started_at,
+        "not restarted"
+    );
+    assert_eq!(b.task_uid(&long), Some(uid), "UID allocation persisted");
+    let count = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label={LABEL_TASK_ID}={long}"),
+    ]);
+    assert_eq!(count.lines().count(), 1, "not duplicated");
+    // A start retried by the agent is a no-op too.
+    b.start(spec(
+        &long,
+        &node,
+        json!({"id": "/test/recover", "cmd": "sleep 1000", "container": {"docker": {}}}),
+        vec![],
+    ))
+    .await
+    .unwrap();
+
+    // B watches the recovered tasks: the short one's exit arrives through B's events.
+    let st = wait_for(&mut rx, &short, TaskState::Failed, Duration::from_secs(30)).await;
+    assert_eq!(st.exit_code, Some(5));
+    b.kill(&long, Duration::ZERO).await.unwrap();
+    wait_for(&mut rx, &long, TaskState::Killed, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_parameters_are_errors() {
+    let bad = [DockerParameter {
+        key: "volume-driver".into(),
+        value: "flocker".into(),
+    }];
+    let e = check_parameters(&bad).unwrap_err();
+    assert!(
+        e.contains("volume-driver") && e.contains("not supported"),
+        "{e}"
+    );
+    if !docker_ready("unsupported_parameters_are_errors").await {
+        return;
+    }
+    let mut h = harness().await;
+    let id = unique("badparam");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let s = spec(
+        &id,
+        &h.node,
+        json!({"id": "/test/bad", "cmd": "sleep 1",
+               "container": {"docker": {"parameters": [{"key": "volume-driver", "value": "flocker"}]}}}),
+        vec![],
+    );
+    match h.driver.start(s).await {
+        Err(DriverError::InvalidSpec(msg)) => assert!(msg.contains("volume-driver"), "{msg}"),
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    }
+    assert!(h.driver.list().await.unwrap().is_empty());
+    assert!(h.rx.try_recv().is_err(), "nothing reported");
+    let out = Command::new("docker")
+        .args(["inspect", &container_name(&id)])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no container was created");
+}
