@@ -1,6 +1,7 @@
 //! `berth agent`.
 
 use anyhow::{Context, Result, bail};
+use berth_agent::driver::docker::{DockerConfig, DockerDriver};
 use berth_agent::driver::exec::{ExecConfig, ExecDriver};
 use berth_agent::driver::fake::{FakeConfig, FakeDriver};
 use berth_agent::driver::{Driver, TaskStatus};
@@ -57,17 +58,26 @@ pub struct NodeArgs {
     /// Overcommit ratios, e.g. `cpu=4,mem=1.0`.
     #[arg(long, default_value = "")]
     pub overcommit: String,
-    /// Drivers to enable (comma-separated): exec, fake.
-    #[arg(long, default_value = "exec,fake", value_delimiter = ',')]
+    /// Drivers to enable (comma-separated): exec, fake, docker. Default: exec,fake, plus
+    /// docker when the Docker Engine answers.
+    #[arg(long, value_delimiter = ',')]
     pub drivers: Vec<String>,
+    /// Docker Engine address (socket path, unix://, tcp://); default $DOCKER_HOST or
+    /// /var/run/docker.sock.
+    #[arg(long)]
+    pub docker_socket: Option<String>,
     /// Fake driver: delay before a task is RUNNING, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub fake_latency_ms: u64,
     /// Fake driver: share of tasks that fail at start (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     pub fake_failure_rate: f64,
-    /// Exec driver: default limit on processes per task (cgroup pids.max).
-    #[arg(long, default_value_t = 4096)]
+    /// Default limit on processes per task (exec: cgroup pids.max; docker: --pids-limit).
+    #[arg(
+        long = "pids-limit",
+        visible_alias = "pids-max",
+        default_value_t = 4096
+    )]
     pub pids_max: u64,
 }
 
@@ -125,8 +135,8 @@ pub fn node_info(args: &NodeArgs, data_dir: &Path) -> Result<NodeInfo> {
     let reserved = parse_pairs(&args.reserved).context("--reserved")?;
     let overcommit = parse_pairs(&args.overcommit).context("--overcommit")?;
     for d in &args.drivers {
-        if !["exec", "fake"].contains(&d.as_str()) {
-            bail!("unknown driver '{d}' (available: exec, fake)");
+        if !["exec", "fake", "docker"].contains(&d.as_str()) {
+            bail!("unknown driver '{d}' (available: exec, fake, docker)");
         }
     }
     Ok(NodeInfo {
@@ -160,9 +170,10 @@ pub fn node_info(args: &NodeArgs, data_dir: &Path) -> Result<NodeInfo> {
 type StatusReceiver = mpsc::UnboundedReceiver<TaskStatus>;
 
 /// The drivers this node runs, all reporting into one channel.
-pub fn drivers(
+pub async fn drivers(
     args: &NodeArgs,
     data_dir: &Path,
+    node_id: &str,
 ) -> Result<(Vec<Arc<dyn Driver>>, StatusReceiver)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut out: Vec<Arc<dyn Driver>> = Vec::new();
@@ -183,6 +194,16 @@ pub fn drivers(
                 };
                 out.push(Arc::new(FakeDriver::new(cfg, tx.clone())));
             }
+            "docker" => {
+                let mut cfg = DockerConfig::new(data_dir.join("docker"));
+                cfg.host = args.docker_socket.clone();
+                cfg.node_id = Some(node_id.to_string());
+                cfg.pids_limit = i64::try_from(args.pids_max).ok();
+                let driver = DockerDriver::connect(cfg, tx.clone())
+                    .await
+                    .context("--drivers docker")?;
+                out.push(Arc::new(driver));
+            }
             other => bail!("unknown driver '{other}'"),
         }
     }
@@ -198,8 +219,21 @@ pub async fn start(
 ) -> Result<(tokio::task::JoinHandle<()>, Vec<Arc<dyn Driver>>)> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut node = node.clone();
+    if node.drivers.is_empty() {
+        node.drivers = vec!["exec".into(), "fake".into()];
+        match DockerDriver::probe(node.docker_socket.as_deref(), Duration::from_secs(3)).await {
+            Ok(version) => {
+                tracing::info!(version, "Docker Engine answers: enabling the docker driver");
+                node.drivers.push("docker".into());
+            }
+            Err(e) => tracing::info!(reason = %e, "docker driver not enabled"),
+        }
+    }
+    tracing::info!(drivers = ?node.drivers, "drivers");
+    let node = &node;
     let info = node_info(node, data_dir)?;
-    let (drivers, rx) = drivers(node, data_dir)?;
+    let (drivers, rx) = drivers(node, data_dir, &info.id).await?;
     let config = AgentConfig {
         servers,
         node: info,
