@@ -339,6 +339,11 @@ fn launch(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, count: usize,
             .get(&p.node_id)
             .map(|n| n.info.address.clone())
             .unwrap_or(p.host.clone());
+        // Host networking: the task is reachable at its node's address (as in Marathon).
+        let ip_addresses = host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| vec![ip.to_string()])
+            .unwrap_or_default();
         let t = Task {
             id,
             app_id: app.id.clone(),
@@ -358,7 +363,11 @@ fn launch(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, count: usize,
             message: None,
             exit_code: None,
             health: vec![],
-            ip_addresses: vec![],
+            // Host networking: the task is reachable at its node's address (as in Marathon).
+            ip_addresses: host
+                .parse::<std::net::IpAddr>()
+                .map(|ip| vec![ip.to_string()])
+                .unwrap_or_default(),
             cpuset: p.cpuset,
         };
         ch.event(status_event(&t, None));
@@ -433,7 +442,9 @@ pub fn apply_statuses(
         };
         // A node coming back reports its tasks again: they stop being unreachable.
         let state_changed = t.state != s.state;
-        if !state_changed && !health_changed && t.ip_addresses == s.ip_addresses {
+        // Drivers report addresses only when they know better (container IPs).
+        let ips_changed = !s.ip_addresses.is_empty() && t.ip_addresses != s.ip_addresses;
+        if !state_changed && !health_changed && !ips_changed {
             if t.health != health {
                 t.health = health;
                 // Timestamps inside health results changed: keep memory fresh, skip the write.
@@ -448,7 +459,9 @@ pub fn apply_statuses(
         if s.exit_code.is_some() {
             t.exit_code = s.exit_code;
         }
-        t.ip_addresses = s.ip_addresses.clone();
+        if ips_changed {
+            t.ip_addresses = s.ip_addresses.clone();
+        }
         if health_changed {
             let alive = health.iter().all(|h| h.alive) && !health.is_empty();
             ch.event(Event::new(
