@@ -363,11 +363,7 @@ fn launch(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, count: usize,
             message: None,
             exit_code: None,
             health: vec![],
-            // Host networking: the task is reachable at its node's address (as in Marathon).
-            ip_addresses: host
-                .parse::<std::net::IpAddr>()
-                .map(|ip| vec![ip.to_string()])
-                .unwrap_or_default(),
+            ip_addresses,
             cpuset: p.cpuset,
         };
         ch.event(status_event(&t, None));
