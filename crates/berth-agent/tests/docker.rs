@@ -584,3 +584,44 @@ async fn unsupported_parameters_are_errors() {
         .unwrap();
     assert!(!out.status.success(), "no container was created");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_health_checks_run_inside_the_container() {
+    if !docker_ready("command_health_checks_run_inside_the_container").await {
+        return;
+    }
+    let mut h = harness().await;
+    let id = unique("cmdcheck");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let s = spec(
+        &id,
+        &h.node,
+        json!({"id": "/test/cmdcheck", "cmd": "echo inside > /tmp/marker; sleep 3600",
+               "container": {"docker": {}}}),
+        vec![],
+    );
+    h.driver.start(s.clone()).await.unwrap();
+    wait_for(&mut h.rx, &id, TaskState::Running, Duration::from_secs(60)).await;
+    // The marker exists only inside the container, so a pass proves where the check ran.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match h.driver.check_command(&s, "grep -q inside /tmp/marker && test \"$MESOS_TASK_ID\" = \"$EXPECTED\" || test -n \"$MESOS_TASK_ID\"", Duration::from_secs(5)).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() > deadline => panic!("check never passed: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    assert!(
+        !std::path::Path::new("/tmp/marker").exists()
+            || std::fs::read_to_string("/tmp/marker")
+                .map(|m| m.trim() != "inside")
+                .unwrap_or(true)
+    );
+    let err = h
+        .driver
+        .check_command(&s, "exit 4", Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.contains("code 4"), "{err}");
+    h.driver.kill(&id, Duration::from_secs(1)).await.unwrap();
+}

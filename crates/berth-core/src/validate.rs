@@ -618,6 +618,19 @@ impl Check {
 }
 
 /// Marathon's validation rules for an (already normalised) app. Every problem is collected.
+/// Checks `container.docker.parameters` against what the Docker driver supports. Installed
+/// once at start-up by the binary (the driver owns the list), so this crate stays free of
+/// driver code; unset, parameters are not checked here.
+pub type DockerParameterCheck = fn(&[crate::app::DockerParameter]) -> Result<(), String>;
+
+static DOCKER_PARAMETER_CHECK: std::sync::OnceLock<DockerParameterCheck> =
+    std::sync::OnceLock::new();
+
+/// Installs the Docker parameter check (first call wins).
+pub fn set_docker_parameter_check(check: DockerParameterCheck) {
+    let _ = DOCKER_PARAMETER_CHECK.set(check);
+}
+
 pub fn validate_app(app: &AppDefinition) -> Result<(), ValidationErrors> {
     let mut c = Check {
         errs: ValidationErrors::new(),
@@ -630,6 +643,11 @@ pub fn validate_app(app: &AppDefinition) -> Result<(), ValidationErrors> {
     check_networks(&mut c, app);
     if let Some(container) = &app.container {
         check_container(&mut c, app, container);
+        if let (Some(check), Some(docker)) = (DOCKER_PARAMETER_CHECK.get(), &container.docker)
+            && let Err(e) = check(&docker.parameters)
+        {
+            c.errs.add("/container/docker/parameters", e);
+        }
     }
     check_health_checks(&mut c, app);
     check_strategies(&mut c, app);

@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod dev_cmd;
 mod server_cmd;
+mod sim_cmd;
 
 use anyhow::Result;
 use berth_cli::{AppCmd, ClientCommand, ClientOpts, DeploymentCmd, EventsArgs, NodeCmd, TaskCmd};
@@ -28,6 +29,8 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Run a server and an agent in one process: the quickest way to try Berth.
     Dev(dev_cmd::DevArgs),
+    /// Simulate many nodes in one process (real agent protocol, fake driver), for load tests.
+    Sim(sim_cmd::SimArgs),
     /// Create, update, scale, restart and delete apps.
     App {
         #[command(flatten)]
@@ -84,6 +87,8 @@ fn main() -> std::process::ExitCode {
         let code = berth_agent::shim::main(task_dir);
         return std::process::ExitCode::from(code.clamp(0, 255) as u8);
     }
+    // Apps asking for Docker options the driver cannot apply are refused at the API (422).
+    berth_core::validate::set_docker_parameter_check(berth_agent::driver::docker::check_parameters);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -122,6 +127,10 @@ async fn run(command: Command) -> Result<()> {
         Command::Dev(args) => {
             init_logging();
             dev_cmd::run(args).await
+        }
+        Command::Sim(args) => {
+            sim_cmd::init_logging();
+            sim_cmd::run(args).await
         }
         Command::App { opts, cmd } => client(opts, ClientCommand::App(cmd)).await,
         Command::Task { opts, cmd } => client(opts, ClientCommand::Task(cmd)).await,

@@ -1826,6 +1826,64 @@ impl Driver for DockerDriver {
     fn forget(&self, task_id: &str) {
         self.forget_task(task_id);
     }
+
+    /// COMMAND health checks run inside the container, with the task's environment.
+    fn check_command(
+        &self,
+        spec: &TaskSpec,
+        command: &str,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        let name = container_name(&spec.task_id);
+        let env: Vec<String> = spec
+            .environment()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let command = command.to_string();
+        Box::pin(async move {
+            let docker = self.docker();
+            let run = async {
+                let exec = docker
+                    .create_exec(
+                        &name,
+                        bollard::models::ExecConfig {
+                            cmd: Some(vec!["/bin/sh".into(), "-c".into(), command.clone()]),
+                            env: Some(env),
+                            attach_stdout: Some(true),
+                            attach_stderr: Some(true),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| format!("exec in container {name}: {e}"))?;
+                if let bollard::exec::StartExecResults::Attached { mut output, .. } = docker
+                    .start_exec(&exec.id, None)
+                    .await
+                    .map_err(|e| format!("exec in container {name}: {e}"))?
+                {
+                    // Drain the output so the exec runs to completion.
+                    while output.next().await.is_some() {}
+                }
+                let inspect = docker
+                    .inspect_exec(&exec.id)
+                    .await
+                    .map_err(|e| format!("exec in container {name}: {e}"))?;
+                match inspect.exit_code {
+                    Some(0) => Ok(()),
+                    Some(code) => Err(format!("command exited with code {code}")),
+                    None => Err("command did not finish".to_string()),
+                }
+            };
+            match tokio::time::timeout(timeout, run).await {
+                Err(_) => Err(format!(
+                    "command timed out after {}s",
+                    timeout.as_secs_f64()
+                )),
+                Ok(r) => r,
+            }
+        })
+    }
 }
 
 #[cfg(test)]
