@@ -602,21 +602,32 @@ async fn command_health_checks_run_inside_the_container() {
     );
     h.driver.start(s.clone()).await.unwrap();
     wait_for(&mut h.rx, &id, TaskState::Running, Duration::from_secs(60)).await;
-    // The marker exists only inside the container, so a pass proves where the check ran.
+    // The marker exists only inside the container, so a pass proves where the check ran; the
+    // task's environment is there too.
+    assert!(
+        !std::fs::read_to_string("/tmp/marker")
+            .unwrap_or_default()
+            .contains("inside")
+    );
+    let check = format!("grep -q inside /tmp/marker && test \"$MESOS_TASK_ID\" = '{id}'");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match h.driver.check_command(&s, "grep -q inside /tmp/marker && test \"$MESOS_TASK_ID\" = \"$EXPECTED\" || test -n \"$MESOS_TASK_ID\"", Duration::from_secs(5)).await {
+        match h
+            .driver
+            .check_command(&s, &check, Duration::from_secs(5))
+            .await
+        {
             Ok(()) => break,
             Err(e) if Instant::now() > deadline => panic!("check never passed: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    assert!(
-        !std::path::Path::new("/tmp/marker").exists()
-            || std::fs::read_to_string("/tmp/marker")
-                .map(|m| m.trim() != "inside")
-                .unwrap_or(true)
-    );
+    let err = h
+        .driver
+        .check_command(&s, "test -f /no/such/file", Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.contains("code 1"), "{err}");
     let err = h
         .driver
         .check_command(&s, "exit 4", Duration::from_secs(5))
