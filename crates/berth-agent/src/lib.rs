@@ -2,8 +2,12 @@
 //! drivers behind one trait, and reports every state change.
 
 pub mod cgroup;
+pub mod conditions;
 pub mod driver;
 pub mod health;
+pub mod http;
+pub mod logfile;
 pub mod node;
 pub mod runtime;
 pub mod shim;
+pub mod stats;

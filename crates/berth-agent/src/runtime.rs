@@ -8,7 +8,7 @@
 
 use crate::driver::{Driver, DriverError, TaskSpec, TaskStatus};
 use berth_core::app::DriverKind;
-use berth_core::node::NodeInfo;
+use berth_core::node::{NodeCondition, NodeInfo};
 use berth_core::protocol::{
     Assignment, Assignments, RegisterResponse, ReportedStatus, StatusAck, StatusReport,
 };
@@ -67,6 +67,8 @@ struct Shared {
     checkers: Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>,
     /// Why the agent itself killed a task (reported instead of the driver's message).
     kill_reasons: Mutex<HashMap<String, String>>,
+    /// Shared with the agent's HTTP endpoint and conditions loop.
+    view: AgentView,
 }
 
 impl Shared {
@@ -325,7 +327,11 @@ impl Shared {
         let report = StatusReport {
             statuses: statuses.clone(),
             full,
-            conditions: Some(self.config.node.conditions.clone()),
+            conditions: Some(
+                self.view
+                    .conditions()
+                    .unwrap_or_else(|| self.config.node.conditions.clone()),
+            ),
             info: None,
         };
         let body = serde_json::to_value(&report).map_err(|e| AgentError::Http {
@@ -537,8 +543,22 @@ impl Agent {
         config: AgentConfig,
         http: reqwest::Client,
         drivers: Vec<Arc<dyn Driver>>,
+        statuses: mpsc::UnboundedReceiver<TaskStatus>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+        let view = AgentView::default();
+        Self::start_with_view(config, http, drivers, statuses, shutdown, view).await
+    }
+
+    /// Like [`Agent::start_with_client`], sharing the agent's state through `view` (for the
+    /// agent's HTTP endpoint and its node-conditions loop).
+    pub async fn start_with_view(
+        config: AgentConfig,
+        http: reqwest::Client,
+        drivers: Vec<Arc<dyn Driver>>,
         mut statuses: mpsc::UnboundedReceiver<TaskStatus>,
         mut shutdown: watch::Receiver<bool>,
+        view: AgentView,
     ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
         let drivers: HashMap<DriverKind, Arc<dyn Driver>> =
             drivers.into_iter().map(|d| (d.kind(), d)).collect();
@@ -556,7 +576,9 @@ impl Agent {
             health: Mutex::new(HashMap::new()),
             checkers: Mutex::new(HashMap::new()),
             kill_reasons: Mutex::new(HashMap::new()),
+            view: view.clone(),
         });
+        let _ = view.inner.shared.set(Arc::downgrade(&shared));
         for (kind, d) in &shared.drivers {
             let recovered = d.recover().await?;
             tracing::info!(
@@ -674,5 +696,98 @@ async fn poll_loop(s: Arc<Shared>) {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// A live view of a running agent for its HTTP endpoint (logs, metrics) and its
+/// node-conditions loop. Create one, pass a clone to [`Agent::start_with_view`], keep the other.
+#[derive(Clone, Default)]
+pub struct AgentView {
+    inner: Arc<ViewInner>,
+}
+
+#[derive(Default)]
+struct ViewInner {
+    shared: std::sync::OnceLock<std::sync::Weak<Shared>>,
+    /// Latest node conditions (`None`: the static ones of the node info).
+    conditions: Mutex<Option<Vec<NodeCondition>>>,
+}
+
+/// One task as the agent sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskView {
+    pub task_id: String,
+    /// Empty until the server's assignment for the task was seen.
+    pub app_id: String,
+    pub driver: DriverKind,
+    pub state: TaskState,
+    /// `None` without health checks (or results); `Some(true)` when every check passes.
+    pub healthy: Option<bool>,
+}
+
+impl AgentView {
+    /// The conditions sent with every status report from now on.
+    pub fn set_conditions(&self, conditions: Vec<NodeCondition>) {
+        *self.inner.conditions.lock() = Some(conditions);
+    }
+
+    pub fn conditions(&self) -> Option<Vec<NodeCondition>> {
+        self.inner.conditions.lock().clone()
+    }
+
+    fn shared(&self) -> Option<Arc<Shared>> {
+        self.inner.shared.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// The node id, once the agent runs.
+    pub fn node_id(&self) -> Option<String> {
+        self.shared().map(|s| s.config.node.id.clone())
+    }
+
+    /// Every task the agent knows, sorted by id.
+    pub fn tasks(&self) -> Vec<TaskView> {
+        let Some(s) = self.shared() else {
+            return Vec::new();
+        };
+        let tasks: Vec<(String, LocalTask)> = s
+            .tasks
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let specs = s.specs.lock();
+        let health = s.health.lock();
+        let mut out: Vec<TaskView> = tasks
+            .into_iter()
+            .map(|(id, t)| TaskView {
+                app_id: specs
+                    .get(&id)
+                    .map(|sp| sp.app_id.clone())
+                    .unwrap_or_default(),
+                healthy: health
+                    .get(&id)
+                    .filter(|r| !r.is_empty())
+                    .map(|r| r.iter().all(|h| h.alive)),
+                driver: t.driver,
+                state: t.status.state,
+                task_id: id,
+            })
+            .collect();
+        out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        out
+    }
+
+    /// The driver running a task the agent knows.
+    pub fn driver_of(&self, task_id: &str) -> Option<Arc<dyn Driver>> {
+        let s = self.shared()?;
+        let kind = s.tasks.lock().get(task_id).map(|t| t.driver)?;
+        s.drivers.get(&kind).cloned()
+    }
+
+    /// Every driver of the agent.
+    pub fn drivers(&self) -> Vec<Arc<dyn Driver>> {
+        self.shared()
+            .map(|s| s.drivers.values().cloned().collect())
+            .unwrap_or_default()
     }
 }

@@ -15,7 +15,7 @@
 //! `poll_interval`) turns those files into status updates, and dropping the driver stops it
 //! without touching any task.
 
-use super::{Driver, DriverError, StatusSink, TaskSpec, TaskStatus};
+use super::{Driver, DriverError, LogChunks, LogStream, StatusSink, TaskSpec, TaskStatus};
 use crate::cgroup::{CgroupManager, Limits};
 use crate::shim::{
     self, EXIT_FILE, ExitRecord, FORGOTTEN_MARKER, KILLED_MARKER, PID_FILE, PidRecord,
@@ -777,6 +777,52 @@ impl Driver for ExecDriver {
 
     fn forget(&self, task_id: &str) {
         self.forget_task(task_id);
+    }
+
+    fn logs(
+        &self,
+        task_id: &str,
+        stream: LogStream,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> BoxFuture<'_, Result<LogChunks, DriverError>> {
+        let task_id = task_id.to_string();
+        Box::pin(async move {
+            let unknown = || DriverError::UnknownTask(task_id.clone());
+            validate_task_id(&task_id).map_err(|_| unknown())?;
+            let known = self.inner.tasks.lock().contains_key(&task_id);
+            // A forgotten task's logs stay readable as long as its directory exists.
+            if !known && !self.task_dir(&task_id).join(SPEC_FILE).exists() {
+                return Err(unknown());
+            }
+            let (stdout, stderr) = self.task_log_paths(&task_id);
+            let path = match stream {
+                LogStream::Stdout => stdout,
+                LogStream::Stderr => stderr,
+            };
+            let weak = Arc::downgrade(&self.inner);
+            let id = task_id.clone();
+            let done = move || {
+                weak.upgrade().is_none_or(|inner| {
+                    inner
+                        .tasks
+                        .lock()
+                        .get(&id)
+                        .is_none_or(|e| e.status.state.is_terminal())
+                })
+            };
+            Ok(crate::logfile::stream_file(
+                path,
+                tail,
+                follow,
+                Box::new(done),
+                Duration::from_millis(200),
+            ))
+        })
+    }
+
+    fn pid(&self, task_id: &str) -> Option<i32> {
+        self.task_pid(task_id)
     }
 }
 

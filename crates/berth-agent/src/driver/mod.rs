@@ -4,7 +4,9 @@
 use berth_core::app::{AppDefinition, DriverKind};
 use berth_core::node::NodeResources;
 use berth_core::task::TaskState;
+use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -127,6 +129,36 @@ pub struct TaskStatus {
     pub ip_addresses: Vec<String>,
 }
 
+/// Which output of a task to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+
+    /// `stdout` / `stderr` (as in the `stream=` query parameter).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stdout" | "out" | "1" => Some(LogStream::Stdout),
+            "stderr" | "err" | "2" => Some(LogStream::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// A task's log output as it is read: chunks of raw bytes (not split into lines).
+pub type LogChunks = BoxStream<'static, Result<Bytes, DriverError>>;
+
 /// Where drivers send status changes; the agent runtime owns the receiving end.
 pub type StatusSink = mpsc::UnboundedSender<TaskStatus>;
 
@@ -140,6 +172,9 @@ pub enum DriverError {
     Unavailable(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The driver does not offer this operation (e.g. logs).
+    #[error("not supported: {0}")]
+    Unsupported(String),
     #[error("{0}")]
     Other(String),
 }
@@ -167,6 +202,35 @@ pub trait Driver: Send + Sync + 'static {
     fn recover(&self) -> BoxFuture<'_, Result<Vec<TaskStatus>, DriverError>>;
     fn list(&self) -> BoxFuture<'_, Result<Vec<TaskStatus>, DriverError>>;
     fn forget(&self, task_id: &str);
+
+    /// A task's output. `tail: Some(n)` starts with the last `n` lines (`None`: everything);
+    /// `follow` keeps the stream open and yields output as it is written (like `tail -f`),
+    /// ending once the task is terminal and everything it wrote was sent. Unknown task:
+    /// [`DriverError::UnknownTask`]. The default says the driver cannot do it.
+    fn logs(
+        &self,
+        task_id: &str,
+        stream: LogStream,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> BoxFuture<'_, Result<LogChunks, DriverError>> {
+        let _ = (task_id, stream, tail, follow);
+        let kind = self.kind();
+        Box::pin(async move {
+            Err(DriverError::Unsupported(format!(
+                "the {} driver does not serve task logs",
+                kind.as_str()
+            )))
+        })
+    }
+
+    /// The host pid of the task's main process (a container's init), while it runs. Used for
+    /// metrics: its `/proc/<pid>/cgroup` leads to the task's cgroup and `/proc/<pid>/net/dev`
+    /// to its network counters. The default knows no pids.
+    fn pid(&self, task_id: &str) -> Option<i32> {
+        let _ = task_id;
+        None
+    }
 
     /// Runs a COMMAND health check for a task: `Ok(())` when it exits 0, else the reason.
     /// The default runs `/bin/sh -c command` on the host with the task's environment
