@@ -33,6 +33,20 @@ pub enum TaskSubcommand {
         #[arg(long)]
         wipe: bool,
     },
+    /// Print a task's output (stdout by default), streamed from its node's agent.
+    Logs {
+        #[arg(value_name = "TASK_ID")]
+        id: String,
+        /// Keep printing new output as the task writes it (until it ends or Ctrl-C).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Start with the last N lines (default: everything).
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Print stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+    },
 }
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>, cmd: TaskSubcommand) -> Result<(), CliError> {
@@ -65,7 +79,64 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, cmd: TaskSubcommand) -> Result<(), Cl
             let text = render_kill(&body, ids.len());
             ctx.write(&text)
         }
+        TaskSubcommand::Logs {
+            id,
+            follow,
+            tail,
+            stderr,
+        } => logs(ctx, &id, follow, tail, stderr).await,
     }
+}
+
+/// The path of `GET /api/v1/tasks/{id}/logs` with its query.
+fn logs_path(
+    id: &str,
+    follow: bool,
+    tail: Option<usize>,
+    stderr: bool,
+) -> Result<String, CliError> {
+    let id = id.trim();
+    if id.is_empty() || id.contains('/') {
+        return Err(CliError::Input(format!("invalid task id '{id}'")));
+    }
+    let mut q = vec![(
+        "stream",
+        if stderr { "stderr" } else { "stdout" }.to_string(),
+    )];
+    if let Some(n) = tail {
+        q.push(("tail", n.to_string()));
+    }
+    if follow {
+        q.push(("follow", "true".to_string()));
+    }
+    Ok(format!(
+        "/api/v1/tasks/{}/logs{}",
+        crate::client::encode(id, false),
+        query(&q)
+    ))
+}
+
+/// Copies the task's output to `out` as it arrives (raw bytes: no JSON mode).
+async fn logs(
+    ctx: &mut Ctx<'_>,
+    id: &str,
+    follow: bool,
+    tail: Option<usize>,
+    stderr: bool,
+) -> Result<(), CliError> {
+    use futures::StreamExt;
+    let path = logs_path(id, follow, tail, stderr)?;
+    let resp = ctx.client.stream(&path, "text/plain").await?;
+    let url = ctx.client.url(&path);
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ctx.client.transport_error(&url, e))?;
+        ctx.out
+            .write_all(&chunk)
+            .and_then(|()| ctx.out.flush())
+            .map_err(|e| CliError::io("writing output", e))?;
+    }
+    Ok(())
 }
 
 /// Table of Marathon task JSON objects.
@@ -160,6 +231,44 @@ mod tests {
              web.1  /web  node-1  RUNNING  31000,31001  2024-05-01T12:00:00Z  healthy\n\
              web.2  /web  node-2  STAGING  -            -                     unhealthy: connection refused\n"
         );
+    }
+
+    #[test]
+    fn logs_paths_and_flags() {
+        assert_eq!(
+            logs_path("web.1", false, None, false).unwrap(),
+            "/api/v1/tasks/web.1/logs?stream=stdout"
+        );
+        assert_eq!(
+            logs_path(" web.1 ", true, Some(20), true).unwrap(),
+            "/api/v1/tasks/web.1/logs?stream=stderr&tail=20&follow=true"
+        );
+        assert!(logs_path("", false, None, false).is_err());
+        assert!(logs_path("a/b", false, None, false).is_err());
+
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            cmd: TaskSubcommand,
+        }
+        let cli =
+            Cli::try_parse_from(["t", "logs", "web.1", "-f", "--tail", "5", "--stderr"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            TaskSubcommand::Logs { ref id, follow: true, tail: Some(5), stderr: true } if id == "web.1"
+        ));
+        let cli = Cli::try_parse_from(["t", "logs", "web.1"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            TaskSubcommand::Logs {
+                follow: false,
+                tail: None,
+                stderr: false,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["t", "logs"]).is_err());
     }
 
     #[test]

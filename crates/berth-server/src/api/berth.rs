@@ -39,6 +39,7 @@ fn node_json(st: &Cluster, n: &Node) -> Value {
         "drivers": n.info.drivers,
         "conditions": n.info.conditions,
         "agentVersion": n.info.agent_version,
+        "agentUrl": n.info.agent_url,
         "registeredAt": format_millis(n.registered_at),
         "lastHeartbeat": format_millis(n.last_heartbeat),
     })

@@ -6,6 +6,7 @@ mod apps;
 mod berth;
 mod events;
 mod groups;
+mod logs;
 mod system;
 mod tasks;
 
@@ -62,6 +63,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/nodes/{id}/cordon", post(berth::cordon))
         .route("/api/v1/nodes/{id}/uncordon", post(berth::uncordon))
         .route("/api/v1/nodes/{id}/drain", post(berth::drain))
+        .route("/api/v1/tasks/{task_id}/logs", get(logs::task_logs))
         .route("/api/v1/deployments", get(berth::deployments))
         .route("/api/v1/deployments/{id}", get(berth::deployment))
         .fallback(not_found)
