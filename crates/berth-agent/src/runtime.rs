@@ -26,6 +26,10 @@ pub struct AgentConfig {
     pub node: NodeInfo,
     /// How long a long-poll for assignments may wait.
     pub poll_wait: Duration,
+    /// How long a task the server does not list (a ghost) may keep running before the agent
+    /// stops it: long enough to ride out a server restore, short enough that ghosts do not
+    /// pile up (seed 000: ghost containers after a daemon upgrade).
+    pub ghost_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,8 @@ struct Shared {
     checkers: Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>,
     /// Why the agent itself killed a task (reported instead of the driver's message).
     kill_reasons: Mutex<HashMap<String, String>>,
+    /// When each running task the server does not list was first seen.
+    ghosts: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Shared with the agent's HTTP endpoint and conditions loop.
     view: AgentView,
 }
@@ -391,6 +397,9 @@ impl Shared {
             .map(|a| (a.task_id.as_str(), a))
             .collect();
         let local: HashMap<String, LocalTask> = self.tasks.lock().clone();
+        self.ghosts
+            .lock()
+            .retain(|id, _| !wanted.contains_key(id.as_str()) && local.contains_key(id));
         for a in &list.assignments {
             let known = local.get(&a.task_id);
             if !self.specs.lock().contains_key(&a.task_id) {
@@ -437,8 +446,21 @@ impl Shared {
                 self.kill_reasons.lock().remove(&id);
                 self.stop_checkers(&id);
             } else {
-                tracing::warn!(task = %id, "task not assigned to this node by the server: stopping it");
-                self.spawn_kill(&id, t.driver, Self::kill_grace(None));
+                let first_seen = *self.ghosts.lock().entry(id.clone()).or_insert_with(|| {
+                    tracing::warn!(
+                        task = %id,
+                        grace = ?self.config.ghost_grace,
+                        "ghost: a task the server does not list is running here; stopping it after the grace period"
+                    );
+                    tokio::time::Instant::now()
+                });
+                if first_seen.elapsed() >= self.config.ghost_grace {
+                    tracing::warn!(task = %id, "stopping ghost task");
+                    self.kill_reasons
+                        .lock()
+                        .insert(id.clone(), "ghost: not known to the server".into());
+                    self.spawn_kill(&id, t.driver, Self::kill_grace(None));
+                }
             }
         }
     }
@@ -576,6 +598,7 @@ impl Agent {
             health: Mutex::new(HashMap::new()),
             checkers: Mutex::new(HashMap::new()),
             kill_reasons: Mutex::new(HashMap::new()),
+            ghosts: Mutex::new(HashMap::new()),
             view: view.clone(),
         });
         let _ = view.inner.shared.set(Arc::downgrade(&shared));

@@ -1,13 +1,15 @@
 //! `berth agent`.
 
 use anyhow::{Context, Result, bail};
+use berth_agent::conditions::{ConditionsConfig, Thresholds};
 use berth_agent::driver::docker::{DockerConfig, DockerDriver};
 use berth_agent::driver::exec::{ExecConfig, ExecDriver};
 use berth_agent::driver::fake::{FakeConfig, FakeDriver};
 use berth_agent::driver::{Driver, TaskStatus};
-use berth_agent::runtime::{Agent, AgentConfig};
+use berth_agent::runtime::{Agent, AgentConfig, AgentView};
 use berth_core::node::{NodeInfo, NodeResources, Overcommit, PortRange};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,9 @@ pub struct AgentArgs {
     /// Where the agent keeps task sandboxes, logs and its node id.
     #[arg(long, default_value = "/var/lib/berth/agent")]
     pub data_dir: PathBuf,
+    /// Address of the agent's HTTP endpoint (task logs, /metrics).
+    #[arg(long, default_value = "0.0.0.0:5051")]
+    pub listen: SocketAddr,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -66,6 +71,39 @@ pub struct NodeArgs {
     /// /var/run/docker.sock.
     #[arg(long)]
     pub docker_socket: Option<String>,
+    /// Seconds a task the server does not know (a ghost) may run before the agent stops it.
+    #[arg(long, default_value_t = 30)]
+    pub ghost_grace: u64,
+    /// URL the server reaches this agent's HTTP endpoint at (default:
+    /// `http://<address>:<listen port>`).
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// Where the agent's HTTP endpoint listens (`berth agent --listen`; `berth dev` uses an
+    /// ephemeral port); `None`: no endpoint.
+    #[arg(skip)]
+    pub http_listen: Option<SocketAddr>,
+    /// DiskPressure when the data dir's (or /var/lib/docker's) filesystem has less than this
+    /// share free, in percent (0: off).
+    #[arg(long, default_value_t = 10.0)]
+    pub disk_pressure_percent: f64,
+    /// DiskPressure when less than this many MiB are free (0: off).
+    #[arg(long, default_value_t = 1024)]
+    pub disk_pressure_free_mb: u64,
+    /// PidPressure above this share of kernel.pid_max / threads-max in use, in percent.
+    #[arg(long, default_value_t = 90.0)]
+    pub pid_pressure_percent: f64,
+    /// KeysPressure above this share of kernel.keys.root_maxkeys (or root_maxbytes) in use.
+    #[arg(long, default_value_t = 90.0)]
+    pub keys_pressure_percent: f64,
+    /// MemoryPressure below this share of MemTotal available, in percent.
+    #[arg(long, default_value_t = 5.0)]
+    pub memory_pressure_percent: f64,
+    /// MemoryPressure when memory PSI `full avg10` exceeds this percentage (0: off).
+    #[arg(long, default_value_t = 25.0)]
+    pub memory_pressure_psi: f64,
+    /// How often node conditions are recomputed, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub conditions_interval_secs: u64,
     /// Fake driver: delay before a task is RUNNING, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub fake_latency_ms: u64,
@@ -163,6 +201,7 @@ pub fn node_info(args: &NodeArgs, data_dir: &Path) -> Result<NodeInfo> {
         drivers: args.drivers.clone(),
         conditions: vec![],
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_url: None,
     })
 }
 
@@ -232,20 +271,99 @@ pub async fn start(
     }
     tracing::info!(drivers = ?node.drivers, "drivers");
     let node = &node;
-    let info = node_info(node, data_dir)?;
+    let mut info = node_info(node, data_dir)?;
     let (drivers, rx) = drivers(node, data_dir, &info.id).await?;
+    let view = start_observability(node, data_dir, &mut info, &shutdown).await?;
     let config = AgentConfig {
         servers,
         node: info,
         poll_wait: Duration::from_secs(25),
+        ghost_grace: Duration::from_secs(node.ghost_grace),
     };
-    let handle = Agent::start(config, drivers.clone(), rx, shutdown).await?;
+    let http = Agent::http_client()?;
+    let handle = Agent::start_with_view(config, http, drivers.clone(), rx, shutdown, view).await?;
     Ok((handle, drivers))
+}
+
+/// Starts the agent's HTTP endpoint (when `http_listen` is set; its URL goes into `info`) and
+/// the node-conditions loop; both stop on `shutdown`. Returns the view to start the agent with.
+async fn start_observability(
+    node: &NodeArgs,
+    data_dir: &Path,
+    info: &mut NodeInfo,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<AgentView> {
+    let view = AgentView::default();
+    if let Some(addr) = node.http_listen {
+        let listener = berth_agent::http::bind(addr)
+            .await
+            .with_context(|| format!("agent HTTP endpoint: binding {addr}"))?;
+        let local = listener.local_addr()?;
+        let url = node
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:{}", url_host(&info.address), local.port()));
+        tracing::info!(listen = %local, url, "agent HTTP endpoint (task logs, /metrics)");
+        info.agent_url = Some(url);
+        let (view, mut stop) = (view.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let done = async move {
+                let _ = stop.changed().await;
+            };
+            let paths = berth_agent::stats::HostPaths::default();
+            if let Err(e) = berth_agent::http::serve(listener, view, paths, done).await {
+                tracing::error!(error = %e, "agent HTTP endpoint failed");
+            }
+        });
+    }
+    let mut conditions = ConditionsConfig::new(
+        data_dir,
+        Thresholds {
+            disk_free_percent: node.disk_pressure_percent,
+            disk_free_bytes: node.disk_pressure_free_mb.saturating_mul(1024 * 1024),
+            pids_percent: node.pid_pressure_percent,
+            keys_percent: node.keys_pressure_percent,
+            mem_available_percent: node.memory_pressure_percent,
+            mem_psi_full_avg10: node.memory_pressure_psi,
+        },
+    );
+    if node.drivers.iter().any(|d| d == "docker") {
+        let host = node.docker_socket.clone();
+        conditions.docker_ping = Some(Arc::new(move || {
+            let host = host.clone();
+            Box::pin(async move {
+                DockerDriver::probe(host.as_deref(), Duration::from_secs(3))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }));
+    }
+    let interval = Duration::from_secs(node.conditions_interval_secs.max(1));
+    let (publish, mut stop) = (view.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let publish = move |c| publish.set_conditions(c);
+        tokio::select! {
+            _ = berth_agent::conditions::run_loop(conditions, interval, publish) => {}
+            _ = stop.changed() => {}
+        }
+    });
+    Ok(view)
+}
+
+/// A host for a URL: IPv6 addresses go in brackets.
+fn url_host(address: &str) -> String {
+    if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    }
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
     let (tx, rx) = watch::channel(false);
-    let (handle, _drivers) = start(args.servers.clone(), &args.data_dir, &args.node, rx).await?;
+    let mut node = args.node.clone();
+    node.http_listen = Some(args.listen);
+    let (handle, _drivers) = start(args.servers.clone(), &args.data_dir, &node, rx).await?;
     tracing::info!(servers = ?args.servers, data_dir = %args.data_dir.display(), "berth agent running");
     crate::shutdown_signal().await;
     // Tasks keep running: a restarted agent re-attaches to them.
