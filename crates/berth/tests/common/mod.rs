@@ -405,6 +405,9 @@ impl Cluster {
             .args(["agent", "--server", &self.url(), "--data-dir"])
             .arg(self.path().join("agent"))
             .args([
+                // The agent's own HTTP endpoint (logs, metrics): any free port.
+                "--listen",
+                "127.0.0.1:0",
                 "--address",
                 "127.0.0.1",
                 "--node-id",
