@@ -1,0 +1,382 @@
+//! Whole-control-plane benchmark: `berth server` + `berth sim` as separate processes, then
+//! N apps x M instances (fake driver) posted through the API, timed until every task is
+//! TASK_RUNNING, then API latency under that load. Run through `bench/control_plane.sh`.
+//!
+//! `control_plane [--quick] [--nodes N] [--apps A] [--instances I] [--clients C]
+//!  [--seconds S] [--berth PATH]`
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+struct Opts {
+    nodes: usize,
+    apps: usize,
+    instances: usize,
+    clients: usize,
+    seconds: u64,
+    berth: std::path::PathBuf,
+    timeout: u64,
+}
+
+fn opts() -> Res<Opts> {
+    let mut o = Opts {
+        nodes: 5000,
+        apps: 1000,
+        instances: 100,
+        clients: 16,
+        seconds: 10,
+        berth: std::env::current_exe()?
+            .parent()
+            .and_then(|p| p.parent())
+            .ok_or("cannot locate the target dir")?
+            .join("berth"),
+        timeout: 600,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let val = |i: usize| -> Res<&String> {
+            args.get(i + 1)
+                .ok_or_else(|| format!("{} needs a value", args[i]).into())
+        };
+        match args[i].as_str() {
+            "--quick" => {
+                o.nodes = 200;
+                o.apps = 20;
+                o.instances = 100;
+                o.seconds = 3;
+                i += 1;
+                continue;
+            }
+            "--nodes" => o.nodes = val(i)?.parse()?,
+            "--apps" => o.apps = val(i)?.parse()?,
+            "--instances" => o.instances = val(i)?.parse()?,
+            "--clients" => o.clients = val(i)?.parse()?,
+            "--seconds" => o.seconds = val(i)?.parse()?,
+            "--timeout" => o.timeout = val(i)?.parse()?,
+            "--berth" => o.berth = val(i)?.into(),
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+        i += 2;
+    }
+    Ok(o)
+}
+
+/// Kills the child processes when the benchmark ends, however it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields after the command: state is 0, utime is 11, stime is 12.
+    (t(11) + t(12)) / 100.0
+}
+
+async fn gauge(http: &reqwest::Client, base: &str, name: &str) -> Res<u64> {
+    let v: serde_json::Value = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(v["gauges"][name]["value"].as_u64().unwrap_or(0))
+}
+
+fn app_body(i: usize, instances: usize) -> serde_json::Value {
+    serde_json::json!({
+        "id": format!("/bench/app-{i:04}"),
+        "cmd": "sleep 1",
+        "cpus": 0.01,
+        "mem": 1,
+        "instances": instances,
+        "labels": {"BERTH_DRIVER": "fake"},
+    })
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Lat {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    n: usize,
+    errors: usize,
+}
+
+/// `clients` concurrent loops GETting `path(i)` for `secs`; latencies in ms.
+async fn load(
+    http: &reqwest::Client,
+    base: &str,
+    clients: usize,
+    secs: u64,
+    path: Arc<dyn Fn(usize) -> String + Send + Sync>,
+) -> Lat {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let mut joins = Vec::new();
+    for _ in 0..clients {
+        let http = http.clone();
+        let base = base.to_string();
+        let path = path.clone();
+        let counter = counter.clone();
+        joins.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            while Instant::now() < until {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                let ok = match http.get(format!("{base}{}", path(i))).send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    _ => false,
+                };
+                if ok {
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for j in joins {
+        if let Ok((l, e)) = j.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    all.sort_by(|a, b| a.total_cmp(b));
+    Lat {
+        p50: pct(&all, 0.50),
+        p99: pct(&all, 0.99),
+        max: all.last().copied().unwrap_or(f64::NAN),
+        n: all.len(),
+        errors,
+    }
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let o = opts()?;
+    if !o.berth.exists() {
+        return Err(format!("{} not found (build it first)", o.berth.display()).into());
+    }
+    let total = o.apps * o.instances;
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let quiet = |c: &mut Command| {
+        c.stdout(Stdio::null()).stderr(Stdio::inherit());
+    };
+    let mut server = Command::new(&o.berth);
+    server
+        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("server"))
+        .env("BERTH_LOG", "warn");
+    quiet(&mut server);
+    let mut procs = Procs(vec![server.spawn()?]);
+    let server_pid = procs.0[0].id();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let t = Instant::now();
+    while http.get(format!("{base}/ping")).send().await.is_err() {
+        if t.elapsed() > Duration::from_secs(30) {
+            return Err("the server did not come up".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut sim = Command::new(&o.berth);
+    sim.args(["sim", "--server", &base, "--nodes", &o.nodes.to_string()])
+        .args([
+            "--attributes",
+            "rack=r1..r40",
+            "--cpus",
+            "32",
+            "--mem",
+            "128000",
+        ]);
+    quiet(&mut sim);
+    procs.0.push(sim.spawn()?);
+    let sim_pid = procs.0[1].id();
+    let t_reg = Instant::now();
+    loop {
+        let ready = gauge(&http, &base, "berth.nodes.ready").await.unwrap_or(0);
+        if ready as usize >= o.nodes {
+            break;
+        }
+        if t_reg.elapsed() > Duration::from_secs(o.timeout) {
+            return Err(format!("only {ready} of {} nodes registered", o.nodes).into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reg_secs = t_reg.elapsed().as_secs_f64();
+    eprintln!("{} nodes registered in {reg_secs:.1} s", o.nodes);
+    let server_cpu0 = cpu_secs(server_pid);
+    let sim_cpu0 = cpu_secs(sim_pid);
+
+    // Post every app, 32 requests in flight.
+    let t0 = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut posters = Vec::new();
+    for _ in 0..32 {
+        let http = http.clone();
+        let base = base.clone();
+        let next = next.clone();
+        let (apps, instances) = (o.apps, o.instances);
+        posters.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= apps {
+                    return Ok::<(), String>(());
+                }
+                let r = http
+                    .post(format!("{base}/v2/apps"))
+                    .json(&app_body(i, instances))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !r.status().is_success() {
+                    let s = r.status();
+                    return Err(format!(
+                        "POST app {i}: {s}: {}",
+                        r.text().await.unwrap_or_default()
+                    ));
+                }
+            }
+        }));
+    }
+    for p in posters {
+        p.await??;
+    }
+    let post_secs = t0.elapsed().as_secs_f64();
+    eprintln!("{} apps posted in {post_secs:.2} s", o.apps);
+    let mut last_print = Instant::now();
+    let running_secs = loop {
+        let running = gauge(&http, &base, "berth.tasks.TASK_RUNNING")
+            .await
+            .unwrap_or(0);
+        if running as usize >= total {
+            break t0.elapsed().as_secs_f64();
+        }
+        if last_print.elapsed() > Duration::from_secs(2) {
+            eprintln!(
+                "  {:>6.1} s: {running} of {total} running (server rss {:.0} MB)",
+                t0.elapsed().as_secs_f64(),
+                rss_mb(server_pid)
+            );
+            last_print = Instant::now();
+        }
+        if t0.elapsed() > Duration::from_secs(o.timeout) {
+            return Err(format!(
+                "only {running} of {total} tasks running after {} s",
+                o.timeout
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let server_cpu = cpu_secs(server_pid) - server_cpu0;
+    let sim_cpu = cpu_secs(sim_pid) - sim_cpu0;
+    let server_rss = rss_mb(server_pid);
+    let sim_rss = rss_mb(sim_pid);
+    eprintln!("all {total} tasks running after {running_secs:.2} s; measuring API latency");
+
+    let list = load(
+        &http,
+        &base,
+        o.clients,
+        o.seconds,
+        Arc::new(|_| "/v2/apps".to_string()),
+    )
+    .await;
+    let apps = o.apps;
+    let one = load(
+        &http,
+        &base,
+        o.clients,
+        o.seconds,
+        Arc::new(move |i| format!("/v2/apps/bench/app-{:04}", (i * 7919) % apps)),
+    )
+    .await;
+    let server_rss_after = rss_mb(server_pid);
+
+    let rate = total as f64 / running_secs;
+    println!();
+    println!(
+        "Berth control plane: {} simulated nodes, {} apps x {} instances = {total} tasks (fake driver), 2 cores",
+        o.nodes, o.apps, o.instances
+    );
+    println!("| metric | Berth | target | anchor |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {} nodes registered | {reg_secs:.1} s | | Kubemark ~10 hollow nodes/core |",
+        o.nodes
+    );
+    println!(
+        "| {total} tasks: POST -> all TASK_RUNNING | {running_secs:.1} s ({rate:.0} tasks/s) | <= 30 s for 100k | Nomad C1M 3,750/s; C2M ~1,500/s; Marathon 14.2 s for 500 instances |"
+    );
+    println!(
+        "| {} app POSTs (32 in flight) | {post_secs:.2} s | | |",
+        o.apps
+    );
+    println!(
+        "| server CPU during rollout | {server_cpu:.1} s ({:.0}% of one core) | | |",
+        100.0 * server_cpu / running_secs
+    );
+    println!("| sim CPU during rollout | {sim_cpu:.1} s | | Kubemark 0.09 CPU per hollow node |");
+    println!(
+        "| server RSS at {total} tasks | {server_rss:.0} MB ({server_rss_after:.0} MB after API load) | | Kubemark 220 MB per hollow node |"
+    );
+    println!(
+        "| sim RSS ({} agents) | {sim_rss:.0} MB ({:.1} KB/node) | | |",
+        o.nodes,
+        sim_rss * 1024.0 / o.nodes as f64
+    );
+    println!(
+        "| GET /v2/apps ({} apps), {} clients | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} req, {} err) | p99 <= 50 ms | Marathon: 12 s at 1,000 tasks |",
+        o.apps, o.clients, list.p50, list.p99, list.max, list.n, list.errors
+    );
+    println!(
+        "| GET /v2/apps/{{id}}, {} clients | p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms ({} req, {} err) | p99 <= 5 ms | |",
+        o.clients, one.p50, one.p99, one.max, one.n, one.errors
+    );
+    drop(procs);
+    Ok(())
+}
