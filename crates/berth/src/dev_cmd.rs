@@ -40,6 +40,10 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
     if args.node.address.is_none() {
         args.node.address = Some("127.0.0.1".into());
     }
+    // The agent's HTTP endpoint (task logs, /metrics) on an ephemeral port.
+    args.node
+        .http_listen
+        .get_or_insert(SocketAddr::from(([127, 0, 0, 1], 0)));
     let (tx, rx) = watch::channel(false);
     let (handle, drivers) =
         agent_cmd::start(vec![url.clone()], &data_dir.join("agent"), &args.node, rx).await?;
