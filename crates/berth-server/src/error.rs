@@ -86,7 +86,16 @@ impl From<ValidationErrors> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), axum::Json(self.body())).into_response()
+        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+        if matches!(self, Self::PayloadTooLarge(_)) {
+            // The rest of the body was not read: the connection cannot be reused, and the
+            // client must know before it sends the next request on it.
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        resp
     }
 }
 

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
-    /// Server URL; repeat for several servers.
-    #[arg(long = "server", required = true)]
+    /// Server URLs: the global `--server` (repeatable), filled in by `main`.
+    #[arg(skip)]
     pub servers: Vec<String>,
     /// Where the agent keeps task sandboxes, logs and its node id.
     #[arg(long, default_value = "/var/lib/berth/agent")]

@@ -7,7 +7,9 @@ mod server_cmd;
 mod sim_cmd;
 
 use anyhow::Result;
-use berth_cli::{AppCmd, ClientCommand, ClientOpts, DeploymentCmd, EventsArgs, NodeCmd, TaskCmd};
+use berth_cli::{
+    AppCmd, ClientCommand, ClientOpts, DeploymentCmd, EventsArgs, NodeCmd, OutputFormat, TaskCmd,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -17,6 +19,17 @@ use clap::{Parser, Subcommand};
     about = "Berth: a container platform for private clouds, in one binary."
 )]
 struct Cli {
+    /// Berth server URL (BERTH_ADDR); an agent or sim may name several (repeat or comma-separate).
+    #[arg(
+        long = "server",
+        env = "BERTH_ADDR",
+        global = true,
+        value_delimiter = ','
+    )]
+    servers: Vec<String>,
+    /// Output format of client commands: aligned tables for people, JSON for scripts.
+    #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
+    output: OutputFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,40 +45,15 @@ enum Command {
     /// Simulate many nodes in one process (real agent protocol, fake driver), for load tests.
     Sim(sim_cmd::SimArgs),
     /// Create, update, scale, restart and delete apps.
-    App {
-        #[command(flatten)]
-        opts: ClientOpts,
-        #[command(flatten)]
-        cmd: AppCmd,
-    },
+    App(AppCmd),
     /// List and kill tasks.
-    Task {
-        #[command(flatten)]
-        opts: ClientOpts,
-        #[command(flatten)]
-        cmd: TaskCmd,
-    },
+    Task(TaskCmd),
     /// List and cancel deployments.
-    Deployment {
-        #[command(flatten)]
-        opts: ClientOpts,
-        #[command(flatten)]
-        cmd: DeploymentCmd,
-    },
+    Deployment(DeploymentCmd),
     /// Follow the event stream.
-    Events {
-        #[command(flatten)]
-        opts: ClientOpts,
-        #[command(flatten)]
-        args: EventsArgs,
-    },
+    Events(EventsArgs),
     /// Inspect nodes.
-    Node {
-        #[command(flatten)]
-        opts: ClientOpts,
-        #[command(flatten)]
-        cmd: NodeCmd,
-    },
+    Node(NodeCmd),
     /// Internal: the per-task supervisor of the exec driver.
     #[command(name = "__shim", hide = true)]
     Shim { task_dir: std::path::PathBuf },
@@ -99,28 +87,62 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli.command)) {
+    match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<ClientExit>() {
+            Some(ClientExit(code)) => std::process::ExitCode::from((*code).clamp(1, 255) as u8),
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// A client command failed: already reported, exit with this code (2 = bad input).
+#[derive(Debug)]
+struct ClientExit(i32);
+
+impl std::fmt::Display for ClientExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientExit {}
+
+async fn client(opts: ClientOpts, cmd: ClientCommand) -> Result<()> {
+    match berth_cli::run(&opts, cmd).await {
+        Ok(()) => Ok(()),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            eprintln!("{}", e.report());
+            Err(ClientExit(e.exit_code()).into())
         }
     }
 }
 
-async fn client(opts: ClientOpts, cmd: ClientCommand) -> Result<()> {
-    berth_cli::run(&opts, cmd)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-async fn run(command: Command) -> Result<()> {
-    match command {
+async fn run(cli: Cli) -> Result<()> {
+    let opts = ClientOpts {
+        server: cli
+            .servers
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into()),
+        output: cli.output,
+    };
+    let need_servers = |what: &str| -> Result<Vec<String>> {
+        if cli.servers.is_empty() {
+            anyhow::bail!("berth {what} needs --server URL (or BERTH_ADDR)");
+        }
+        Ok(cli.servers.clone())
+    };
+    match cli.command {
         Command::Server(args) => {
             init_logging();
             server_cmd::run(args).await
         }
-        Command::Agent(args) => {
+        Command::Agent(mut args) => {
+            args.servers = need_servers("agent")?;
             init_logging();
             agent_cmd::run(args).await
         }
@@ -128,15 +150,16 @@ async fn run(command: Command) -> Result<()> {
             init_logging();
             dev_cmd::run(args).await
         }
-        Command::Sim(args) => {
+        Command::Sim(mut args) => {
+            args.servers = need_servers("sim")?;
             sim_cmd::init_logging();
             sim_cmd::run(args).await
         }
-        Command::App { opts, cmd } => client(opts, ClientCommand::App(cmd)).await,
-        Command::Task { opts, cmd } => client(opts, ClientCommand::Task(cmd)).await,
-        Command::Deployment { opts, cmd } => client(opts, ClientCommand::Deployment(cmd)).await,
-        Command::Events { opts, args } => client(opts, ClientCommand::Events(args)).await,
-        Command::Node { opts, cmd } => client(opts, ClientCommand::Node(cmd)).await,
+        Command::App(cmd) => client(opts, ClientCommand::App(cmd)).await,
+        Command::Task(cmd) => client(opts, ClientCommand::Task(cmd)).await,
+        Command::Deployment(cmd) => client(opts, ClientCommand::Deployment(cmd)).await,
+        Command::Events(args) => client(opts, ClientCommand::Events(args)).await,
+        Command::Node(cmd) => client(opts, ClientCommand::Node(cmd)).await,
         Command::Shim { .. } => Ok(()),
     }
 }

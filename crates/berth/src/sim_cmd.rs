@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
-    /// Server URL; repeat for several servers.
-    #[arg(long = "server", required = true)]
+    /// Server URLs: the global `--server` (repeatable), filled in by `main`.
+    #[arg(skip)]
     pub servers: Vec<String>,
     /// Number of simulated nodes.
     #[arg(long, default_value_t = 100)]
@@ -157,6 +157,7 @@ pub async fn start(
             servers: args.servers.clone(),
             node: node_info(args, &attrs, i),
             poll_wait: Duration::from_secs(args.poll_wait.max(1)),
+            ghost_grace: Duration::from_secs(30),
         };
         let h =
             Agent::start_with_client(config, http.clone(), drivers, rx, shutdown.clone()).await?;
