@@ -57,8 +57,13 @@ async fn create(env: &Env, app: &Value) -> String {
 
 /// `PUT /v2/apps/{id}`; returns (version, deployment id).
 async fn update(env: &Env, app: &Value) -> (String, String) {
+    update_q(env, app, "").await
+}
+
+/// `PUT /v2/apps/{id}{query}`; returns (version, deployment id).
+async fn update_q(env: &Env, app: &Value, query: &str) -> (String, String) {
     let id = app["id"].as_str().unwrap();
-    let r = env.api.put(&format!("/v2/apps{id}"), app).await;
+    let r = env.api.put(&format!("/v2/apps{id}{query}"), app).await;
     assert!(r.status == 200 || r.status == 201, "PUT {id}: {}", r.text);
     (
         r.json["version"].as_str().unwrap().to_string(),
@@ -560,7 +565,8 @@ async fn backoff_grows_is_capped_and_resets() {
     es.drain_for(Duration::from_millis(50)).await;
     let known = staged_ids(&es, &app);
     def["cmd"] = json!("echo crashing v2; exit 1");
-    let (version, _) = update(&env, &def).await;
+    // The crash-looping first deployment never finishes: the app is locked without force.
+    let (version, _) = update_q(&env, &def, "?force=true").await;
     q.last = 0.0;
     let took = next_launch(&mut es, &app, &known).await;
     assert!(

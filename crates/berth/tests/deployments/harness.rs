@@ -167,7 +167,7 @@ impl Env {
             .args(["--address", "127.0.0.1", "--node-id", id, "--hostname"])
             .arg(format!("host-{id}"))
             .args(["--cpus", "4", "--mem", "4096", "--disk", "10000"])
-            .args(["--drivers", "exec", "--ports"])
+            .args(["--listen", "127.0.0.1:0", "--drivers", "exec", "--ports"])
             .arg(format!("{}-{}", a.ports.0, a.ports.1));
         for (k, v) in &a.attributes {
             cmd.arg("--attribute").arg(format!("{k}={v}"));
