@@ -446,20 +446,35 @@ impl Shared {
                 self.kill_reasons.lock().remove(&id);
                 self.stop_checkers(&id);
             } else {
-                let first_seen = *self.ghosts.lock().entry(id.clone()).or_insert_with(|| {
+                let newly_seen = {
+                    let mut ghosts = self.ghosts.lock();
+                    if ghosts.contains_key(&id) {
+                        false
+                    } else {
+                        ghosts.insert(id.clone(), tokio::time::Instant::now());
+                        true
+                    }
+                };
+                if newly_seen {
                     tracing::warn!(
                         task = %id,
                         grace = ?self.config.ghost_grace,
                         "ghost: a task the server does not list is running here; stopping it after the grace period"
                     );
-                    tokio::time::Instant::now()
-                });
-                if first_seen.elapsed() >= self.config.ghost_grace {
-                    tracing::warn!(task = %id, "stopping ghost task");
-                    self.kill_reasons
-                        .lock()
-                        .insert(id.clone(), "ghost: not known to the server".into());
-                    self.spawn_kill(&id, t.driver, Self::kill_grace(None));
+                    // A timer of its own: reconcile may not run again before the grace ends.
+                    let me = self.clone();
+                    let driver = t.driver;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(me.config.ghost_grace).await;
+                        // Still a ghost? (reconcile forgets tasks the server lists again)
+                        if me.ghosts.lock().remove(&id).is_some() {
+                            tracing::warn!(task = %id, "stopping ghost task");
+                            me.kill_reasons
+                                .lock()
+                                .insert(id.clone(), "ghost: not known to the server".into());
+                            me.spawn_kill(&id, driver, Self::kill_grace(None));
+                        }
+                    });
                 }
             }
         }
