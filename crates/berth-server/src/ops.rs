@@ -207,6 +207,15 @@ fn start_deployment(
     r
 }
 
+/// All actions in one step (no step at all when there is nothing to do).
+fn one_step(actions: Vec<DeploymentAction>) -> Vec<DeploymentStep> {
+    if actions.is_empty() {
+        vec![]
+    } else {
+        vec![DeploymentStep { actions }]
+    }
+}
+
 fn step(action: ActionKind, app: &str) -> DeploymentStep {
     DeploymentStep {
         actions: vec![DeploymentAction {
@@ -816,11 +825,7 @@ pub fn create_group(
         target.insert(app.id.clone(), Some(app.clone()));
         save_app(st, ch, Arc::new(app), ctx);
     }
-    let steps = if actions.is_empty() {
-        vec![]
-    } else {
-        vec![DeploymentStep { actions }]
-    };
+    let steps = one_step(actions);
     Ok(start_deployment(
         st, ch, &version, now, steps, original, target,
     ))
@@ -864,11 +869,7 @@ pub fn delete_group(
         st.groups.remove(&g);
         ch.delete(format!("{K_GROUPS}{g}"));
     }
-    let steps = if actions.is_empty() {
-        vec![]
-    } else {
-        vec![DeploymentStep { actions }]
-    };
+    let steps = one_step(actions);
     Ok(start_deployment(
         st, ch, &version, now, steps, original, target,
     ))
@@ -928,11 +929,7 @@ pub fn scale_group(
         target.insert(app_id.clone(), Some(new.clone()));
         save_app(st, ch, Arc::new(new), ctx);
     }
-    let steps = if actions.is_empty() {
-        vec![]
-    } else {
-        vec![DeploymentStep { actions }]
-    };
+    let steps = one_step(actions);
     Ok(start_deployment(
         st, ch, &version, now, steps, original, target,
     ))
@@ -1014,11 +1011,7 @@ pub fn cancel_deployment(
             }
         }
     }
-    let steps = if actions.is_empty() {
-        vec![]
-    } else {
-        vec![DeploymentStep { actions }]
-    };
+    let steps = one_step(actions);
     let r = start_deployment(st, ch, &version, now, steps, original, target);
     if let Some(nd) = st.deployments.get_mut(&r.deployment_id) {
         nd.rollback_of = Some(id.to_string());
