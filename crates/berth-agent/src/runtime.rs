@@ -368,7 +368,7 @@ impl Shared {
             task_id: a.task_id.clone(),
             app_id: a.app_id.clone(),
             version: a.version.clone(),
-            app: a.app.clone(),
+            app: (*a.app).clone(),
             ports: a.ports.clone(),
             host: a.host.clone(),
             node_id: node_id.to_string(),
@@ -698,6 +698,8 @@ async fn report_loop(s: Arc<Shared>) {
 
 async fn poll_loop(s: Arc<Shared>) {
     let mut generation = 0u64;
+    // The node's whole assignment list, kept up to date from full lists and deltas.
+    let mut current: HashMap<String, Assignment> = HashMap::new();
     let mut delay = Duration::from_millis(200);
     loop {
         let path = format!(
@@ -714,15 +716,30 @@ async fn poll_loop(s: Arc<Shared>) {
             )
             .await;
         match r {
-            Ok(list) => {
+            Ok(mut list) => {
                 delay = Duration::from_millis(200);
-                s.reconcile(&list);
+                let missing = list.resolve_apps();
+                if !missing.is_empty() {
+                    // Cannot happen with a server of this version; ask for a full list.
+                    tracing::warn!(tasks = ?missing, "assignments without their app definition; re-fetching");
+                    generation = 0;
+                    continue;
+                }
+                let moved = list.generation != generation;
+                merge_assignments(&mut current, list.full, list.assignments, &list.removed);
+                generation = list.generation;
+                s.reconcile(&Assignments {
+                    generation,
+                    full: true,
+                    assignments: current.values().cloned().collect(),
+                    removed: vec![],
+                    apps: vec![],
+                });
                 // Always re-check soon even if the generation did not move: local state
                 // (a finished start, a kill) may need another pass.
-                if list.generation == generation {
+                if !moved {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                generation = list.generation;
             }
             Err(AgentError::NotRegistered) => {
                 s.register_until_ok().await;
@@ -734,6 +751,24 @@ async fn poll_loop(s: Arc<Shared>) {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Applies a full list (replace) or a delta (upsert the changed, drop the removed).
+fn merge_assignments(
+    current: &mut HashMap<String, Assignment>,
+    full: bool,
+    assignments: Vec<Assignment>,
+    removed: &[String],
+) {
+    if full {
+        current.clear();
+    }
+    for id in removed {
+        current.remove(id);
+    }
+    for a in assignments {
+        current.insert(a.task_id.clone(), a);
     }
 }
 

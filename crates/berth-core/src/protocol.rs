@@ -4,7 +4,8 @@
 //!
 //! - `POST /api/v1/agent/register` body [`NodeInfo`] -> [`RegisterResponse`]
 //! - `GET  /api/v1/agent/{node}/assignments?after=G&wait=S` -> [`Assignments`]
-//!   (returns at once when the node's generation differs from `G`, else after up to `S` s)
+//!   (returns at once when the node's generation differs from `G`, else after up to `S` s;
+//!   with `G` > 0 and recent enough, only what changed since `G`: see [`Assignments::full`])
 //! - `POST /api/v1/agent/{node}/status` body [`StatusReport`] -> [`StatusAck`]
 //!   (also the heartbeat; 404 means "register again")
 
@@ -12,6 +13,8 @@ use crate::app::AppDefinition;
 use crate::node::{NodeCondition, NodeInfo, NodeResources};
 use crate::task::{HealthResult, TaskGoal, TaskState};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,8 +36,10 @@ pub struct Assignment {
     pub resources: NodeResources,
     #[serde(default)]
     pub cpuset: Vec<u32>,
-    /// The app definition at `version`.
-    pub app: AppDefinition,
+    /// The app definition at `version`. Not on the wire: each distinct definition travels
+    /// once per response in [`Assignments::apps`]; [`Assignments::resolve_apps`] fills it in.
+    #[serde(skip)]
+    pub app: Arc<AppDefinition>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,7 +47,42 @@ pub struct Assignment {
 pub struct Assignments {
     /// Changes whenever this node's assignment set changes.
     pub generation: u64,
+    /// `true`: `assignments` is the node's whole list. `false`: a delta since the generation
+    /// the agent asked `after`: `assignments` are the tasks added or changed, `removed` the
+    /// ids no longer assigned. A node with thousands of tasks thus receives only what
+    /// changed, not its whole list at every change.
+    #[serde(default = "yes")]
+    pub full: bool,
     pub assignments: Vec<Assignment>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// Each app definition the assignments refer to, once (by `id` and `version`).
+    #[serde(default)]
+    pub apps: Vec<Arc<AppDefinition>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Assignments {
+    /// Points every assignment at its app definition from [`Assignments::apps`]. Returns
+    /// the ids of assignments whose definition is missing (they keep an empty one).
+    pub fn resolve_apps(&mut self) -> Vec<String> {
+        let by_version: HashMap<(&str, &str), &Arc<AppDefinition>> = self
+            .apps
+            .iter()
+            .map(|a| ((a.id.as_str(), a.version.as_deref().unwrap_or("")), a))
+            .collect();
+        let mut missing = Vec::new();
+        for a in &mut self.assignments {
+            match by_version.get(&(a.app_id.as_str(), a.version.as_str())) {
+                Some(def) => a.app = Arc::clone(def),
+                None => missing.push(a.task_id.clone()),
+            }
+        }
+        missing
+    }
 }
 
 /// A task's state as the agent observed it.

@@ -26,63 +26,128 @@ pub const LABEL_CPU_MODE: &str = "BERTH_CPU_MODE";
 /// Most tasks launched per app in one pass, so one huge app cannot starve the others.
 const MAX_LAUNCH_PER_APP_PER_PASS: usize = 5000;
 
+/// Every app is looked at this often even when nothing marked it (time-based conditions:
+/// `inactiveAfterSeconds`, `expungeAfterSeconds`; and the level-triggered safety net).
+const FULL_PASS_EVERY: u32 = 4;
+
+/// A pass looks at apps until it has visited this many tasks, then releases the lock (and
+/// continues in the next chunk), so API requests never wait behind a whole-cluster pass.
+const TASKS_PER_CHUNK: usize = 4000;
+
 pub async fn run(shared: Shared) {
     let interval = shared.config.reconcile_interval;
+    let mut ticks = 0u32;
     loop {
-        tokio::select! {
-            _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep(interval) => {}
+        let woken = tokio::select! {
+            _ = shared.wake.notified() => true,
+            _ = tokio::time::sleep(interval) => false,
+        };
+        if !woken {
+            ticks += 1;
+            if ticks >= FULL_PASS_EVERY {
+                ticks = 0;
+                let mut st = shared.state.lock();
+                let all: Vec<String> = st.apps.keys().cloned().collect();
+                st.dirty_apps.extend(all);
+                st.full_pass = true;
+            }
         }
         let node_timeout = shared.config.node_timeout;
-        let result = shared
-            .apply(|st, ch| {
-                reconcile(st, ch, berth_core::time::now_millis(), node_timeout);
-                Ok(())
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "reconcile pass failed; retrying");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        loop {
+            let result = shared
+                .apply(|st, ch| {
+                    let now = berth_core::time::now_millis();
+                    Ok(reconcile_chunk(st, ch, now, node_timeout, TASKS_PER_CHUNK))
+                })
+                .await;
+            match result {
+                Ok(true) => tokio::task::yield_now().await,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconcile pass failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
         }
         // Let a burst of changes accumulate instead of reconciling after every single one.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// One full pass.
+/// One full pass over every app (tests, and anything that wants the whole picture now).
 pub fn reconcile(st: &mut Cluster, ch: &mut Changes, now: i64, node_timeout: Duration) {
+    let all: Vec<String> = st.apps.keys().cloned().collect();
+    st.dirty_apps.extend(all);
+    st.full_pass = true;
+    while reconcile_chunk(st, ch, now, node_timeout, usize::MAX) {}
+}
+
+/// Looks at the apps marked dirty (by changes to them or their tasks, node changes, expired
+/// launch delays), visiting at most about `task_budget` tasks. Returns whether apps are left.
+pub fn reconcile_chunk(
+    st: &mut Cluster,
+    ch: &mut Changes,
+    now: i64,
+    node_timeout: Duration,
+    task_budget: usize,
+) -> bool {
     check_nodes(st, ch, now, node_timeout);
-    let app_ids: Vec<String> = st.apps.keys().cloned().collect();
-    for id in app_ids {
+    // Launch delays that ran out since the last look: their apps may launch again.
+    let expired: Vec<String> = st
+        .delays
+        .iter()
+        .filter(|(_, d)| d.until > st.delays_checked_at && d.until <= now)
+        .map(|(id, _)| id.clone())
+        .collect();
+    st.dirty_apps.extend(expired);
+    st.delays_checked_at = now;
+
+    let mut visited = 0usize;
+    let mut done: std::collections::HashSet<String> = Default::default();
+    while visited < task_budget {
+        let Some(id) = st.dirty_apps.pop_first() else {
+            break;
+        };
+        visited += 1 + st.tasks_by_app.get(&id).map_or(0, |t| t.len());
         if let Some(app) = st.apps.get(&id).cloned() {
             reconcile_app(st, ch, &app, now);
         }
+        expunge_unreachable(st, ch, &id, now);
+        done.insert(id);
     }
-    kill_orphans(st, ch);
-    expunge_unreachable(st, ch, now);
-    progress_deployments(st, ch);
+    let more = !st.dirty_apps.is_empty();
+    // Apps marked again by this chunk's own changes are looked at in the next pass.
+    if !more {
+        kill_orphans(st, ch);
+    }
+    let full = st.full_pass && !more;
+    progress_deployments(st, ch, |app| full || done.contains(app));
+    if full {
+        st.full_pass = false;
+    }
+    more
 }
 
 /// Unreachable tasks are forgotten after their app's `expungeAfterSeconds`. If their node
 /// comes back, its agent stops them because the server no longer lists them.
-fn expunge_unreachable(st: &mut Cluster, ch: &mut Changes, now: i64) {
+fn expunge_unreachable(st: &mut Cluster, ch: &mut Changes, app_id: &str, now: i64) {
+    let after = st
+        .apps
+        .get(app_id)
+        .and_then(|a| match &a.unreachable_strategy {
+            berth_core::app::UnreachableStrategy::Enabled(e) => {
+                Some((e.expunge_after_seconds * 1000.0) as i64)
+            }
+            berth_core::app::UnreachableStrategy::Disabled(_) => None,
+        });
+    let app_exists = st.apps.contains_key(app_id);
     let expired: Vec<String> = st
-        .tasks
-        .values()
+        .app_tasks(app_id)
         .filter(|t| t.state == TaskState::Unreachable)
+        // Apps that are gone: nothing to wait for.
         .filter(|t| {
-            let after = st
-                .apps
-                .get(&t.app_id)
-                .and_then(|a| match &a.unreachable_strategy {
-                    berth_core::app::UnreachableStrategy::Enabled(e) => {
-                        Some((e.expunge_after_seconds * 1000.0) as i64)
-                    }
-                    berth_core::app::UnreachableStrategy::Disabled(_) => None,
-                });
-            // Apps that are gone: nothing to wait for.
-            after.is_none_or(|ms| now - t.updated_at >= ms)
-                && (after.is_some() || !st.apps.contains_key(&t.app_id))
+            after.is_none_or(|ms| now - t.updated_at >= ms) && (after.is_some() || !app_exists)
         })
         .map(|t| t.id.clone())
         .collect();
@@ -686,8 +751,14 @@ fn blocked_reason(st: &Cluster, app_id: &str, target: Option<&AppDefinition>) ->
     }
 }
 
-fn progress_deployments(st: &mut Cluster, ch: &mut Changes) {
-    let ids: Vec<String> = st.deployments.keys().cloned().collect();
+/// Moves forward the deployments that touch an app `looked_at` selects.
+fn progress_deployments(st: &mut Cluster, ch: &mut Changes, looked_at: impl Fn(&str) -> bool) {
+    let ids: Vec<String> = st
+        .deployments
+        .values()
+        .filter(|d| d.affected_apps.iter().any(|a| looked_at(a)))
+        .map(|d| d.id.clone())
+        .collect();
     for id in ids {
         let Some(d) = st.deployments.get(&id).cloned() else {
             continue;
@@ -821,7 +892,7 @@ mod tests {
             };
             apply_statuses(st, &mut ch, &node, &[s], false, 0);
         }
-        st.committed(&ch.new_tasks, &ch.nodes);
+        st.committed(&ch);
     }
 
     fn counts(st: &Cluster, app: &str) -> (usize, usize) {
@@ -855,7 +926,7 @@ mod tests {
         for _ in 0..steps {
             let mut ch = Changes::default();
             reconcile(st, &mut ch, 0, Duration::from_secs(3600));
-            st.committed(&ch.new_tasks, &ch.nodes);
+            st.committed(&ch);
             check(st);
             if st.deployments.is_empty() {
                 return true;
@@ -967,7 +1038,7 @@ mod tests {
         for _ in 0..50 {
             let mut ch = Changes::default();
             reconcile(&mut st, &mut ch, 0, Duration::from_secs(3600));
-            st.committed(&ch.new_tasks, &ch.nodes);
+            st.committed(&ch);
             min_healthy = min_healthy.min(counts(&st, "/web").1);
             agents_step(&mut st, &|_| true);
             min_healthy = min_healthy.min(counts(&st, "/web").1);
@@ -1052,7 +1123,7 @@ mod tests {
         );
         // After inactiveAfterSeconds, a replacement starts elsewhere.
         reconcile(&mut st, &mut ch, 26_000, timeout);
-        st.committed(&ch.new_tasks, &ch.nodes);
+        st.committed(&ch);
         let replacement: Vec<_> = st
             .app_tasks("/web")
             .filter(|t| t.id != lost_task && t.node_id != lost_node)
@@ -1145,7 +1216,7 @@ mod tests {
                 .unwrap_or(now)
                 .max(now);
             reconcile(&mut st, &mut ch, now, Duration::from_secs(3600));
-            st.committed(&ch.new_tasks, &ch.nodes);
+            st.committed(&ch);
             let t = st
                 .app_tasks("/web")
                 .find(|t| t.goal == TaskGoal::Running)

@@ -58,9 +58,34 @@ pub struct Inner {
     pub wake: Notify,
     pub config: ServerConfig,
     pub started_at: i64,
+    /// The last rendering of a read-heavy listing, reused while the state is unchanged.
+    pub render_cache: RenderCache,
 }
 
 pub type Shared = Arc<Inner>;
+
+/// One cached response body, valid for one state revision and one query.
+#[derive(Default)]
+pub struct RenderCache {
+    slot: Mutex<Option<(u64, String, bytes::Bytes)>>,
+}
+
+impl RenderCache {
+    pub fn get(&self, revision: u64, key: &str) -> Option<bytes::Bytes> {
+        match &*self.slot.lock() {
+            Some((r, k, body)) if *r == revision && k == key => Some(body.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put(&self, revision: u64, key: String, body: bytes::Bytes) {
+        let mut slot = self.slot.lock();
+        // Never replace a newer rendering with an older one.
+        if slot.as_ref().is_none_or(|(r, _, _)| *r <= revision) {
+            *slot = Some((revision, key, body));
+        }
+    }
+}
 
 impl Inner {
     /// Runs one mutation: `f` validates and changes the in-memory model under the lock and
@@ -74,11 +99,14 @@ impl Inner {
         let (result, rx) = {
             let mut st = self.state.lock();
             let r = f(&mut st, &mut ch)?;
+            note_changes(&mut st, &ch);
             let rx = if ch.ops.is_empty() {
                 None
             } else {
                 let (tx, rx) = oneshot::channel();
                 let ops = std::mem::take(&mut ch.ops);
+                // `ops` is emptied: remember that there was something to persist.
+                ch.persisted = true;
                 if self.persist.send(PersistRequest { ops, done: tx }).is_err() {
                     return Err(ApiError::Unavailable("the store writer has stopped".into()));
                 }
@@ -101,15 +129,15 @@ impl Inner {
     }
 
     /// Post-commit effects: publish tasks to agents, emit events, wake controllers.
-    fn finish(&self, ch: Changes) {
+    fn finish(&self, mut ch: Changes) {
         let changed = !ch.new_tasks.is_empty()
             || !ch.nodes.is_empty()
             || !ch.events.is_empty()
-            || !ch.ops.is_empty();
+            || ch.persisted;
         if !ch.new_tasks.is_empty() || !ch.nodes.is_empty() {
-            self.state.lock().committed(&ch.new_tasks, &ch.nodes);
+            self.state.lock().committed(&ch);
         }
-        for e in ch.events {
+        for e in std::mem::take(&mut ch.events) {
             let _ = self.events.send(Arc::new(e));
         }
         if changed {
@@ -122,9 +150,12 @@ impl Inner {
         match Cluster::load(self.store.as_ref(), self.config.seed).await {
             Ok(fresh) => {
                 let mut st = self.state.lock();
-                let gens = std::mem::take(&mut st.node_gens);
+                let feeds = std::mem::take(&mut st.feeds);
+                let revision = st.revision;
                 *st = fresh;
-                st.node_gens = gens;
+                st.feeds = feeds;
+                st.revision = revision + 1;
+                st.reset_feeds();
                 tracing::warn!("state reloaded from the store after a failed write");
             }
             Err(e) => tracing::error!(error = %e, "reloading state failed"),
@@ -133,6 +164,37 @@ impl Inner {
 
     pub fn emit(&self, e: Event) {
         let _ = self.events.send(Arc::new(e));
+    }
+}
+
+/// Marks what a mutation touched: apps for the controller's next pass, and a new revision
+/// for cached renderings when anything visible changed.
+fn note_changes(st: &mut Cluster, ch: &Changes) {
+    if ch.ops.is_empty() && ch.events.is_empty() && ch.nodes.is_empty() {
+        return;
+    }
+    st.revision += 1;
+    st.dirty_apps.extend(ch.apps.iter().cloned());
+    for op in &ch.ops {
+        let key = match op {
+            berth_store::Op::Put { key, .. } | berth_store::Op::Delete { key } => key,
+            berth_store::Op::DeletePrefix { prefix } => prefix,
+        };
+        if let Some(app) = key
+            .strip_prefix(state::K_APPS)
+            .or_else(|| key.strip_prefix(state::K_DELAYS))
+        {
+            st.dirty_apps.insert(app.to_string());
+        } else if let Some(node) = key.strip_prefix(state::K_NODES) {
+            st.node_changed(node);
+        } else if key.starts_with(state::K_TASKS)
+            && matches!(op, berth_store::Op::Delete { .. })
+            && !st.unplaced.is_empty()
+        {
+            // A task is gone and its resources are free: apps waiting for room try again.
+            let waiting: Vec<String> = st.unplaced.keys().cloned().collect();
+            st.dirty_apps.extend(waiting);
+        }
     }
 }
 
@@ -172,6 +234,7 @@ impl Server {
             wake: Notify::new(),
             config,
             started_at: berth_core::time::now_millis(),
+            render_cache: RenderCache::default(),
         });
         let app = api::router(shared.clone());
         tokio::spawn(async move {

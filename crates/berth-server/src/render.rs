@@ -7,8 +7,10 @@ use berth_core::app::AppDefinition;
 use berth_core::path;
 use berth_core::task::{Task, TaskGoal, TaskState};
 use berth_core::time::format_millis;
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// Which optional parts to embed in an app (`embed=app.tasks` etc.).
 #[derive(Debug, Clone, Copy, Default)]
@@ -73,60 +75,148 @@ pub struct Counts {
     pub unhealthy: usize,
 }
 
-pub fn counts(st: &Cluster, app: &AppDefinition) -> Counts {
-    let mut c = Counts::default();
-    let has_checks = !app.health_checks.is_empty();
-    for t in st.app_tasks(&app.id) {
+impl Counts {
+    fn add(&mut self, t: &Task) {
         if t.goal == TaskGoal::Killed {
-            continue;
+            return;
         }
         match t.state {
-            TaskState::Staging | TaskState::Starting => c.staged += 1,
+            TaskState::Staging | TaskState::Starting => self.staged += 1,
             TaskState::Running => {
-                c.running += 1;
-                if has_checks {
-                    match t.is_healthy() {
-                        Some(true) => c.healthy += 1,
-                        Some(false) => c.unhealthy += 1,
-                        None => {}
-                    }
+                self.running += 1;
+                match t.is_healthy() {
+                    Some(true) => self.healthy += 1,
+                    Some(false) => self.unhealthy += 1,
+                    None => {}
                 }
             }
             _ => {}
         }
     }
-    c
+
+    /// Health counts mean something only for apps with health checks.
+    fn for_app(mut self, app: &AppDefinition) -> Self {
+        if app.health_checks.is_empty() {
+            self.healthy = 0;
+            self.unhealthy = 0;
+        }
+        self
+    }
 }
 
-pub fn app_json(st: &Cluster, app: &AppDefinition, embed: Embed) -> Value {
-    let mut v = serde_json::to_value(app).unwrap_or_else(|_| json!({"id": app.id}));
-    let c = counts(st, app);
-    v["tasksStaged"] = json!(c.staged);
-    v["tasksRunning"] = json!(c.running);
-    v["tasksHealthy"] = json!(c.healthy);
-    v["tasksUnhealthy"] = json!(c.unhealthy);
-    v["deployments"] = json!(
-        st.deployments_of(&app.id)
-            .into_iter()
-            .map(|id| json!({"id": id}))
-            .collect::<Vec<_>>()
-    );
-    if embed.tasks {
-        let mut tasks: Vec<&Task> = st.app_tasks(&app.id).collect();
-        tasks.sort_by(|a, b| a.staged_at.cmp(&b.staged_at).then(a.id.cmp(&b.id)));
-        v["tasks"] = json!(
+pub fn counts(st: &Cluster, app: &AppDefinition) -> Counts {
+    let mut c = Counts::default();
+    for t in st.app_tasks(&app.id) {
+        c.add(t);
+    }
+    c.for_app(app)
+}
+
+/// Task counts of every app, in one sweep over the tasks (cheaper than one lookup per task).
+pub fn counts_by_app(st: &Cluster) -> std::collections::HashMap<&str, Counts> {
+    let mut all: std::collections::HashMap<&str, Counts> =
+        std::collections::HashMap::with_capacity(st.apps.len());
+    for t in st.tasks.values() {
+        all.entry(t.app_id.as_str()).or_default().add(t);
+    }
+    all
+}
+
+/// Ids of the active deployments of every app.
+pub fn deployments_by_app(st: &Cluster) -> std::collections::HashMap<&str, Vec<String>> {
+    let mut all: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    for d in st.deployments.values() {
+        for a in &d.affected_apps {
+            all.entry(a.as_str()).or_default().push(d.id.clone());
+        }
+    }
+    all
+}
+
+/// Everything needed to render one app, copied out of the cluster under the lock (reference
+/// counts and small values), so the JSON is built after the lock is released.
+pub struct AppSnapshot {
+    pub app: Arc<AppDefinition>,
+    pub counts: Counts,
+    pub deployments: Vec<String>,
+    /// Sorted by staging time, when embedded.
+    pub tasks: Option<Vec<Task>>,
+    pub last_task_failure: Option<Value>,
+}
+
+impl AppSnapshot {
+    /// One app (for many apps, pass what [`counts_by_app`] and [`deployments_by_app`] found).
+    pub fn take(
+        st: &Cluster,
+        app: &Arc<AppDefinition>,
+        embed: Embed,
+        counts: Option<Counts>,
+        deployments: Option<Vec<String>>,
+    ) -> Self {
+        let tasks = embed.tasks.then(|| {
+            let mut tasks: Vec<Task> = st.app_tasks(&app.id).cloned().collect();
+            tasks.sort_by(|a, b| a.staged_at.cmp(&b.staged_at).then(a.id.cmp(&b.id)));
             tasks
-                .into_iter()
-                .map(|t| task_json(t, Some(app)))
-                .collect::<Vec<_>>()
-        );
+        });
+        AppSnapshot {
+            counts: counts.unwrap_or_else(|| self::counts(st, app)).for_app(app),
+            deployments: deployments.unwrap_or_else(|| st.deployments_of(&app.id)),
+            tasks,
+            last_task_failure: if embed.last_task_failure {
+                st.last_failures.get(&app.id).cloned()
+            } else {
+                None
+            },
+            app: app.clone(),
+        }
     }
-    if embed.last_task_failure
-        && let Some(f) = st.last_failures.get(&app.id)
-    {
-        v["lastTaskFailure"] = f.clone();
+
+    /// The app as Marathon shows it: its definition plus counts, deployments and the embeds.
+    pub fn view(&self) -> AppView<'_> {
+        AppView {
+            app: &self.app,
+            tasks_staged: self.counts.staged,
+            tasks_running: self.counts.running,
+            tasks_healthy: self.counts.healthy,
+            tasks_unhealthy: self.counts.unhealthy,
+            deployments: self.deployments.iter().map(|id| IdRef { id }).collect(),
+            tasks: self
+                .tasks
+                .as_ref()
+                .map(|ts| ts.iter().map(|t| task_json(t, Some(&self.app))).collect()),
+            last_task_failure: self.last_task_failure.as_ref(),
+        }
     }
-    v
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.view()).unwrap_or_else(|_| json!({"id": self.app.id}))
+    }
+}
+
+#[derive(Serialize)]
+pub struct IdRef<'a> {
+    pub id: &'a str,
+}
+
+/// An app's JSON, serialised straight from its definition (no intermediate `Value`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppView<'a> {
+    #[serde(flatten)]
+    pub app: &'a AppDefinition,
+    pub tasks_staged: usize,
+    pub tasks_running: usize,
+    pub tasks_healthy: usize,
+    pub tasks_unhealthy: usize,
+    pub deployments: Vec<IdRef<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_task_failure: Option<&'a Value>,
+}
+
+pub fn app_json(st: &Cluster, app: &Arc<AppDefinition>, embed: Embed) -> Value {
+    AppSnapshot::take(st, app, embed, None, None).to_json()
 }
 
 /// The group tree rooted at `id`, built from app ids and explicit groups.

@@ -67,6 +67,13 @@ pub struct Changes {
     pub new_tasks: Vec<String>,
     /// Nodes whose assignment set changed.
     pub nodes: BTreeSet<String>,
+    /// `(node, task)` pairs whose assignment changed (added, changed or removed): the
+    /// node's agent receives just these in its next delta.
+    pub assigned: Vec<(String, String)>,
+    /// Apps whose tasks changed: the controller looks at them in its next pass.
+    pub apps: BTreeSet<String>,
+    /// Set once `ops` were handed to the persister.
+    pub persisted: bool,
 }
 
 impl Changes {
@@ -88,6 +95,38 @@ impl Changes {
 
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty() && self.events.is_empty() && self.nodes.is_empty()
+    }
+
+    fn assignment_changed(&mut self, t: &Task) {
+        self.nodes.insert(t.node_id.clone());
+        self.assigned.push((t.node_id.clone(), t.id.clone()));
+        self.apps.insert(t.app_id.clone());
+    }
+}
+
+/// Tombstones kept per node for assignment deltas; an agent further behind gets a full list.
+const MAX_TOMBSTONES: usize = 4096;
+
+/// What a node's agent needs to receive deltas: its generation and the recent removals.
+pub struct NodeFeed {
+    pub generation: watch::Sender<u64>,
+    /// `(generation, task id)` of tasks no longer assigned, oldest first.
+    pub removed: std::collections::VecDeque<(u64, String)>,
+    /// Deltas can be computed only for `after >= floor`.
+    pub floor: u64,
+}
+
+impl NodeFeed {
+    /// Generations start at the server's start time in µs: an agent's generation from an
+    /// earlier server run is always below the floor, so it gets a full list, never a delta
+    /// computed against someone else's history.
+    fn new() -> Self {
+        let base = (berth_core::time::now_millis().max(1) as u64).saturating_mul(1000);
+        Self {
+            generation: watch::channel(base).0,
+            removed: Default::default(),
+            floor: base,
+        }
     }
 }
 
@@ -155,7 +194,18 @@ pub struct Cluster {
     pub unplaced: HashMap<String, UnplacedInfo>,
     /// Tasks whose creation is not yet durable: hidden from agents.
     pub uncommitted: HashSet<String>,
-    pub node_gens: HashMap<String, watch::Sender<u64>>,
+    /// Per node: assignment generation and removals (see [`NodeFeed`]).
+    pub feeds: HashMap<String, NodeFeed>,
+    /// Per task: the node generation at which its assignment last changed.
+    pub assign_gen: HashMap<String, u64>,
+    /// Apps the controller must look at in its next pass.
+    pub dirty_apps: BTreeSet<String>,
+    /// Set when every app was marked dirty; cleared when that pass has ended.
+    pub full_pass: bool,
+    /// Launch delays that end after this time have not been looked at yet.
+    pub delays_checked_at: i64,
+    /// Bumped by every change that clients can see (the key of cached renderings).
+    pub revision: u64,
     /// Tasks agents reported that the server does not know (ghosts), already announced.
     pub ghosts_reported: HashSet<String>,
     pub scheduler: Scheduler,
@@ -178,7 +228,12 @@ impl Cluster {
             delays: HashMap::new(),
             unplaced: HashMap::new(),
             uncommitted: HashSet::new(),
-            node_gens: HashMap::new(),
+            feeds: HashMap::new(),
+            assign_gen: HashMap::new(),
+            dirty_apps: BTreeSet::new(),
+            full_pass: false,
+            delays_checked_at: 0,
+            revision: 0,
             ghosts_reported: HashSet::new(),
             scheduler: Scheduler::new(seed),
             counters: BTreeMap::new(),
@@ -298,7 +353,7 @@ impl Cluster {
     pub fn insert_new_task(&mut self, t: Task, ch: &mut Changes) {
         ch.put(format!("{K_TASKS}{}", t.id), &t);
         ch.new_tasks.push(t.id.clone());
-        ch.nodes.insert(t.node_id.clone());
+        ch.assignment_changed(&t);
         self.uncommitted.insert(t.id.clone());
         self.tasks_by_app
             .entry(t.app_id.clone())
@@ -315,7 +370,7 @@ impl Cluster {
     pub fn save_task(&self, task_id: &str, ch: &mut Changes) {
         if let Some(t) = self.tasks.get(task_id) {
             ch.put(format!("{K_TASKS}{task_id}"), t);
-            ch.nodes.insert(t.node_id.clone());
+            ch.assignment_changed(t);
         }
     }
 
@@ -324,6 +379,7 @@ impl Cluster {
     pub fn save_task_state(&self, task_id: &str, ch: &mut Changes) {
         if let Some(t) = self.tasks.get(task_id) {
             ch.put(format!("{K_TASKS}{task_id}"), t);
+            ch.apps.insert(t.app_id.clone());
         }
     }
 
@@ -342,7 +398,7 @@ impl Cluster {
         self.uncommitted.remove(task_id);
         self.scheduler.remove_task(task_id);
         ch.delete(format!("{K_TASKS}{task_id}"));
-        ch.nodes.insert(t.node_id.clone());
+        ch.assignment_changed(&t);
         Some(t)
     }
 
@@ -389,22 +445,68 @@ impl Cluster {
             .or_else(|| self.apps.get(app_id).cloned())
     }
 
-    /// The generation channel of a node, created on first use.
-    pub fn node_gen(&mut self, node_id: &str) -> watch::Sender<u64> {
-        self.node_gens
-            .entry(node_id.to_string())
-            .or_insert_with(|| watch::channel(1).0)
-            .clone()
+    /// A node's facts or status changed: its apps and every app waiting for room get
+    /// another look.
+    pub fn node_changed(&mut self, node_id: &str) {
+        let apps: Vec<String> = self
+            .tasks_by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+            .map(|t| t.app_id.clone())
+            .collect();
+        self.dirty_apps.extend(apps);
+        self.dirty_apps.extend(self.unplaced.keys().cloned());
     }
 
-    /// After a mutation is durable: expose its new tasks and wake the affected agents.
-    pub fn committed(&mut self, new_tasks: &[String], nodes: &BTreeSet<String>) {
-        for id in new_tasks {
+    /// The feed of a node, created on first use.
+    pub fn feed(&mut self, node_id: &str) -> &mut NodeFeed {
+        self.feeds
+            .entry(node_id.to_string())
+            .or_insert_with(NodeFeed::new)
+    }
+
+    /// The generation channel of a node, created on first use.
+    pub fn node_gen(&mut self, node_id: &str) -> watch::Sender<u64> {
+        self.feed(node_id).generation.clone()
+    }
+
+    /// After a mutation is durable: expose its new tasks, record what changed per node for
+    /// the deltas, and wake the affected agents.
+    pub fn committed(&mut self, ch: &Changes) {
+        for id in &ch.new_tasks {
             self.uncommitted.remove(id);
         }
-        for n in nodes {
-            let tx = self.node_gen(n);
-            tx.send_modify(|g| *g += 1);
+        for n in &ch.nodes {
+            self.feed(n).generation.send_modify(|g| *g += 1);
+        }
+        for (node, task) in &ch.assigned {
+            let still_here = self.tasks.get(task).is_some_and(|t| &t.node_id == node);
+            let feed = self.feed(node);
+            let g = *feed.generation.borrow();
+            if still_here {
+                self.assign_gen.insert(task.clone(), g);
+            } else {
+                feed.removed.push_back((g, task.clone()));
+                while feed.removed.len() > MAX_TOMBSTONES {
+                    if let Some((old, _)) = feed.removed.pop_front() {
+                        feed.floor = feed.floor.max(old);
+                    }
+                }
+                if self.tasks.get(task).is_none() {
+                    self.assign_gen.remove(task);
+                }
+            }
+        }
+    }
+
+    /// After the in-memory model was rebuilt: every agent must fetch its whole list again.
+    pub fn reset_feeds(&mut self) {
+        for feed in self.feeds.values_mut() {
+            feed.generation.send_modify(|g| *g += 1);
+            feed.floor = *feed.generation.borrow();
+            feed.removed.clear();
         }
     }
 }

@@ -87,7 +87,10 @@ pub async fn register(State(s): State<Shared>, body: Body) -> ApiResult<Response
     .unwrap_or_default()))
 }
 
-/// One assignment as sent to the agent: [`Assignment`]'s JSON shape, borrowing the app.
+/// One assignment as sent to the agent: [`Assignment`]'s JSON shape (the app definition
+/// travels once per response in `apps`).
+///
+/// [`Assignment`]: berth_core::protocol::Assignment
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct AssignmentOut {
@@ -99,47 +102,92 @@ struct AssignmentOut {
     host: String,
     resources: NodeResources,
     cpuset: Vec<u32>,
-    #[serde(serialize_with = "serialize_app")]
-    app: Arc<AppDefinition>,
 }
 
-fn serialize_app<S: serde::Serializer>(app: &Arc<AppDefinition>, s: S) -> Result<S::Ok, S::Error> {
-    serde::Serialize::serialize(app.as_ref(), s)
-}
-
+/// [`berth_core::protocol::Assignments`]' JSON shape, borrowing the app definitions.
 #[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 struct AssignmentsOut {
     generation: u64,
+    full: bool,
     assignments: Vec<AssignmentOut>,
+    removed: Vec<String>,
+    #[serde(serialize_with = "serialize_apps")]
+    apps: Vec<Arc<AppDefinition>>,
+}
+
+fn serialize_apps<S: serde::Serializer>(
+    apps: &[Arc<AppDefinition>],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(apps.len()))?;
+    for a in apps {
+        seq.serialize_element(a.as_ref())?;
+    }
+    seq.end()
 }
 
 /// Collects the node's assignments under the lock (cheap clones only); the caller encodes
-/// them after the lock is released.
-fn build_assignments(s: &Shared, node_id: &str) -> ApiResult<AssignmentsOut> {
+/// them after the lock is released. With `after` recent enough (see
+/// [`crate::state::NodeFeed`]), only what changed since generation `after`.
+fn build_assignments(s: &Shared, node_id: &str, after: u64) -> ApiResult<AssignmentsOut> {
     let mut st = s.state.lock();
     if !st.nodes.contains_key(node_id) {
         return Err(ApiError::NotFound(format!(
             "node '{node_id}' is not registered"
         )));
     }
-    let generation = *st.node_gen(node_id).borrow();
+    let (generation, floor) = {
+        let feed = st.feed(node_id);
+        (*feed.generation.borrow(), feed.floor)
+    };
     let st = &*st;
-    let mut assignments = Vec::new();
+    let full = after == 0 || after < floor || after > generation;
+    let mut out = AssignmentsOut {
+        generation,
+        full,
+        assignments: Vec::new(),
+        removed: Vec::new(),
+        apps: Vec::new(),
+    };
+    if !full && let Some(feed) = st.feeds.get(node_id) {
+        out.removed = feed
+            .removed
+            .iter()
+            .filter(|(g, _)| *g > after)
+            .map(|(_, id)| id.clone())
+            .collect();
+    }
+    let mut versions: std::collections::HashSet<(&str, &str)> = Default::default();
     for id in st.tasks_by_node.get(node_id).into_iter().flatten() {
+        if !full && st.assign_gen.get(id).is_none_or(|g| *g <= after) {
+            continue;
+        }
         if st.uncommitted.contains(id) {
             continue;
         }
         let Some(t) = st.tasks.get(id) else { continue };
         if t.state.is_terminal() {
+            if !full {
+                out.removed.push(t.id.clone());
+            }
             continue;
         }
-        let app = st.app_at(&t.app_id, &t.version).unwrap_or_else(|| {
-            Arc::new(AppDefinition {
-                id: t.app_id.clone(),
-                ..Default::default()
-            })
-        });
-        assignments.push(AssignmentOut {
+        if versions.insert((&t.app_id, &t.version)) {
+            let app = match st.app_at(&t.app_id, &t.version) {
+                Some(a) if a.version.as_deref() == Some(t.version.as_str()) => a,
+                // The definition the task was launched from is gone: send the current one
+                // (or an empty one) under the task's version so the agent can resolve it.
+                other => Arc::new(AppDefinition {
+                    id: t.app_id.clone(),
+                    version: Some(t.version.clone()),
+                    ..other.map(|a| (*a).clone()).unwrap_or_default()
+                }),
+            };
+            out.apps.push(app);
+        }
+        out.assignments.push(AssignmentOut {
             task_id: t.id.clone(),
             app_id: t.app_id.clone(),
             version: t.version.clone(),
@@ -148,13 +196,9 @@ fn build_assignments(s: &Shared, node_id: &str) -> ApiResult<AssignmentsOut> {
             host: t.host.clone(),
             resources: t.resources,
             cpuset: t.cpuset.clone(),
-            app,
         });
     }
-    Ok(AssignmentsOut {
-        generation,
-        assignments,
-    })
+    Ok(out)
 }
 
 pub async fn assignments(
@@ -181,7 +225,7 @@ pub async fn assignments(
     if *rx.borrow_and_update() == after && !wait.is_zero() {
         let _ = tokio::time::timeout(wait.min(MAX_WAIT), rx.changed()).await;
     }
-    let a = build_assignments(&s, &node)?;
+    let a = build_assignments(&s, &node, after)?;
     let body = serde_json::to_vec(&a).map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],

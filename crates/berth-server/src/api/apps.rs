@@ -5,7 +5,7 @@ use super::{Params, ctx, json_body, ok};
 use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::ops::{self, AppUpdate};
-use crate::render::{Embed, app_json, task_json};
+use crate::render::{AppSnapshot, Embed, app_json, task_json};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderValue, StatusCode, Uri};
@@ -71,19 +71,52 @@ pub async fn list(State(s): State<Shared>, uri: Uri) -> ApiResult<Response> {
     let cmd = p.get("cmd").map(str::to_string);
     let id = p.get("id").map(str::to_string);
     let label = p.get("label").map(str::to_string);
-    let st = s.state.lock();
-    let apps: Vec<Value> = st
-        .apps
-        .values()
-        .filter(|a| {
-            cmd.as_deref()
-                .is_none_or(|c| a.cmd.as_deref().unwrap_or("").contains(c))
-        })
-        .filter(|a| id.as_deref().is_none_or(|i| a.id.contains(i)))
-        .filter(|a| label.as_deref().is_none_or(|l| label_matches(l, &a.labels)))
-        .map(|a| app_json(&st, a, embed))
-        .collect();
-    Ok(ok(json!({"apps": apps})))
+    // Embedded tasks carry health-check timestamps that change without a new revision:
+    // only renderings without them are cached.
+    let cache_key = (!embed.tasks).then(|| uri.query().unwrap_or("").to_string());
+    let (revision, snapshots) = {
+        let st = s.state.lock();
+        if let Some(key) = &cache_key
+            && let Some(body) = s.render_cache.get(st.revision, key)
+        {
+            return Ok(json_bytes(body));
+        }
+        let counts = crate::render::counts_by_app(&st);
+        let mut deployments = crate::render::deployments_by_app(&st);
+        let snapshots: Vec<AppSnapshot> = st
+            .apps
+            .values()
+            .filter(|a| {
+                cmd.as_deref()
+                    .is_none_or(|c| a.cmd.as_deref().unwrap_or("").contains(c))
+            })
+            .filter(|a| id.as_deref().is_none_or(|i| a.id.contains(i)))
+            .filter(|a| label.as_deref().is_none_or(|l| label_matches(l, &a.labels)))
+            .map(|a| {
+                let c = counts.get(a.id.as_str()).copied().unwrap_or_default();
+                let d = deployments.remove(a.id.as_str()).unwrap_or_default();
+                AppSnapshot::take(&st, a, embed, Some(c), Some(d))
+            })
+            .collect();
+        (st.revision, snapshots)
+    };
+    // Encoding happens without the lock.
+    let views: Vec<_> = snapshots.iter().map(AppSnapshot::view).collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "apps": views }))
+        .map(bytes::Bytes::from)
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    if let Some(key) = cache_key {
+        s.render_cache.put(revision, key, body.clone());
+    }
+    Ok(json_bytes(body))
+}
+
+fn json_bytes(body: bytes::Bytes) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 fn created(app_id: &str, body: Value, deployment_id: &str) -> Response {
@@ -210,16 +243,27 @@ pub async fn get_sub(
     Path(rest): Path<String>,
 ) -> ApiResult<Response> {
     let p = Params::from_uri(&uri);
-    let st = s.state.lock();
-    match parse_target(&rest) {
-        Target::App(id) => {
+    if let Target::App(id) = parse_target(&rest) {
+        let embed = Embed::from_params(&p.all("embed"), true);
+        let snapshot = {
+            let st = s.state.lock();
             let app = st
                 .apps
                 .get(&id)
                 .ok_or_else(|| ApiError::app_not_found(&id))?;
-            let embed = Embed::from_params(&p.all("embed"), true);
-            Ok(ok(json!({"app": app_json(&st, app, embed)})))
-        }
+            AppSnapshot::take(&st, app, embed, None, None)
+        };
+        // Encoding happens without the lock.
+        let body = serde_json::to_vec(&serde_json::json!({ "app": snapshot.view() }))
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        return Ok(json_bytes(body.into()));
+    }
+    let st = s.state.lock();
+    match parse_target(&rest) {
+        Target::App(_) => Err(ApiError::NotFound(format!(
+            "no such resource: {}",
+            uri.path()
+        ))),
         Target::Tasks(id) => {
             let app = st
                 .apps
