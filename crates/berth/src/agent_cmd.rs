@@ -355,11 +355,12 @@ async fn start_observability(
 /// (5051) is taken as soon as a second agent runs on the same host.
 fn listen_error(addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::AddrInUse {
+        let next = SocketAddr::new(addr.ip(), addr.port().saturating_add(1).max(1024));
+        let any = SocketAddr::new(addr.ip(), 0);
         anyhow::anyhow!(
             "agent HTTP endpoint: {addr} is already in use (another berth agent on this host?); \
-             pass --listen with a free address, e.g. --listen 0.0.0.0:{} (or --listen 127.0.0.1:0 \
-             for any free port; the server learns the URL when the agent registers)",
-            addr.port().saturating_add(1).max(1024)
+             pass --listen with a free address, e.g. --listen {next} (or --listen {any} for any \
+             free port; the server learns the URL when the agent registers)"
         )
     } else {
         anyhow::anyhow!("agent HTTP endpoint: cannot listen on {addr} (--listen): {e}")
