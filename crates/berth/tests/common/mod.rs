@@ -398,6 +398,11 @@ impl Cluster {
 
     /// Starts (or restarts) the agent; waits until node `n1` is ready on the server.
     pub async fn start_agent(&mut self) {
+        self.start_agent_with_cpus("8").await;
+    }
+
+    /// [`Cluster::start_agent`] offering `cpus` CPUs (pinned cores are `0..cpus`).
+    pub async fn start_agent_with_cpus(&mut self, cpus: &str) {
         assert!(self.agent.is_none(), "agent already running");
         let log = Cluster::log_file(&self.agent_log());
         let stderr = log.try_clone().expect("log fd");
@@ -415,7 +420,7 @@ impl Cluster {
                 "--hostname",
                 "n1",
                 "--cpus",
-                "8",
+                cpus,
                 "--mem",
                 "8192",
                 "--disk",
