@@ -833,3 +833,37 @@ async fn pinned_task_runs_on_its_cores_and_shared_tasks_on_the_others() {
     cgroups_gone(&m, &pinned).await;
     cgroups_gone(&m, &shared).await;
 }
+
+#[tokio::test]
+async fn limited_task_survives_agent_restart_and_its_cgroups_go_with_it() {
+    let test = "limited_task_survives_agent_restart_and_its_cgroups_go_with_it";
+    let Some(m) = host_cgroups(test, &["memory", "pids"]) else {
+        return;
+    };
+    let tmp = DataDir::new();
+    let (a, mut rx_a) = limits_driver(&tmp);
+    let long = format!("rlong-{}", std::process::id());
+    let short = format!("rshort-{}", std::process::id());
+    a.start(spec(&long, "exec sleep 3600")).await.unwrap();
+    a.start(spec(&short, "sleep 1; exit 3")).await.unwrap();
+    wait_for(&mut rx_a, &long, TaskState::Running).await;
+    wait_for(&mut rx_a, &short, TaskState::Running).await;
+    let pid = a.task_pid(&long).unwrap();
+    // The agent dies; the shim of `short` removes its cgroups on its own when it exits.
+    drop(a);
+    drop(rx_a);
+    cgroups_gone(&m, &short).await;
+    assert!(m.task_paths(&long).iter().all(|d| d.exists()));
+
+    let (b, mut rx_b) = limits_driver(&tmp);
+    let recovered = b.recover().await.unwrap();
+    let st = |id: &str| recovered.iter().find(|s| s.task_id == id).cloned().unwrap();
+    assert_eq!(st(&long).state, TaskState::Running);
+    assert_eq!(st(&short).exit_code, Some(3));
+    assert_eq!(b.task_pid(&long), Some(pid));
+    let procs = berth_agent::cgroup::procs(&m.task_path(&long, "memory").unwrap());
+    assert_eq!(procs, vec![pid], "still in its memory cgroup, alone");
+    b.kill(&long, Duration::from_secs(5)).await.unwrap();
+    wait_for(&mut rx_b, &long, TaskState::Killed).await;
+    cgroups_gone(&m, &long).await;
+}
