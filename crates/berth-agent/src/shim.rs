@@ -13,8 +13,8 @@
 //! 3. writes `<task_dir>/pid` ([`PidRecord`]: task pid and its start time, plus its own);
 //! 4. forwards SIGTERM/SIGINT to the task's process group, and kills the whole task once the
 //!    kernel OOM-killed any process of it (cgroup v1 has no `memory.oom.group`);
-//! 5. when the task exits, SIGKILLs what is left of its process group (and cgroup), reaps it,
-//!    writes `<task_dir>/exit.json` ([`ExitRecord`]) atomically, removes the cgroup and exits.
+//! 5. when the task exits, SIGKILLs what is left of its process group (and cgroups), reaps it,
+//!    removes the cgroups, writes `<task_dir>/exit.json` ([`ExitRecord`]) atomically and exits.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -252,10 +252,12 @@ async fn supervise(task_dir: &Path, spec: &ShimSpec) -> Result<(), ShimError> {
             ..Default::default()
         },
     };
-    write_json_atomic(&exit_path, &record).map_err(ctx("write exit.json"))?;
+    // Remove the cgroups before reporting the exit: once a task is terminal its cgroups are
+    // gone (and a shim stopped right after writing exit.json leaves none behind).
     if !crate::cgroup::remove(&cgroups) {
         eprintln!("berth shim: cannot remove the task's cgroups {cgroups:?}");
     }
+    write_json_atomic(&exit_path, &record).map_err(ctx("write exit.json"))?;
     Ok(())
 }
 

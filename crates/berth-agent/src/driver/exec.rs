@@ -534,6 +534,12 @@ impl Inner {
                 }
                 Observation::Starting => return Some(entry.status.state),
                 Observation::Lost(why) => {
+                    // The shim died without cleaning up: what is left of the task may still
+                    // be in the cgroups; kill it so they can go.
+                    if !entry.cgroup.is_empty() {
+                        crate::cgroup::kill_all(&entry.cgroup);
+                        remove_dirs(&entry.cgroup);
+                    }
                     let killed = entry.kill_requested || entry.dir.join(KILLED_MARKER).exists();
                     if killed {
                         status(id, TaskState::Killed, Some(format!("killed ({why})")), None)
