@@ -396,6 +396,17 @@ impl Shared {
             .iter()
             .map(|a| (a.task_id.as_str(), a))
             .collect();
+        // Cores pinned on this node (tasks being killed still hold theirs): drivers keep
+        // shared tasks off them. Told before anything new starts.
+        let pinned: std::collections::BTreeSet<u32> = list
+            .assignments
+            .iter()
+            .flat_map(|a| a.cpuset.iter().copied())
+            .collect();
+        let pinned: Vec<u32> = pinned.into_iter().collect();
+        for d in self.drivers.values() {
+            d.set_pinned_cores(&pinned);
+        }
         let local: HashMap<String, LocalTask> = self.tasks.lock().clone();
         self.ghosts
             .lock()

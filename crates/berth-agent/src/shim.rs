@@ -8,11 +8,13 @@
 //!    ignored by the Rust runtime), and makes itself a child subreaper so orphans of the task
 //!    are reaped by it;
 //! 2. reads `<task_dir>/spec.json` ([`ShimSpec`]), starts the task in its own process group
-//!    (and in its cgroup, when the spec names one) with stdout/stderr appended to files;
+//!    (and in its cgroups, when the spec names them: the child joins them between fork and
+//!    exec, so no code of the app runs outside its limits) with stdout/stderr appended to files;
 //! 3. writes `<task_dir>/pid` ([`PidRecord`]: task pid and its start time, plus its own);
-//! 4. forwards SIGTERM/SIGINT to the task's process group;
-//! 5. when the task exits, SIGKILLs what is left of its process group (and cgroup), reaps it,
-//!    writes `<task_dir>/exit.json` ([`ExitRecord`]) atomically, removes the cgroup and exits.
+//! 4. forwards SIGTERM/SIGINT to the task's process group, and kills the whole task once the
+//!    kernel OOM-killed any process of it (cgroup v1 has no `memory.oom.group`);
+//! 5. when the task exits, SIGKILLs what is left of its process group (and cgroups), reaps it,
+//!    removes the cgroups, writes `<task_dir>/exit.json` ([`ExitRecord`]) atomically and exits.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -55,6 +57,16 @@ pub struct ShimSpec {
     /// The task's cgroup v2 directory (already created with its limits), if any.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// The task's cgroup v1 directories, one per hierarchy (already created with their limits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<PathBuf>,
+}
+
+impl ShimSpec {
+    /// Every cgroup directory of the task (v2 and v1).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup.iter().chain(&self.cgroups).cloned().collect()
+    }
 }
 
 /// `<task_dir>/pid`: the task's pid (= its process group id) and `/proc/<pid>/stat` start time
@@ -158,6 +170,7 @@ async fn supervise(task_dir: &Path, spec: &ShimSpec) -> Result<(), ShimError> {
     let mut chld = signal(SignalKind::child()).map_err(ctx("SIGCHLD handler"))?;
 
     let exit_path = task_dir.join(EXIT_FILE);
+    let cgroups = spec.cgroup_dirs();
     let (pid, start) = match spawn(spec) {
         Ok(child) => {
             let pid =
@@ -173,9 +186,7 @@ async fn supervise(task_dir: &Path, spec: &ShimSpec) -> Result<(), ShimError> {
                 ..Default::default()
             };
             write_json_atomic(&exit_path, &record).map_err(ctx("write exit.json"))?;
-            if let Some(cg) = &spec.cgroup {
-                crate::cgroup::remove(cg);
-            }
+            crate::cgroup::remove(&cgroups);
             return Ok(());
         }
     };
@@ -188,11 +199,21 @@ async fn supervise(task_dir: &Path, spec: &ShimSpec) -> Result<(), ShimError> {
     };
     write_json_atomic(&task_dir.join(PID_FILE), &record).map_err(ctx("write pid file"))?;
 
+    let mut oom_handled = false;
     let status = loop {
         match reap(pid) {
             Reaped::Exited(status) => break Some(status),
             Reaped::Gone => break None,
             Reaped::Running => {}
+        }
+        if !oom_handled && !cgroups.is_empty() && crate::cgroup::oom_kills(&cgroups) > 0 {
+            // The kernel killed one process of the task: end all of it, as v2's
+            // `memory.oom.group` does, instead of leaving a half-dead task running.
+            oom_handled = true;
+            eprintln!("berth shim: OOM kill in the task's cgroup: killing the whole task");
+            let _ = sys::kill(-pid, libc::SIGKILL);
+            crate::cgroup::kill_all(&cgroups);
+            continue;
         }
         tokio::select! {
             _ = term.recv() => forward(pid, libc::SIGTERM),
@@ -205,9 +226,7 @@ async fn supervise(task_dir: &Path, spec: &ShimSpec) -> Result<(), ShimError> {
 
     // The task's main process is gone: nothing of it may outlive it.
     let _ = sys::kill(-pid, libc::SIGKILL);
-    if let Some(cg) = &spec.cgroup {
-        crate::cgroup::kill_all(cg);
-    }
+    crate::cgroup::kill_all(&cgroups);
     // Reap the rest (orphans are re-parented to us as the subreaper), for a bounded time.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -219,10 +238,7 @@ async fn supervise(task_dir: &Path, spec: &ShimSpec) -> Result<(), ShimError> {
             Ok(None) | Err(_) => break,
         }
     }
-    let oom = spec
-        .cgroup
-        .as_deref()
-        .is_some_and(|cg| crate::cgroup::oom_kills(cg) > 0);
+    let oom = crate::cgroup::oom_kills(&cgroups) > 0;
     let record = match status {
         Some(status) => ExitRecord {
             code: status.code(),
@@ -236,10 +252,12 @@ async fn supervise(task_dir: &Path, spec: &ShimSpec) -> Result<(), ShimError> {
             ..Default::default()
         },
     };
-    write_json_atomic(&exit_path, &record).map_err(ctx("write exit.json"))?;
-    if let Some(cg) = &spec.cgroup {
-        crate::cgroup::remove(cg);
+    // Remove the cgroups before reporting the exit: once a task is terminal its cgroups are
+    // gone (and a shim stopped right after writing exit.json leaves none behind).
+    if !crate::cgroup::remove(&cgroups) {
+        eprintln!("berth shim: cannot remove the task's cgroups {cgroups:?}");
     }
+    write_json_atomic(&exit_path, &record).map_err(ctx("write exit.json"))?;
     Ok(())
 }
 
@@ -290,11 +308,13 @@ fn spawn(spec: &ShimSpec) -> io::Result<std::process::Child> {
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
-    if let Some(cg) = &spec.cgroup {
-        let procs = OpenOptions::new()
-            .write(true)
-            .open(cg.join("cgroup.procs"))?;
-        sys::join_cgroup_before_exec(&mut cmd, procs);
+    let procs = spec
+        .cgroup_dirs()
+        .iter()
+        .map(|cg| OpenOptions::new().write(true).open(cg.join("cgroup.procs")))
+        .collect::<io::Result<Vec<File>>>()?;
+    if !procs.is_empty() {
+        sys::join_cgroups_before_exec(&mut cmd, procs);
     }
     cmd.spawn()
 }
@@ -443,21 +463,23 @@ pub(crate) mod sys {
         }
     }
 
-    /// Makes the spawned child write its pid ("0" = itself) to the cgroup's `cgroup.procs`
-    /// between fork and exec, so the task never runs outside its cgroup.
+    /// Makes the spawned child write its pid ("0" = itself) to each cgroup's `cgroup.procs`
+    /// between fork and exec, so the task never runs outside its cgroups (v2: one file; v1:
+    /// one per hierarchy). A failed write fails the spawn.
     #[allow(unsafe_code)]
-    pub fn join_cgroup_before_exec(cmd: &mut Command, procs: File) {
+    pub fn join_cgroups_before_exec(cmd: &mut Command, procs: Vec<File>) {
         // SAFETY: the closure runs in the forked child and only calls write(2), which is
-        // async-signal-safe, on a descriptor opened before the fork (closed at exec by
-        // O_CLOEXEC); it does not allocate (`from_raw_os_error` does not either).
+        // async-signal-safe, on descriptors opened before the fork (closed at exec by
+        // O_CLOEXEC); iterating the vector does not allocate, nor does `last_os_error`.
         unsafe {
             cmd.pre_exec(move || {
-                let r = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
-                if r == 1 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
+                for f in &procs {
+                    let r = libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                    if r != 1 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
+                Ok(())
             });
         }
     }

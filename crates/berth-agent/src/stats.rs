@@ -7,8 +7,9 @@
 //! - cgroup v1: `cpuacct.usage` (ns), `memory.usage_in_bytes`, `memory.limit_in_bytes`, each
 //!   under its controller's hierarchy (`/sys/fs/cgroup/{cpuacct,memory}/...`, or a combined
 //!   mount such as `cpu,cpuacct`).
+//!   Exec tasks have their own there too (`berth/<task_id>`, see [`crate::cgroup`]).
 //! - A task without a cgroup of its own (it shares the agent's, e.g. exec tasks on a host
-//!   without a writable cgroup v2) is measured from its main process instead: `utime + stime`
+//!   without usable cgroups) is measured from its main process instead: `utime + stime`
 //!   of itself and its reaped children, and its `VmRSS`; no memory limit.
 //!
 //! Network counters are those of the task's network namespace, all interfaces but `lo`: for

@@ -23,7 +23,8 @@ pub struct AgentArgs {
     /// Where the agent keeps task sandboxes, logs and its node id.
     #[arg(long, default_value = "/var/lib/berth/agent")]
     pub data_dir: PathBuf,
-    /// Address of the agent's HTTP endpoint (task logs, /metrics).
+    /// Address of the agent's HTTP endpoint (task logs, /metrics). Every agent on one host
+    /// needs its own: the agent refuses to start when the port is taken.
     #[arg(long, default_value = "0.0.0.0:5051")]
     pub listen: SocketAddr,
     #[command(flatten)]
@@ -297,7 +298,7 @@ async fn start_observability(
     if let Some(addr) = node.http_listen {
         let listener = berth_agent::http::bind(addr)
             .await
-            .with_context(|| format!("agent HTTP endpoint: binding {addr}"))?;
+            .map_err(|e| listen_error(addr, e))?;
         let local = listener.local_addr()?;
         let url = node
             .advertise_url
@@ -348,6 +349,22 @@ async fn start_observability(
         }
     });
     Ok(view)
+}
+
+/// Why the agent's HTTP endpoint cannot listen, with what to do about it: the default port
+/// (5051) is taken as soon as a second agent runs on the same host.
+fn listen_error(addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        let next = SocketAddr::new(addr.ip(), addr.port().saturating_add(1).max(1024));
+        let any = SocketAddr::new(addr.ip(), 0);
+        anyhow::anyhow!(
+            "agent HTTP endpoint: {addr} is already in use (another berth agent on this host?); \
+             pass --listen with a free address, e.g. --listen {next} (or --listen {any} for any \
+             free port; the server learns the URL when the agent registers)"
+        )
+    } else {
+        anyhow::anyhow!("agent HTTP endpoint: cannot listen on {addr} (--listen): {e}")
+    }
 }
 
 /// A host for a URL: IPv6 addresses go in brackets.

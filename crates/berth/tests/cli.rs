@@ -226,3 +226,36 @@ async fn cli_global_options_before_the_subcommand() {
         assert_eq!(v, trailing, "berth {args:?}");
     }
 }
+
+/// Two agents on one host: the second one's `--listen` port is taken. It must not start, and
+/// must say to pass `--listen` (no server is needed to get there).
+#[test]
+fn agent_with_a_taken_listen_port_says_to_pass_listen() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
+    let addr = taken.local_addr().expect("local addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(BERTH)
+        .args(["agent", "--server", "http://127.0.0.1:9", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", &addr.to_string(), "--drivers", "exec"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning berth agent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("waiting").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("berth agent kept running although {addr} is taken");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{addr} is already in use")) && stderr.contains("pass --listen"),
+        "{stderr}"
+    );
+}

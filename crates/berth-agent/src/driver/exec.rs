@@ -15,8 +15,9 @@
 //! `poll_interval`) turns those files into status updates, and dropping the driver stops it
 //! without touching any task.
 
+use super::docker::{APP_LABEL_CPU_QUOTA, APP_LABEL_PIDS_LIMIT};
 use super::{Driver, DriverError, LogChunks, LogStream, StatusSink, TaskSpec, TaskStatus};
-use crate::cgroup::{CgroupManager, Limits};
+use crate::cgroup::{CgroupManager, Limits, parse_cpu_list};
 use crate::shim::{
     self, EXIT_FILE, ExitRecord, FORGOTTEN_MARKER, KILLED_MARKER, PID_FILE, PidRecord,
     SHIM_DIR_ENV, SHIM_LOG_FILE, SHIM_PID_FILE, SPEC_FILE, STDERR_FILE, STDOUT_FILE, ShimSpec,
@@ -26,7 +27,7 @@ use berth_core::task::TaskState;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,9 +51,12 @@ pub struct ExecConfig {
     pub shim_program: PathBuf,
     pub shim_args: Vec<String>,
     pub shim_env: Vec<(String, String)>,
-    /// cgroup v2 mount to create `berth/<task_id>` cgroups under; `None` disables limits.
+    /// cgroup mount to create `berth/<task_id>` cgroups under: a cgroup v2 mount, or the
+    /// directory holding the v1 hierarchies (`<root>/memory`, `<root>/cpu`, ...); `None`
+    /// disables limits.
     pub cgroup_root: Option<PathBuf>,
-    /// `pids.max` of each task cgroup (`None`: unlimited).
+    /// Default `pids.max` of each task cgroup (`None`: unlimited); app label
+    /// `BERTH_PIDS_LIMIT` overrides it per app, as for the Docker driver.
     pub pids_max: Option<u64>,
     /// How often the watcher looks at running tasks.
     pub poll_interval: Duration,
@@ -90,6 +94,9 @@ struct Inner {
     tasks: Mutex<HashMap<String, Entry>>,
     cgroups: OnceLock<Option<CgroupManager>>,
     watcher_started: AtomicBool,
+    /// Cores pinned to tasks of any driver on this node, as the agent last told us
+    /// ([`Driver::set_pinned_cores`]); shared tasks run on the other cores.
+    node_pinned: Mutex<BTreeSet<u32>>,
 }
 
 struct Entry {
@@ -102,7 +109,10 @@ struct Entry {
     shim: Option<Child>,
     shim_pid: Option<ShimPid>,
     kill_requested: bool,
-    cgroup: Option<PathBuf>,
+    /// The task's cgroup directories (empty: none).
+    cgroup: Vec<PathBuf>,
+    /// Pinned cores of the task (empty: shared CPU).
+    cpuset: Vec<u32>,
 }
 
 /// `<task_dir>/shim.pid`.
@@ -129,6 +139,7 @@ impl ExecDriver {
                 tasks: Mutex::new(HashMap::new()),
                 cgroups: OnceLock::new(),
                 watcher_started: AtomicBool::new(false),
+                node_pinned: Mutex::new(BTreeSet::new()),
             }),
         }
     }
@@ -154,7 +165,7 @@ impl ExecDriver {
         tasks.get(task_id).and_then(|e| e.pid).map(|p| p.pid)
     }
 
-    /// Whether tasks get cgroup v2 limits on this host (detected on first use).
+    /// Whether tasks get cgroup limits (v2 or v1) on this host (detected on first use).
     pub fn cgroups_available(&self) -> bool {
         self.inner.cgroups().is_some()
     }
@@ -187,11 +198,16 @@ impl ExecDriver {
                     shim: None,
                     shim_pid: None,
                     kill_requested: false,
-                    cgroup: None,
+                    cgroup: Vec::new(),
+                    cpuset: spec.cpuset.clone(),
                 },
             );
         }
         inner.ensure_watcher();
+        if !spec.cpuset.is_empty() {
+            // Move shared tasks off the cores before the pinned task starts on them.
+            inner.refresh_shared_cpusets();
+        }
         if dir.join(SPEC_FILE).exists() {
             inner.tasks.lock().remove(&id);
             if dir.join(FORGOTTEN_MARKER).exists() {
@@ -221,6 +237,9 @@ impl ExecDriver {
             }
             Err(e) => {
                 inner.tasks.lock().remove(&id);
+                if !spec.cpuset.is_empty() {
+                    inner.refresh_shared_cpusets();
+                }
                 Err(e)
             }
         }
@@ -344,7 +363,10 @@ impl ExecDriver {
                     if validate_task_id(task_id).is_err() {
                         return;
                     }
-                    let cgroup = inner.cgroups().map(|m| m.task_path(task_id));
+                    let cgroup = inner
+                        .cgroups()
+                        .map(|m| m.task_paths(task_id))
+                        .unwrap_or_default();
                     (inner.config.tasks_dir().join(task_id), cgroup)
                 }
             }
@@ -354,14 +376,69 @@ impl ExecDriver {
         {
             tracing::warn!(task_id, error = %e, "cannot write forgotten marker");
         }
-        if let Some(cg) = cgroup {
-            // The shim normally removed it already.
-            let _ = fs::remove_dir(cg);
-        }
+        // The shim normally removed them already.
+        remove_dirs(&cgroup);
     }
 }
 
 impl Inner {
+    /// Cores pinned on this node: what the agent said plus this driver's own live pinned tasks.
+    fn pinned_cores(&self) -> BTreeSet<u32> {
+        let mut pinned = self.node_pinned.lock().clone();
+        let tasks = self.tasks.lock();
+        for e in tasks.values().filter(|e| !e.status.state.is_terminal()) {
+            pinned.extend(e.cpuset.iter().copied());
+        }
+        pinned
+    }
+
+    /// The cores a shared (unpinned) task may use: the task cgroups' cores minus the pinned
+    /// ones. Empty means "all of the parent's" (also when every core is pinned: a shared task
+    /// must run somewhere).
+    fn shared_cores(&self, m: &CgroupManager) -> Vec<u32> {
+        let pinned = self.pinned_cores();
+        if pinned.is_empty() {
+            return Vec::new();
+        }
+        let Some(available) = m.available_cpus() else {
+            return Vec::new();
+        };
+        let shared: Vec<u32> = available
+            .iter()
+            .copied()
+            .filter(|c| !pinned.contains(c))
+            .collect();
+        if shared.is_empty() { available } else { shared }
+    }
+
+    /// Rewrites `cpuset.cpus` of every running shared task after the pinned cores changed.
+    fn refresh_shared_cpusets(&self) {
+        let Some(m) = self.cgroups() else { return };
+        if !m.has_controller("cpuset") {
+            return;
+        }
+        let shared = self.shared_cores(m);
+        let cpus = if shared.is_empty() {
+            m.available_cpus().unwrap_or_default()
+        } else {
+            shared
+        };
+        let ids: Vec<String> = self
+            .tasks
+            .lock()
+            .iter()
+            .filter(|(_, e)| {
+                !e.status.state.is_terminal() && e.cpuset.is_empty() && !e.cgroup.is_empty()
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Err(e) = m.set_cpuset(&id, &cpus) {
+                tracing::warn!(task_id = %id, error = %e, "cannot move shared task off pinned cores");
+            }
+        }
+    }
+
     fn cgroups(&self) -> Option<&CgroupManager> {
         self.cgroups
             .get_or_init(|| {
@@ -371,7 +448,8 @@ impl Inner {
                         tracing::info!(
                             root = %root.display(),
                             controllers = ?m.controllers(),
-                            "exec driver: using cgroup v2 for task limits"
+                            version = if m.is_v1() { "v1" } else { "v2" },
+                            "exec driver: using cgroups for task limits"
                         );
                         Some(m)
                     }
@@ -447,9 +525,7 @@ impl Inner {
             let new = match obs {
                 Observation::Exited(record) => {
                     let killed = entry.kill_requested || entry.dir.join(KILLED_MARKER).exists();
-                    if let Some(cg) = &entry.cgroup {
-                        let _ = fs::remove_dir(cg);
-                    }
+                    remove_dirs(&entry.cgroup);
                     exit_status(id, &record, killed)
                 }
                 Observation::Running(pid) => {
@@ -458,6 +534,12 @@ impl Inner {
                 }
                 Observation::Starting => return Some(entry.status.state),
                 Observation::Lost(why) => {
+                    // The shim died without cleaning up: what is left of the task may still
+                    // be in the cgroups; kill it so they can go.
+                    if !entry.cgroup.is_empty() {
+                        crate::cgroup::kill_all(&entry.cgroup);
+                        remove_dirs(&entry.cgroup);
+                    }
                     let killed = entry.kill_requested || entry.dir.join(KILLED_MARKER).exists();
                     if killed {
                         status(id, TaskState::Killed, Some(format!("killed ({why})")), None)
@@ -473,6 +555,16 @@ impl Inner {
             new
         };
         let state = changed.state;
+        if state.is_terminal()
+            && self
+                .tasks
+                .lock()
+                .get(id)
+                .is_some_and(|e| !e.cpuset.is_empty())
+        {
+            // Its cores are free for shared tasks again.
+            self.refresh_shared_cpusets();
+        }
         self.emit(changed);
         Some(state)
     }
@@ -492,10 +584,17 @@ impl Inner {
                     start_time: p.shim_start_time,
                 })
             });
-        let cgroup = shim::read_json::<ShimSpec>(&dir.join(SPEC_FILE))
+        let shim_spec = shim::read_json::<ShimSpec>(&dir.join(SPEC_FILE))
             .ok()
-            .flatten()
-            .and_then(|s| s.cgroup);
+            .flatten();
+        let cgroup = shim_spec
+            .as_ref()
+            .map(ShimSpec::cgroup_dirs)
+            .unwrap_or_default();
+        let cpuset = shim_spec
+            .and_then(|s| s.env.get("BERTH_CPUSET").cloned())
+            .and_then(|c| parse_cpu_list(&c))
+            .unwrap_or_default();
         let killed = dir.join(KILLED_MARKER).exists();
         let st = match observe(dir, pid, shim_pid) {
             Observation::Exited(record) => exit_status(id, &record, killed),
@@ -508,10 +607,8 @@ impl Inner {
                 status(id, TaskState::Failed, Some(format!("lost: {why}")), None)
             }
         };
-        if st.state.is_terminal()
-            && let Some(cg) = &cgroup
-        {
-            let _ = fs::remove_dir(cg);
+        if st.state.is_terminal() {
+            remove_dirs(&cgroup);
         }
         let mut tasks = self.tasks.lock();
         let entry = tasks.entry(id.to_string()).or_insert(Entry {
@@ -523,6 +620,7 @@ impl Inner {
             shim_pid,
             kill_requested: killed,
             cgroup,
+            cpuset,
         });
         entry.status.clone()
     }
@@ -532,8 +630,14 @@ impl Inner {
         &self,
         spec: &TaskSpec,
         dir: &Path,
-    ) -> Result<(Child, ShimPid, Option<PathBuf>), DriverError> {
+    ) -> Result<(Child, ShimPid, Vec<PathBuf>), DriverError> {
         let argv = argv(spec)?;
+        let pids_max = pids_limit(spec, self.config.pids_max)?;
+        let hard_quota = spec
+            .app
+            .labels
+            .get(APP_LABEL_CPU_QUOTA)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         fs::create_dir_all(dir)?;
         let mut env = BTreeMap::new();
         env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
@@ -545,21 +649,41 @@ impl Inner {
         if spec.app.user.as_deref().is_some_and(|u| !u.is_empty()) {
             tracing::warn!(task_id = %spec.task_id, "exec driver: `user` is not supported yet; running as the agent's user");
         }
-        let cgroup = self.cgroups().and_then(|m| {
-            let limits = Limits::from_resources(
-                spec.resources.cpus,
-                spec.resources.mem,
-                self.config.pids_max,
-                &spec.cpuset,
-            );
-            match m.create(&spec.task_id, &limits) {
-                Ok(path) => Some(path),
-                Err(e) => {
-                    tracing::warn!(task_id = %spec.task_id, error = %e, "cannot create task cgroup; running without limits");
-                    None
+        let cgroup = match self.cgroups() {
+            None => Vec::new(),
+            Some(m) => {
+                let cpuset = if spec.cpuset.is_empty() {
+                    self.shared_cores(m)
+                } else {
+                    spec.cpuset.clone()
+                };
+                let limits = Limits::from_resources(
+                    spec.resources.cpus,
+                    spec.resources.mem,
+                    hard_quota,
+                    pids_max,
+                    &cpuset,
+                );
+                match m.create(&spec.task_id, &limits) {
+                    Ok(paths) => paths,
+                    Err(e) if !spec.cpuset.is_empty() => {
+                        // Pinned cores are a promise to the app: never run it unpinned.
+                        return Err(DriverError::Unavailable(format!(
+                            "cannot create the cgroup pinning the task to cores {:?}: {e}",
+                            spec.cpuset
+                        )));
+                    }
+                    Err(e) => {
+                        tracing::warn!(task_id = %spec.task_id, error = %e, "cannot create task cgroup; running without limits");
+                        Vec::new()
+                    }
                 }
             }
-        });
+        };
+        let (v2_cgroup, v1_cgroups) = match self.cgroups() {
+            Some(m) if m.is_v1() => (None, cgroup.clone()),
+            _ => (cgroup.first().cloned(), Vec::new()),
+        };
         let shim_spec = ShimSpec {
             task_id: spec.task_id.clone(),
             argv,
@@ -567,7 +691,8 @@ impl Inner {
             cwd: dir.to_path_buf(),
             stdout: dir.join(STDOUT_FILE),
             stderr: dir.join(STDERR_FILE),
-            cgroup: cgroup.clone(),
+            cgroup: v2_cgroup,
+            cgroups: v1_cgroups,
         };
         shim::write_json_atomic(&dir.join(SPEC_FILE), &shim_spec)?;
         let log = fs::OpenOptions::new()
@@ -586,9 +711,7 @@ impl Inner {
             .stderr(log_err)
             .spawn()
             .map_err(|e| {
-                if let Some(cg) = &cgroup {
-                    let _ = fs::remove_dir(cg);
-                }
+                remove_dirs(&cgroup);
                 DriverError::Unavailable(format!(
                     "cannot start shim {}: {e}",
                     self.config.shim_program.display()
@@ -602,6 +725,32 @@ impl Inner {
         };
         shim::write_json_atomic(&dir.join(SHIM_PID_FILE), &shim_pid)?;
         Ok((child, shim_pid, cgroup))
+    }
+}
+
+/// Removes task cgroup directories (empty ones only: the kernel refuses the rest).
+fn remove_dirs(dirs: &[PathBuf]) {
+    for d in dirs {
+        let _ = fs::remove_dir(d);
+    }
+}
+
+/// The task's pids limit: app label `BERTH_PIDS_LIMIT` (a positive number, or `unlimited`),
+/// else the agent's default (the same rule as the Docker driver's).
+fn pids_limit(spec: &TaskSpec, default: Option<u64>) -> Result<Option<u64>, DriverError> {
+    match spec.app.labels.get(APP_LABEL_PIDS_LIMIT).map(|s| s.trim()) {
+        None | Some("") => Ok(default),
+        Some("unlimited") | Some("-1") => Ok(None),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| {
+                DriverError::InvalidSpec(format!(
+                    "label {APP_LABEL_PIDS_LIMIT}={v:?}: expected a positive number or `unlimited`"
+                ))
+            }),
     }
 }
 
@@ -823,6 +972,19 @@ impl Driver for ExecDriver {
 
     fn pid(&self, task_id: &str) -> Option<i32> {
         self.task_pid(task_id)
+    }
+
+    fn set_pinned_cores(&self, cores: &[u32]) {
+        let changed = {
+            let mut pinned = self.inner.node_pinned.lock();
+            let new: BTreeSet<u32> = cores.iter().copied().collect();
+            let changed = *pinned != new;
+            *pinned = new;
+            changed
+        };
+        if changed {
+            self.inner.refresh_shared_cpusets();
+        }
     }
 }
 

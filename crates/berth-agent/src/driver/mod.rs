@@ -232,6 +232,13 @@ pub trait Driver: Send + Sync + 'static {
         None
     }
 
+    /// Tells the driver which cores are pinned to tasks on this node (of any driver), so it
+    /// can keep shared tasks off them. Called by the agent whenever its assignment list
+    /// changes, before new tasks start. The default ignores it.
+    fn set_pinned_cores(&self, cores: &[u32]) {
+        let _ = cores;
+    }
+
     /// Runs a COMMAND health check for a task: `Ok(())` when it exits 0, else the reason.
     /// The default runs `/bin/sh -c command` on the host with the task's environment
     /// (right for the exec driver); container drivers run it inside the container.

@@ -398,6 +398,11 @@ impl Cluster {
 
     /// Starts (or restarts) the agent; waits until node `n1` is ready on the server.
     pub async fn start_agent(&mut self) {
+        self.start_agent_with_cpus("8").await;
+    }
+
+    /// [`Cluster::start_agent`] offering `cpus` CPUs (pinned cores are `0..cpus`).
+    pub async fn start_agent_with_cpus(&mut self, cpus: &str) {
         assert!(self.agent.is_none(), "agent already running");
         let log = Cluster::log_file(&self.agent_log());
         let stderr = log.try_clone().expect("log fd");
@@ -415,7 +420,7 @@ impl Cluster {
                 "--hostname",
                 "n1",
                 "--cpus",
-                "8",
+                cpus,
                 "--mem",
                 "8192",
                 "--disk",
@@ -578,6 +583,58 @@ impl Drop for Cluster {
         Cluster::kill_child(&mut self.agent);
         Cluster::kill_child(&mut self.server);
         self.kill_own_processes();
+        remove_task_cgroups(self.path());
+    }
+}
+
+/// Removes the task cgroups (as listed in each exec task's `spec.json`) of every agent data dir
+/// under `root`. Teardown SIGKILLs shims, which would otherwise remove them when their task
+/// ends; call it once the processes are gone (a cgroup with processes is left alone).
+pub fn remove_task_cgroups(root: &Path) {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.filter_map(Result::ok) {
+            let p = e.path();
+            if p.file_name().is_some_and(|n| n == "spec.json")
+                && dir
+                    .parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|n| n == "tasks")
+            {
+                out.push(p);
+            } else if depth > 0 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&p, depth - 1, out);
+            }
+        }
+    }
+    let mut specs = Vec::new();
+    walk(root, 5, &mut specs);
+    for spec in specs {
+        let Ok(text) = std::fs::read_to_string(&spec) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let dirs = v["cgroup"].as_str().into_iter().chain(
+            v["cgroups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str),
+        );
+        for d in dirs {
+            for _ in 0..20 {
+                match std::fs::remove_dir(d) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        std::thread::sleep(Duration::from_millis(25))
+                    }
+                    _ => break,
+                }
+            }
+        }
     }
 }
 

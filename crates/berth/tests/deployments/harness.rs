@@ -308,5 +308,6 @@ impl Drop for Env {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        crate::common::remove_task_cgroups(self.path());
     }
 }
