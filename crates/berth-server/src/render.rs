@@ -46,25 +46,61 @@ pub fn visible_state(t: &Task) -> TaskState {
 }
 
 pub fn task_json(t: &Task, app: Option<&AppDefinition>) -> Value {
-    let service_ports: Vec<i64> = app.map(service_ports_of).unwrap_or_default();
-    let mut v = json!({
-        "appId": t.app_id,
-        "id": t.id,
-        "host": t.host,
-        "ports": t.ports,
-        "servicePorts": service_ports,
-        "slaveId": t.node_id,
-        "stagedAt": format_millis(t.staged_at),
-        "state": visible_state(t),
-        "version": t.version,
-        "ipAddresses": t.ip_addresses.iter().map(|ip| json!({"ipAddress": ip, "protocol": "IPv4"})).collect::<Vec<_>>(),
-        "healthCheckResults": t.health,
-        "localVolumes": [],
-    });
-    if let Some(s) = t.started_at {
-        v["startedAt"] = json!(format_millis(s));
+    serde_json::to_value(TaskView::new(t, app)).unwrap_or_else(|_| json!({"id": t.id}))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpAddressView<'a> {
+    pub ip_address: &'a str,
+    pub protocol: &'static str,
+}
+
+/// A task as Marathon shows it, serialised straight from the task.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskView<'a> {
+    pub app_id: &'a str,
+    pub id: &'a str,
+    pub host: &'a str,
+    pub ports: &'a [u16],
+    pub service_ports: Vec<i64>,
+    pub slave_id: &'a str,
+    pub staged_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    pub state: TaskState,
+    pub version: &'a str,
+    pub ip_addresses: Vec<IpAddressView<'a>>,
+    pub health_check_results: &'a [berth_core::task::HealthResult],
+    pub local_volumes: [(); 0],
+}
+
+impl<'a> TaskView<'a> {
+    pub fn new(t: &'a Task, app: Option<&AppDefinition>) -> Self {
+        TaskView {
+            app_id: &t.app_id,
+            id: &t.id,
+            host: &t.host,
+            ports: &t.ports,
+            service_ports: app.map(service_ports_of).unwrap_or_default(),
+            slave_id: &t.node_id,
+            staged_at: format_millis(t.staged_at),
+            started_at: t.started_at.map(format_millis),
+            state: visible_state(t),
+            version: &t.version,
+            ip_addresses: t
+                .ip_addresses
+                .iter()
+                .map(|ip| IpAddressView {
+                    ip_address: ip,
+                    protocol: "IPv4",
+                })
+                .collect(),
+            health_check_results: &t.health,
+            local_volumes: [],
+        }
     }
-    v
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -180,10 +216,11 @@ impl AppSnapshot {
             tasks_healthy: self.counts.healthy,
             tasks_unhealthy: self.counts.unhealthy,
             deployments: self.deployments.iter().map(|id| IdRef { id }).collect(),
-            tasks: self
-                .tasks
-                .as_ref()
-                .map(|ts| ts.iter().map(|t| task_json(t, Some(&self.app))).collect()),
+            tasks: self.tasks.as_ref().map(|ts| {
+                ts.iter()
+                    .map(|t| TaskView::new(t, Some(&self.app)))
+                    .collect()
+            }),
             last_task_failure: self.last_task_failure.as_ref(),
         }
     }
@@ -210,7 +247,7 @@ pub struct AppView<'a> {
     pub tasks_unhealthy: usize,
     pub deployments: Vec<IdRef<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tasks: Option<Vec<Value>>,
+    pub tasks: Option<Vec<TaskView<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_task_failure: Option<&'a Value>,
 }

@@ -39,6 +39,10 @@ pub struct StoreOptions {
     pub queue_depth: usize,
     /// Committed batches buffered per watcher before it must re-read the change log.
     pub broadcast_capacity: usize,
+    /// redb's page cache, in bytes. Berth's server keeps its state in memory and reads the
+    /// store only at start-up, so a small cache suffices (redb's default is 1 GiB, which
+    /// fills with written pages and shows up as server RSS).
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -49,6 +53,7 @@ impl Default for StoreOptions {
             max_batch: 1_000,
             queue_depth: 10_000,
             broadcast_capacity: 1_024,
+            cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -115,6 +120,7 @@ impl RedbStore {
         std::fs::create_dir_all(dir).map_err(StoreError::backend)?;
         let path = dir.join(&options.file_name);
         let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
             .create(&path)
             .map_err(StoreError::backend)?;
         let (revision, compacted) = init_tables(&db)?;

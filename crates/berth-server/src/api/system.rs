@@ -92,12 +92,15 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
             *nodes.entry(k).or_default() += 1;
         }
         let unplaced: usize = st.unplaced.values().map(|u| u.count).sum();
+        let mut counters = st.counters.clone();
+        // How often the visible state changed: cached renderings last as long as it holds.
+        counters.insert("state_revisions", st.revision);
         (
             st.apps.len(),
             st.deployments.len(),
             by_state,
             nodes,
-            st.counters.clone(),
+            counters,
             unplaced,
         )
     };
