@@ -494,7 +494,7 @@ impl Cluster {
                         feed.floor = feed.floor.max(old);
                     }
                 }
-                if self.tasks.get(task).is_none() {
+                if !self.tasks.contains_key(task) {
                     self.assign_gen.remove(task);
                 }
             }
