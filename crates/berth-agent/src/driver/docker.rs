@@ -17,10 +17,11 @@
 //! - `tasks/<task_id>/killed`          marker: the task was killed on request (TASK_KILLED)
 //! - `uids.json`                       task id -> UID allocated for `BERTH_UID=auto`
 
-use super::{Driver, DriverError, StatusSink, TaskSpec, TaskStatus};
+use super::{Driver, DriverError, LogChunks, LogStream, StatusSink, TaskSpec, TaskStatus};
 use berth_core::app::{AppDefinition, DockerParameter, DriverKind, PortMapping};
 use berth_core::task::TaskState;
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, DeviceMapping,
@@ -28,7 +29,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions,
-    KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -186,6 +187,8 @@ struct Inner {
 
 struct Entry {
     status: TaskStatus,
+    /// Host pid of the container's init while it runs (from the last inspect).
+    pid: Option<i32>,
     /// Set while `start` is still pulling/creating: the watcher leaves the task alone.
     launching: bool,
     kill_requested: bool,
@@ -257,6 +260,17 @@ impl DockerDriver {
         &self.inner.docker
     }
 
+    /// Where the engine is and what it speaks, for people: `unix:///var/run/docker.sock,
+    /// API 1.41, Engine 20.10.24`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}, API {}, Engine {}",
+            engine_address(self.inner.config.host.as_deref()),
+            self.inner.docker.client_version(),
+            self.inner.server_version
+        )
+    }
+
     /// dockerd's version string.
     pub fn server_version(&self) -> &str {
         &self.inner.server_version
@@ -292,6 +306,7 @@ impl DockerDriver {
                 id.clone(),
                 Entry {
                     status: status(&id, TaskState::Staging, None, None),
+                    pid: None,
                     launching: true,
                     kill_requested: false,
                 },
@@ -402,6 +417,63 @@ impl DockerDriver {
         Ok(())
     }
 
+    async fn task_logs(
+        &self,
+        task_id: &str,
+        stream: LogStream,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> Result<LogChunks, DriverError> {
+        let unknown = || DriverError::UnknownTask(task_id.to_string());
+        validate_task_id(task_id).map_err(|_| unknown())?;
+        let name = container_name(task_id);
+        // Only Berth's container of this task (a forgotten task's container may still exist).
+        let c = match self
+            .inner
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if is_not_found(&e) => return Err(unknown()),
+            Err(e) => return Err(api_error("inspecting the container", e)),
+        };
+        let owner = c
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_TASK_ID));
+        if owner.map(String::as_str) != Some(task_id) {
+            return Err(unknown());
+        }
+        let opts = LogsOptions {
+            follow,
+            stdout: stream == LogStream::Stdout,
+            stderr: stream == LogStream::Stderr,
+            tail: tail.map_or_else(|| "all".to_string(), |n| n.to_string()),
+            ..Default::default()
+        };
+        let logs = self.inner.docker.logs(&name, Some(opts));
+        let chunks = logs.filter_map(move |item| {
+            let out = match item {
+                Ok(LogOutput::StdOut { message }) if stream == LogStream::Stdout => {
+                    Some(Ok(message))
+                }
+                Ok(LogOutput::StdErr { message }) if stream == LogStream::Stderr => {
+                    Some(Ok(message))
+                }
+                // A TTY container has one console stream: it is its stdout.
+                Ok(LogOutput::Console { message }) if stream == LogStream::Stdout => {
+                    Some(Ok(message))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(api_error("reading the container's logs", e))),
+            };
+            futures::future::ready(out)
+        });
+        Ok(chunks.boxed())
+    }
+
     async fn recover_tasks(&self) -> Result<Vec<TaskStatus>, DriverError> {
         let inner = &self.inner;
         inner.ensure_watcher();
@@ -440,6 +512,7 @@ impl DockerDriver {
             }
             inner.tasks.lock().entry(task_id.clone()).or_insert(Entry {
                 status: st.clone(),
+                pid: running_pid(&c),
                 launching: false,
                 kill_requested: killed,
             });
@@ -557,6 +630,9 @@ impl Inner {
             if e.status.state.is_terminal() || e.status.state == st.state {
                 false
             } else {
+                if st.state.is_terminal() {
+                    e.pid = None;
+                }
                 e.status = st.clone();
                 true
             }
@@ -756,12 +832,16 @@ impl Inner {
             }
         };
         let name = container_name(id);
+        let mut pid = None;
         let st = match self
             .docker
             .inspect_container(&name, None::<InspectContainerOptions>)
             .await
         {
-            Ok(c) => status_from_inspect(id, &c, killed || self.killed_marker(id)),
+            Ok(c) => {
+                pid = running_pid(&c);
+                status_from_inspect(id, &c, killed || self.killed_marker(id))
+            }
             Err(e) if is_not_found(&e) => {
                 if killed {
                     status(
@@ -788,6 +868,9 @@ impl Inner {
         let changed = {
             let mut tasks = self.tasks.lock();
             let Some(e) = tasks.get_mut(id) else { return };
+            if !e.launching {
+                e.pid = pid;
+            }
             if e.launching || e.status.state.is_terminal() || e.status.state == st.state {
                 false
             } else {
@@ -1005,7 +1088,8 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn engine_address(host: Option<&str>) -> String {
+/// The engine address the driver uses for `host` (see [`DockerConfig::host`]).
+pub fn engine_address(host: Option<&str>) -> String {
     host.map(str::to_string)
         .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| DEFAULT_SOCKET.to_string())
@@ -1135,6 +1219,18 @@ pub fn status_from_inspect(id: &str, c: &ContainerInspectResponse, killed: bool)
         }
         _ => status(id, TaskState::Starting, None, None),
     }
+}
+
+/// The host pid of a running container's init.
+fn running_pid(c: &ContainerInspectResponse) -> Option<i32> {
+    let state = c.state.as_ref()?;
+    if state.running != Some(true) {
+        return None;
+    }
+    state
+        .pid
+        .and_then(|p| i32::try_from(p).ok())
+        .filter(|p| *p > 0)
 }
 
 /// Container names (and task directories) come from task ids.
@@ -1825,6 +1921,28 @@ impl Driver for DockerDriver {
 
     fn forget(&self, task_id: &str) {
         self.forget_task(task_id);
+    }
+
+    /// The container's output through the Engine API (`docker logs`): one stream of the
+    /// multiplexed stdout/stderr, `tail` lines, and with `follow` until the container stops.
+    fn logs(
+        &self,
+        task_id: &str,
+        stream: LogStream,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> BoxFuture<'_, Result<LogChunks, DriverError>> {
+        let task_id = task_id.to_string();
+        Box::pin(async move { self.task_logs(&task_id, stream, tail, follow).await })
+    }
+
+    fn pid(&self, task_id: &str) -> Option<i32> {
+        let tasks = self.inner.tasks.lock();
+        let e = tasks.get(task_id)?;
+        if e.status.state.is_terminal() {
+            return None;
+        }
+        e.pid
     }
 
     /// COMMAND health checks run inside the container, with the task's environment.
