@@ -728,25 +728,29 @@ async fn followed_logs_end_when_the_container_exits() {
         .timeout(Duration::from_secs(60))
         .build()
         .expect("http client");
-    let body = http
-        .get(
-            d.api()
-                .url(&format!("/api/v1/tasks/{task}/logs?follow=true")),
-        )
-        .send()
-        .await
-        .expect("GET logs?follow=true")
-        .text()
-        .await
-        .expect("the followed logs end (not cut by the 60 s timeout)");
+    let follow = |query: &'static str| {
+        let http = http.clone();
+        let url = d
+            .api()
+            .url(&format!("/api/v1/tasks/{task}/logs?follow=true{query}"));
+        async move {
+            http.get(&url)
+                .send()
+                .await
+                .expect("GET logs?follow=true")
+                .text()
+                .await
+                .expect("the followed logs end (not cut by the 60 s timeout)")
+        }
+    };
+    // Both while the task sleeps between its two lines.
+    let (all, tail1) = tokio::join!(follow(""), follow("&tail=1"));
     eprintln!(
-        "followed logs of {task} ({:?}): {body:?}",
+        "followed logs of {task} ({:?}): {all:?}; with tail=1: {tail1:?}",
         started.elapsed()
     );
-    assert!(
-        body.contains("first line") && body.contains("last line"),
-        "{body:?}"
-    );
+    assert_eq!(all, "first line\nlast line\n");
+    assert_eq!(tail1, "first line\nlast line\n", "tail=1 then follow");
 }
 
 /// The pid of the running dockerd and its command line (to start it again the same way).
@@ -776,6 +780,46 @@ fn dockerd_process() -> Option<(i32, Vec<String>)> {
     (!args.is_empty()).then_some((pid, args))
 }
 
+/// Starts dockerd with `args` (its earlier command line), detached from this process, logging
+/// to /var/log/berth-dockerd.log as scripts/test.sh does.
+fn start_dockerd(args: &[String]) -> std::io::Result<u32> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/var/log/berth-dockerd.log")?;
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Its own process group: it must outlive this test process, like the original.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // Not waited for: dockerd keeps running after the test.
+    Ok(cmd.spawn()?.id())
+}
+
+/// Starts dockerd again if a test stopped it and failed before starting it (other tests and
+/// the next run need it).
+struct DockerdBack(Vec<String>);
+
+impl Drop for DockerdBack {
+    fn drop(&mut self) {
+        if dockerd_process().is_none() {
+            eprintln!("dockerd is not running: starting it again ({:?})", self.0);
+            if let Err(e) = start_dockerd(&self.0) {
+                eprintln!("cannot start dockerd: {e}");
+                return;
+            }
+            for _ in 0..60 {
+                if docker_info_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 fn docker_info_ok() -> bool {
     Command::new("docker")
         .arg("info")
@@ -794,7 +838,7 @@ async fn dockerd_restart_is_reconciled() {
     if !docker_available("dockerd_restart_is_reconciled") {
         return;
     }
-    // SAFETY-free check of root: restarting dockerd needs it.
+    // Restarting dockerd needs root.
     let uid = Command::new("id")
         .arg("-u")
         .output()
@@ -821,6 +865,7 @@ async fn dockerd_restart_is_reconciled() {
     assert_eq!(r.status, 201, "POST /v2/apps: {}", r.text);
     let old = running(&d, APP, 2).await;
     let (pid, args) = dockerd_process().expect("the running dockerd's pid and command line");
+    let _back = DockerdBack(args.clone());
     eprintln!("stopping dockerd (pid {pid}: {args:?})");
     let stopped = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -832,22 +877,8 @@ async fn dockerd_restart_is_reconciled() {
     .await;
     // Down for a moment: the agent must not give up on the engine.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/var/log/berth-dockerd.log")
-        .expect("dockerd log");
-    let log2 = log.try_clone().expect("log fd");
-    let mut cmd = Command::new(&args[0]);
-    cmd.args(&args[1..])
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
-    // Its own session: it must outlive this test process, like the original.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = cmd.spawn().expect("starting dockerd again");
-    eprintln!("started dockerd again (pid {})", child.id());
-    std::mem::forget(child);
+    let new_pid = start_dockerd(&args).expect("starting dockerd again");
+    eprintln!("started dockerd again (pid {new_pid})");
     wait_until(T, "docker info answers again", || async {
         docker_info_ok()
     })
@@ -865,6 +896,15 @@ async fn dockerd_restart_is_reconciled() {
                 )
         })
         .await;
+    }
+    for e in es.seen.iter().filter(|e| {
+        e.event == "status_update_event"
+            && old.contains_key(e.data["taskId"].as_str().unwrap_or(""))
+    }) {
+        eprintln!(
+            "old task {}: {} {}",
+            e.data["taskId"], e.data["taskStatus"], e.data["message"]
+        );
     }
     let new = wait_for(T, "2 new running tasks", || async {
         let ids = d.api().running_ids(APP).await;
