@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Berth's one test command: installs and starts what the tests need when it is missing
-# (Debian packages, dockerd, the busybox test image, marathon-python), then runs formatting,
+# (Debian packages, dockerd, lxcfs, the busybox test image, marathon-python), then runs formatting,
 # lints and every test. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,8 @@ missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 [ -x /bin/busybox ] || missing+=(busybox-static)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v lxcfs >/dev/null 2>&1 || missing+=(lxcfs)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   as_root apt-get update -qq
@@ -25,6 +27,15 @@ if ! docker info >/dev/null 2>&1; then
   as_root sh -c 'nohup dockerd >/var/log/berth-dockerd.log 2>&1 &'
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/berth-dockerd.log"; tail -20 /var/log/berth-dockerd.log || true; exit 1; }
+fi
+# lxcfs (the Docker driver mounts its /proc files so a container sees its own limits); the
+# lxcfs test is skipped, with the reason, when it cannot run (no /dev/fuse).
+if [ ! -r /var/lib/lxcfs/proc/meminfo ] && [ -e /dev/fuse ]; then
+  log "starting lxcfs"
+  as_root mkdir -p /var/lib/lxcfs
+  as_root sh -c 'nohup lxcfs /var/lib/lxcfs >/var/log/berth-lxcfs.log 2>&1 &'
+  for _ in $(seq 1 20); do [ -r /var/lib/lxcfs/proc/meminfo ] && break; sleep 0.5; done
+  [ -r /var/lib/lxcfs/proc/meminfo ] || { echo "lxcfs did not start (the lxcfs test will skip):"; tail -5 /var/log/berth-lxcfs.log || true; }
 fi
 if [ -x scripts/test-image.sh ]; then
   log "test image"

@@ -209,14 +209,24 @@ pub fn node_info(args: &NodeArgs, data_dir: &Path) -> Result<NodeInfo> {
 /// Where every driver's status changes arrive.
 type StatusReceiver = mpsc::UnboundedReceiver<TaskStatus>;
 
+/// Whether this node runs Docker tasks, and why (for `berth dev`'s banner).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerUse {
+    /// The docker driver is on: the engine's address and versions.
+    On(String),
+    /// Off: the reason.
+    Off(String),
+}
+
 /// The drivers this node runs, all reporting into one channel.
 pub async fn drivers(
     args: &NodeArgs,
     data_dir: &Path,
     node_id: &str,
-) -> Result<(Vec<Arc<dyn Driver>>, StatusReceiver)> {
+) -> Result<(Vec<Arc<dyn Driver>>, StatusReceiver, Option<String>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut out: Vec<Arc<dyn Driver>> = Vec::new();
+    let mut docker = None;
     for d in &args.drivers {
         match d.as_str() {
             "exec" => {
@@ -242,24 +252,34 @@ pub async fn drivers(
                 let driver = DockerDriver::connect(cfg, tx.clone())
                     .await
                     .context("--drivers docker")?;
+                docker = Some(driver.describe());
                 out.push(Arc::new(driver));
             }
             other => bail!("unknown driver '{other}'"),
         }
     }
-    Ok((out, rx))
+    Ok((out, rx, docker))
 }
 
-/// Starts an agent; returns its task handle and the drivers (for a clean dev shutdown).
+/// What an agent started with.
+pub struct Started {
+    pub handle: tokio::task::JoinHandle<()>,
+    /// Its drivers (for a clean dev shutdown).
+    pub drivers: Vec<Arc<dyn Driver>>,
+    pub docker: DockerUse,
+}
+
+/// Starts an agent.
 pub async fn start(
     servers: Vec<String>,
     data_dir: &Path,
     node: &NodeArgs,
     shutdown: watch::Receiver<bool>,
-) -> Result<(tokio::task::JoinHandle<()>, Vec<Arc<dyn Driver>>)> {
+) -> Result<Started> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let mut node = node.clone();
+    let mut docker_off = None;
     if node.drivers.is_empty() {
         node.drivers = vec!["exec".into(), "fake".into()];
         match DockerDriver::probe(node.docker_socket.as_deref(), Duration::from_secs(3)).await {
@@ -267,13 +287,22 @@ pub async fn start(
                 tracing::info!(version, "Docker Engine answers: enabling the docker driver");
                 node.drivers.push("docker".into());
             }
-            Err(e) => tracing::info!(reason = %e, "docker driver not enabled"),
+            Err(e) => {
+                tracing::info!(reason = %e, "docker driver not enabled");
+                docker_off = Some(e.to_string());
+            }
         }
+    } else if !node.drivers.iter().any(|d| d == "docker") {
+        docker_off = Some(format!("not in --drivers {}", node.drivers.join(",")));
     }
     tracing::info!(drivers = ?node.drivers, "drivers");
     let node = &node;
     let mut info = node_info(node, data_dir)?;
-    let (drivers, rx) = drivers(node, data_dir, &info.id).await?;
+    let (drivers, rx, docker_on) = drivers(node, data_dir, &info.id).await?;
+    let docker = match docker_on {
+        Some(d) => DockerUse::On(d),
+        None => DockerUse::Off(docker_off.unwrap_or_else(|| "not enabled".into())),
+    };
     let view = start_observability(node, data_dir, &mut info, &shutdown).await?;
     let config = AgentConfig {
         servers,
@@ -283,7 +312,11 @@ pub async fn start(
     };
     let http = Agent::http_client()?;
     let handle = Agent::start_with_view(config, http, drivers.clone(), rx, shutdown, view).await?;
-    Ok((handle, drivers))
+    Ok(Started {
+        handle,
+        drivers,
+        docker,
+    })
 }
 
 /// Starts the agent's HTTP endpoint (when `http_listen` is set; its URL goes into `info`) and
@@ -380,7 +413,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let (tx, rx) = watch::channel(false);
     let mut node = args.node.clone();
     node.http_listen = Some(args.listen);
-    let (handle, _drivers) = start(args.servers.clone(), &args.data_dir, &node, rx).await?;
+    let Started { handle, .. } = start(args.servers.clone(), &args.data_dir, &node, rx).await?;
     tracing::info!(servers = ?args.servers, data_dir = %args.data_dir.display(), "berth agent running");
     crate::shutdown_signal().await;
     // Tasks keep running: a restarted agent re-attaches to them.

@@ -45,14 +45,18 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
         .http_listen
         .get_or_insert(SocketAddr::from(([127, 0, 0, 1], 0)));
     let (tx, rx) = watch::channel(false);
-    let (handle, drivers) =
-        agent_cmd::start(vec![url.clone()], &data_dir.join("agent"), &args.node, rx).await?;
+    let agent_cmd::Started {
+        handle,
+        drivers,
+        docker,
+    } = agent_cmd::start(vec![url.clone()], &data_dir.join("agent"), &args.node, rx).await?;
     println!("Berth dev cluster running at {url}");
     println!(
         "  data dir: {}{}",
         data_dir.display(),
         if temp.is_some() { " (temporary)" } else { "" }
     );
+    println!("  {}", docker_line(&docker));
     println!("  try: curl {url}/v2/apps   or   BERTH_ADDR={url} berth app list");
     crate::shutdown_signal().await;
     println!("stopping");
@@ -69,4 +73,33 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The banner line that says whether Docker apps can run here.
+fn docker_line(docker: &agent_cmd::DockerUse) -> String {
+    match docker {
+        agent_cmd::DockerUse::On(engine) => format!("Docker driver: on ({engine})"),
+        agent_cmd::DockerUse::Off(why) => format!(
+            "Docker driver: off ({why}); apps with a `container.docker` section wait in the queue (no node offers the docker driver)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_line_says_on_or_why_off() {
+        let on = docker_line(&agent_cmd::DockerUse::On(
+            "unix:///var/run/docker.sock, API 1.41, Engine 20.10.24".into(),
+        ));
+        assert_eq!(
+            on,
+            "Docker driver: on (unix:///var/run/docker.sock, API 1.41, Engine 20.10.24)"
+        );
+        let off = docker_line(&agent_cmd::DockerUse::Off("no answer".into()));
+        assert!(off.starts_with("Docker driver: off (no answer)"), "{off}");
+        assert!(off.contains("wait in the queue"), "{off}");
+    }
 }

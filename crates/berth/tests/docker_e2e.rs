@@ -122,6 +122,35 @@ fn container_of(task_id: &str) -> String {
     format!("berth-{task_id}")
 }
 
+/// Serializes the test that restarts dockerd with every other Docker test, in this process
+/// (cargo runs a file's tests as threads) and in others (another checkout's docker_e2e): every
+/// test holds a shared `flock` on one file, the dockerd restart holds it exclusively.
+struct DockerLock(#[allow(dead_code)] std::fs::File);
+
+impl DockerLock {
+    async fn acquire(exclusive: bool) -> DockerLock {
+        let path = std::env::temp_dir().join("berth-docker-e2e.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        let file = tokio::task::spawn_blocking(move || {
+            let r = if exclusive {
+                file.lock()
+            } else {
+                file.lock_shared()
+            };
+            r.map(|()| file)
+        })
+        .await
+        .expect("lock task")
+        .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
+        DockerLock(file)
+    }
+}
+
 /// A server (the shared harness) plus an agent of our own: the harness's agent runs only the
 /// exec driver as node `n1`; these tests need `--drivers docker,exec`, a unique node id and
 /// `--ghost-grace`.
@@ -132,10 +161,16 @@ struct DockerCluster {
     ports: (u16, u16),
     /// Extra containers (by name) to remove on drop.
     extra: Vec<String>,
+    /// Held until the containers are removed (fields drop after `Drop::drop`).
+    _lock: DockerLock,
 }
 
 impl DockerCluster {
     async fn start(name: &str) -> DockerCluster {
+        Self::start_locked(name, DockerLock::acquire(false).await).await
+    }
+
+    async fn start_locked(name: &str, lock: DockerLock) -> DockerCluster {
         let c = Cluster::start_server_only(name).await;
         let slot = (std::process::id() % 97) as u16 * 60 + (c.port % 7) * 8;
         let base = 40000 + slot;
@@ -145,6 +180,7 @@ impl DockerCluster {
             agent: None,
             ports: (base, base + 7),
             extra: Vec::new(),
+            _lock: lock,
         };
         d.start_agent(30).await;
         d
@@ -316,6 +352,99 @@ fn containers(tasks: &BTreeMap<String, Value>) -> BTreeMap<String, Ctr> {
         .collect()
 }
 
+/// The agent URL the node advertises (`agentUrl` in `/api/v1/nodes`).
+async fn agent_url(d: &DockerCluster) -> String {
+    let r = d.api().get_ok("/api/v1/nodes").await;
+    node_list(&r)
+        .into_iter()
+        .find(|n| n["id"] == d.node.as_str() || n["info"]["id"] == d.node.as_str())
+        .and_then(|n| {
+            n["agentUrl"]
+                .as_str()
+                .or_else(|| n["info"]["agentUrl"].as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("node {} advertises no agentUrl: {r}", d.node))
+}
+
+/// `berth task logs` of a running web task: the line it printed on stdout (and not the stderr
+/// one), the stderr line with `--stderr`, `--tail 1`, and the same through the server's API.
+async fn check_logs_of_running_task(d: &DockerCluster, task: &str) {
+    let want = format!("hello from {task}");
+    let r = d
+        .api()
+        .get(&format!("/api/v1/tasks/{task}/logs?stream=stdout"))
+        .await;
+    assert_eq!(r.status, 200, "GET logs of {task}: {}", r.text);
+    assert!(r.text.contains(&want), "stdout of {task}: {:?}", r.text);
+    assert!(
+        !r.text.contains("warning on stderr"),
+        "stdout: {:?}",
+        r.text
+    );
+    let r = d
+        .api()
+        .get(&format!("/api/v1/tasks/{task}/logs?stream=stderr"))
+        .await;
+    assert_eq!(r.status, 200, "GET stderr of {task}: {}", r.text);
+    assert!(r.text.contains("warning on stderr"), "stderr: {:?}", r.text);
+    assert!(!r.text.contains(&want), "stderr: {:?}", r.text);
+    let cli = |extra: &[&str]| {
+        let out = Command::new(BERTH)
+            .args(["--server", &d.c.url(), "task", "logs", task])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running berth task logs");
+        assert!(
+            out.status.success(),
+            "berth task logs {task} {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let out = cli(&["--tail", "1"]);
+    assert_eq!(out.trim(), want, "berth task logs {task} --tail 1");
+    let out = cli(&["--stderr"]);
+    assert_eq!(
+        out.trim(),
+        "warning on stderr",
+        "berth task logs {task} --stderr"
+    );
+    let out = cli(&["--tail", "0"]);
+    assert_eq!(out.trim(), "", "berth task logs {task} --tail 0");
+}
+
+/// The agent's `/metrics` has CPU, memory and the memory limit (`mem` MiB) of every task.
+async fn check_metrics(d: &DockerCluster, app: &str, tasks: &BTreeMap<String, Value>, mem: u64) {
+    let url = format!("{}/metrics", agent_url(d).await);
+    let text = reqwest::get(&url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    for id in tasks.keys() {
+        let labels = format!("{{app_id=\"{app}\",task_id=\"{id}\",node=\"{}\"}}", d.node);
+        let value = |family: &str| -> f64 {
+            let prefix = format!("{family}{labels} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {family}{labels} in {url}:\n{text}"))
+        };
+        let cpu = value("berth_task_cpu_seconds_total");
+        let used = value("berth_task_memory_usage_bytes");
+        let limit = value("berth_task_memory_limit_bytes");
+        eprintln!("metrics of {id}: cpu {cpu}s, memory {used} of {limit} bytes");
+        assert!(
+            cpu >= 0.0 && used > 0.0,
+            "task {id}: cpu {cpu}, memory {used}"
+        );
+        assert_eq!(limit, (mem << 20) as f64, "task {id}: memory limit = mem");
+    }
+}
+
 /// (a) 3 healthy httpd containers answering on their host ports; (b) an agent `kill -9` and
 /// restart re-attaches the same containers; (c) a container removed by hand is replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,8 +456,9 @@ async fn web_app_survives_agent_crash_and_replaces_removed_container() {
     let mut d = DockerCluster::start("docker-web").await;
     let app = json!({
         "id": APP,
-        // busybox httpd answers 404 for a directory without index.html: give it one.
-        "cmd": "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www",
+        // busybox httpd answers 404 for a directory without index.html: give it one. The two
+        // lines are for the logs assertions.
+        "cmd": "echo \"hello from $MESOS_TASK_ID\"; echo \"warning on stderr\" >&2; mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www",
         "cpus": 0.1,
         "mem": 32,
         "instances": 3,
@@ -365,6 +495,11 @@ async fn web_app_survives_agent_crash_and_replaces_removed_container() {
     }
     let before = containers(&tasks);
     eprintln!("containers: {before:?}");
+
+    // Logs and metrics of docker tasks (through the server, and the agent's /metrics).
+    let first = tasks.keys().next().cloned().unwrap_or_default();
+    check_logs_of_running_task(&d, &first).await;
+    check_metrics(&d, APP, &tasks, 32).await;
 
     // (b) kill -9 the agent; the containers keep running; the new agent re-attaches them.
     d.kill_agent();
@@ -567,4 +702,643 @@ async fn ghost_container_is_announced_and_stopped() {
     // The server never adopted it.
     let apps = d.api().get_ok("/v2/apps").await;
     assert_eq!(apps["apps"].as_array().map(Vec::len), Some(0), "{apps}");
+}
+
+/// `logs?follow=true` of a docker task streams what it prints later and ends by itself when
+/// the container exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followed_logs_end_when_the_container_exits() {
+    if !docker_available("followed_logs_end_when_the_container_exits") {
+        return;
+    }
+    const APP: &str = "/de2e/chatty";
+    let d = DockerCluster::start("docker-logs").await;
+    let app = json!({
+        "id": APP,
+        "cmd": "echo first line; sleep 4; echo last line; exit 3",
+        "cpus": 0.1, "mem": 16, "instances": 1,
+        "container": {"type": "DOCKER", "docker": {"image": IMAGE}},
+    });
+    let r = d.api().post("/v2/apps", &app).await;
+    assert_eq!(r.status, 201, "POST /v2/apps: {}", r.text);
+    let tasks = running(&d, APP, 1).await;
+    let task = tasks.keys().next().cloned().unwrap_or_default();
+    let started = std::time::Instant::now();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client");
+    let follow = |query: &'static str| {
+        let http = http.clone();
+        let url = d
+            .api()
+            .url(&format!("/api/v1/tasks/{task}/logs?follow=true{query}"));
+        async move {
+            http.get(&url)
+                .send()
+                .await
+                .expect("GET logs?follow=true")
+                .text()
+                .await
+                .expect("the followed logs end (not cut by the 60 s timeout)")
+        }
+    };
+    // Both while the task sleeps between its two lines.
+    let (all, tail1) = tokio::join!(follow(""), follow("&tail=1"));
+    eprintln!(
+        "followed logs of {task} ({:?}): {all:?}; with tail=1: {tail1:?}",
+        started.elapsed()
+    );
+    assert_eq!(all, "first line\nlast line\n");
+    assert_eq!(tail1, "first line\nlast line\n", "tail=1 then follow");
+}
+
+/// The pid of the running dockerd and its command line (to start it again the same way).
+fn dockerd_process() -> Option<(i32, Vec<String>)> {
+    let (ok, out) = match Command::new("pidof").arg("dockerd").output() {
+        Ok(o) => (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+        ),
+        Err(_) => (false, String::new()),
+    };
+    let pid: i32 = if ok {
+        out.split_whitespace().next()?.parse().ok()?
+    } else {
+        std::fs::read_to_string("/var/run/docker.pid")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).to_string())
+        .collect();
+    (!args.is_empty()).then_some((pid, args))
+}
+
+/// Starts dockerd with `args` (its earlier command line), detached from this process, logging
+/// to /var/log/berth-dockerd.log as scripts/test.sh does.
+fn start_dockerd(args: &[String]) -> std::io::Result<u32> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/var/log/berth-dockerd.log")?;
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Its own process group: it must outlive this test process, like the original.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // Not waited for: dockerd keeps running after the test.
+    Ok(cmd.spawn()?.id())
+}
+
+/// Starts dockerd again if a test stopped it and failed before starting it (other tests and
+/// the next run need it).
+struct DockerdBack(Vec<String>);
+
+impl Drop for DockerdBack {
+    fn drop(&mut self) {
+        if dockerd_process().is_none() {
+            eprintln!("dockerd is not running: starting it again ({:?})", self.0);
+            if let Err(e) = start_dockerd(&self.0) {
+                eprintln!("cannot start dockerd: {e}");
+                return;
+            }
+            for _ in 0..60 {
+                if docker_info_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn docker_info_ok() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// dockerd stopped (SIGTERM, no live-restore: its containers die with it) and started again
+/// the way it ran before: the agent reports the dead containers, the server replaces them, and
+/// the app ends with exactly `instances` running containers, none of them the old ones.
+/// Holds the Docker test lock exclusively (no other Docker test runs meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerd_restart_is_reconciled() {
+    if !docker_available("dockerd_restart_is_reconciled") {
+        return;
+    }
+    // Restarting dockerd needs root.
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if uid != "0" {
+        eprintln!("SKIPPED dockerd_restart_is_reconciled: restarting dockerd needs root");
+        return;
+    }
+    const APP: &str = "/de2e/survivor";
+    let lock = DockerLock::acquire(true).await;
+    let d = DockerCluster::start_locked("docker-restart", lock).await;
+    let mut es = EventStream::connect(d.api(), "").await;
+    let app = json!({
+        "id": APP,
+        "cmd": "exec httpd -f -p 8080",
+        "cpus": 0.1, "mem": 16, "instances": 2,
+        "taskKillGracePeriodSeconds": 1,
+        "container": {"type": "DOCKER", "docker": {"image": IMAGE},
+                      "portMappings": [{"containerPort": 8080, "hostPort": 0}]},
+        "networks": [{"mode": "container/bridge"}],
+    });
+    let r = d.api().post("/v2/apps", &app).await;
+    assert_eq!(r.status, 201, "POST /v2/apps: {}", r.text);
+    let old = running(&d, APP, 2).await;
+    let (pid, args) = dockerd_process().expect("the running dockerd's pid and command line");
+    let _back = DockerdBack(args.clone());
+    eprintln!("stopping dockerd (pid {pid}: {args:?})");
+    let stopped = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert!(stopped.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+    wait_until(T, "the old dockerd gone", || async {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
+    // Down for a moment: the agent must not give up on the engine.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let new_pid = start_dockerd(&args).expect("starting dockerd again");
+    eprintln!("started dockerd again (pid {new_pid})");
+    wait_until(T, "docker info answers again", || async {
+        docker_info_ok()
+    })
+    .await;
+
+    // The old tasks are reported terminal and replaced; exactly 2 run, none of the old ones.
+    for id in old.keys() {
+        let id2 = id.clone();
+        es.wait_for(T, &format!("a terminal status of {id}"), move |e| {
+            e.event == "status_update_event"
+                && e.data["taskId"] == id2.as_str()
+                && matches!(
+                    e.data["taskStatus"].as_str(),
+                    Some("TASK_KILLED" | "TASK_FAILED" | "TASK_FINISHED" | "TASK_LOST")
+                )
+        })
+        .await;
+    }
+    for e in es.seen.iter().filter(|e| {
+        e.event == "status_update_event"
+            && old.contains_key(e.data["taskId"].as_str().unwrap_or(""))
+    }) {
+        eprintln!(
+            "old task {}: {} {}",
+            e.data["taskId"], e.data["taskStatus"], e.data["message"]
+        );
+    }
+    let new = wait_for(T, "2 new running tasks", || async {
+        let ids = d.api().running_ids(APP).await;
+        let all = d.api().tasks(APP).await.len();
+        (ids.len() == 2 && all == 2 && ids.iter().all(|i| !old.contains_key(i))).then_some(ids)
+    })
+    .await;
+    let fresh = running(&d, APP, 2).await;
+    assert_eq!(fresh.keys().cloned().collect::<BTreeSet<_>>(), new);
+    // Settle, then: no duplicates, no extra containers of this node running.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, ps) = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=berth.node_id={}", d.node),
+    ]);
+    assert_eq!(
+        ps.split_whitespace().count(),
+        2,
+        "running containers of the node: {ps}"
+    );
+    assert_eq!(d.api().tasks(APP).await.len(), 2);
+}
+
+/// Removes images (by reference) when dropped.
+struct Images(Vec<String>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for i in &self.0 {
+            let _ = docker(&["rmi", "-f", i]);
+        }
+    }
+}
+
+/// A `docker-registry` (Debian's docker/distribution) on a loopback port, storing in a
+/// temporary directory; stopped when dropped.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    async fn start() -> Result<Registry, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
+        let log =
+            std::fs::File::create(dir.path().join("registry.log")).map_err(|e| e.to_string())?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("running docker-registry: {e}"))?;
+        let reg = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/v2/")).await
+                && r.status().is_success()
+            {
+                return Ok(reg);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "docker-registry did not answer on 127.0.0.1:{port}"
+        ))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy in front of `target` that holds every new connection for `delay` before
+/// forwarding it: a slow registry. Returns its port; it lives as long as the test's runtime.
+async fn slow_proxy(target: u16, delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding the proxy");
+    let port = listener.local_addr().expect("proxy address").port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+fn image_id(reference: &str) -> Option<String> {
+    let (ok, out) = docker(&["image", "inspect", "-f", "{{.Id}}", reference]);
+    ok.then_some(out)
+}
+
+/// An image only in the (slow) registry: the task stays TASK_STAGING while it is pulled and
+/// runs once the image is there. Then `forcePullImage: true` pulls a newer image pushed under
+/// the same tag although the old one is present: the new task runs the new image id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_keeps_task_staging_and_force_pull_gets_the_new_image() {
+    if !docker_available("pull_keeps_task_staging_and_force_pull_gets_the_new_image") {
+        return;
+    }
+    let required = std::env::var("BERTH_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let reg = match Registry::start().await {
+        Ok(r) => r,
+        Err(e) if !required => {
+            eprintln!(
+                "SKIPPED pull_keeps_task_staging_and_force_pull_gets_the_new_image: {e} (apt-get install docker-registry)"
+            );
+            return;
+        }
+        Err(e) => panic!("BERTH_REQUIRE_DOCKER=1 but the registry cannot run: {e}"),
+    };
+    let proxy = slow_proxy(reg.port, Duration::from_millis(1500)).await;
+    let tag = format!("t{}", unique());
+    let pushed = format!("127.0.0.1:{}/berth/busybox:{tag}", reg.port);
+    // The same repository through the slow proxy: never present locally before the deploy.
+    let pulled = format!("127.0.0.1:{proxy}/berth/busybox:{tag}");
+    let _images = Images(vec![pushed.clone(), pulled.clone()]);
+    let (ok, out) = docker(&["tag", IMAGE, &pushed]);
+    assert!(ok, "docker tag: {out}");
+    let (ok, out) = docker(&["push", &pushed]);
+    assert!(ok, "docker push {pushed}: {out}");
+    let (ok, out) = docker(&["rmi", &pushed]);
+    assert!(ok, "docker rmi {pushed}: {out}");
+    assert!(image_id(&pulled).is_none(), "{pulled} is already present");
+
+    const APP: &str = "/de2e/pulled";
+    let d = DockerCluster::start("docker-pull").await;
+    let mut app = json!({
+        "id": APP,
+        "cmd": "exec sleep 3600",
+        "cpus": 0.1, "mem": 16, "instances": 1,
+        "taskKillGracePeriodSeconds": 1,
+        "container": {"type": "DOCKER", "docker": {"image": pulled}},
+    });
+    let r = d.api().post("/v2/apps", &app).await;
+    assert_eq!(r.status, 201, "POST /v2/apps: {}", r.text);
+    // Watch the task: STAGING while the image is still absent, then RUNNING.
+    let mut staging_while_absent = false;
+    let mut states: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let tasks = d.api().tasks(APP).await;
+        if let Some(t) = tasks.first() {
+            let st = t["state"].as_str().unwrap_or("").to_string();
+            if st == "TASK_STAGING" && image_id(&pulled).is_none() {
+                staging_while_absent = true;
+            }
+            if states.last() != Some(&st) {
+                states.push(st.clone());
+            }
+            if st == "TASK_RUNNING" {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pulled task is not running after {T:?}: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("states seen during the pull: {states:?}");
+    assert!(
+        staging_while_absent,
+        "the task was never seen TASK_STAGING while its image was being pulled: {states:?}"
+    );
+    let v1 = image_id(&pulled).expect("the image is present after the pull");
+    let first = running(&d, APP, 1).await;
+
+    // A new image under the same tag; the local one is older.
+    let build = Command::new("docker")
+        .args(["build", "-q", "-t", &pushed, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            if let Some(mut stdin) = c.stdin.take() {
+                stdin.write_all(
+                    format!("FROM {IMAGE}\nLABEL berth.e2e.version=v2-{tag}\n").as_bytes(),
+                )?;
+            }
+            c.wait_with_output()
+        })
+        .expect("docker build");
+    assert!(
+        build.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let v2 = image_id(&pushed).expect("the new image");
+    assert_ne!(v1, v2);
+    let (ok, out) = docker(&["push", &pushed]);
+    assert!(ok, "docker push {pushed} (v2): {out}");
+    assert_eq!(
+        image_id(&pulled).as_deref(),
+        Some(v1.as_str()),
+        "local tag still v1"
+    );
+
+    app["container"]["docker"]["forcePullImage"] = json!(true);
+    let r = d.api().put(&format!("/v2/apps{APP}"), &app).await;
+    assert!(r.status < 300, "PUT /v2/apps{APP}: {} {}", r.status, r.text);
+    let replaced = wait_for(T, "the force-pulled replacement running", || async {
+        let tasks = running_now(&d, APP).await;
+        (tasks.len() == 1 && !first.contains_key(&tasks[0])).then(|| tasks[0].clone())
+    })
+    .await;
+    let (ok, image) = docker(&["inspect", "-f", "{{.Image}}", &container_of(&replaced)]);
+    assert!(ok, "docker inspect {replaced}: {image}");
+    assert_eq!(image, v2, "the force-pulled task runs the new image");
+    assert_eq!(image_id(&pulled).as_deref(), Some(v2.as_str()));
+}
+
+/// Ids of the running tasks of `app` whose containers run.
+async fn running_now(d: &DockerCluster, app: &str) -> Vec<String> {
+    d.api()
+        .running_ids(app)
+        .await
+        .into_iter()
+        .filter(|id| inspect(&container_of(id)).is_some_and(|c| c.running))
+        .collect()
+}
+
+/// Removes a Docker network when dropped.
+struct Network(String);
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.0]);
+    }
+}
+
+/// USER networking: Marathon 1.5+ `networks: [{mode: container, name}]` and Marathon 1.x
+/// `docker.network: USER` + `ipAddress.networkName` both attach the container to the named
+/// Docker network; a network that does not exist fails the task with a reason that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_networks_attach_containers_and_a_missing_one_fails_clearly() {
+    if !docker_available("user_networks_attach_containers_and_a_missing_one_fails_clearly") {
+        return;
+    }
+    let net = format!("berth-e2e-{}", unique());
+    let (ok, out) = docker(&["network", "create", &net]);
+    assert!(ok, "docker network create {net}: {out}");
+    let _net = Network(net.clone());
+    let d = DockerCluster::start("docker-net").await;
+    let modern = json!({
+        "id": "/de2e/net-modern", "cmd": "exec sleep 3600",
+        "cpus": 0.1, "mem": 16, "instances": 1, "taskKillGracePeriodSeconds": 1,
+        "container": {"type": "DOCKER", "docker": {"image": IMAGE}},
+        "networks": [{"mode": "container", "name": net}],
+    });
+    let legacy = json!({
+        "id": "/de2e/net-legacy", "cmd": "exec sleep 3600",
+        "cpus": 0.1, "mem": 16, "instances": 1, "taskKillGracePeriodSeconds": 1,
+        "container": {"type": "DOCKER", "docker": {"image": IMAGE, "network": "USER"}},
+        "ipAddress": {"networkName": net},
+    });
+    let missing = format!("berth-missing-{}", unique());
+    let broken = json!({
+        "id": "/de2e/net-missing", "cmd": "exec sleep 3600",
+        "cpus": 0.1, "mem": 16, "instances": 1, "taskKillGracePeriodSeconds": 1,
+        "container": {"type": "DOCKER", "docker": {"image": IMAGE}},
+        "networks": [{"mode": "container", "name": missing}],
+    });
+    for app in [&modern, &legacy, &broken] {
+        let r = d.api().post("/v2/apps", app).await;
+        assert_eq!(r.status, 201, "POST /v2/apps {}: {}", app["id"], r.text);
+    }
+    for app in ["/de2e/net-modern", "/de2e/net-legacy"] {
+        let tasks = running(&d, app, 1).await;
+        let (id, t) = tasks.iter().next().expect("one task");
+        let (ok, nets) = docker(&[
+            "inspect",
+            "-f",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}} {{end}}",
+            &container_of(id),
+        ]);
+        assert!(ok, "docker inspect {id}: {nets}");
+        eprintln!("{app}: task {id} networks {nets}; task {t}");
+        assert!(
+            nets.split_whitespace()
+                .any(|n| n.starts_with(&format!("{net}=")) && !n.ends_with('=')),
+            "{app}: container of {id} is not on {net} with an address: {nets}"
+        );
+        assert_eq!(
+            nets.split_whitespace().count(),
+            1,
+            "{app}: only {net}: {nets}"
+        );
+    }
+    let failure = wait_for(
+        T,
+        "lastTaskFailure of the app on a missing network",
+        || async {
+            let a = d.api().get_ok("/v2/apps/de2e/net-missing").await;
+            let f = a["app"]["lastTaskFailure"].clone();
+            f.is_object().then_some(f)
+        },
+    )
+    .await;
+    eprintln!("missing network: lastTaskFailure {failure}");
+    let msg = failure["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains(&missing) && msg.contains("not found"),
+        "lastTaskFailure does not name the missing network {missing}: {failure}"
+    );
+    assert_eq!(failure["state"], "TASK_FAILED", "{failure}");
+}
+
+/// With lxcfs running on the node, `/proc/meminfo` in the container shows the app's `mem` as
+/// MemTotal (and the other lxcfs files are mounted). Skipped, with the reason, without lxcfs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lxcfs_shows_the_memory_limit_in_proc_meminfo() {
+    if !docker_available("lxcfs_shows_the_memory_limit_in_proc_meminfo") {
+        return;
+    }
+    let meminfo = "/var/lib/lxcfs/proc/meminfo";
+    if std::fs::read_to_string(meminfo).is_err() {
+        eprintln!(
+            "SKIPPED lxcfs_shows_the_memory_limit_in_proc_meminfo: lxcfs is not running ({meminfo} is not readable; scripts/test.sh starts it)"
+        );
+        return;
+    }
+    const APP: &str = "/de2e/lxcfs";
+    let d = DockerCluster::start("docker-lxcfs").await;
+    let app = json!({
+        "id": APP, "cmd": "exec sleep 3600",
+        "cpus": 0.1, "mem": 48, "instances": 1, "taskKillGracePeriodSeconds": 1,
+        "container": {"type": "DOCKER", "docker": {"image": IMAGE}},
+    });
+    let r = d.api().post("/v2/apps", &app).await;
+    assert_eq!(r.status, 201, "POST /v2/apps: {}", r.text);
+    let tasks = running(&d, APP, 1).await;
+    let id = tasks.keys().next().cloned().unwrap_or_default();
+    let (ok, out) = docker(&["exec", &container_of(&id), "head", "-1", "/proc/meminfo"]);
+    assert!(ok, "docker exec head /proc/meminfo: {out}");
+    let kb: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(
+        kb.get(..2),
+        Some(&["MemTotal:", "49152"][..]),
+        "container /proc/meminfo: {out}"
+    );
+    let (_, mounts) = docker(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{.Destination}} {{end}}",
+        &container_of(&id),
+    ]);
+    for f in [
+        "meminfo",
+        "cpuinfo",
+        "stat",
+        "uptime",
+        "loadavg",
+        "diskstats",
+        "swaps",
+    ] {
+        assert!(
+            mounts.split_whitespace().any(|m| m == format!("/proc/{f}")),
+            "/proc/{f} not mounted from lxcfs: {mounts}"
+        );
+    }
+}
+
+/// Runs `berth dev` with `extra` arguments until it prints its `Docker driver:` line; returns
+/// that line.
+fn dev_docker_line(extra: &[&str]) -> String {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut child = Command::new(BERTH)
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir"])
+        .arg(dir.path())
+        .args(extra)
+        .env("BERTH_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning berth dev");
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if l.trim_start().starts_with("Docker driver:") {
+                line = l.trim().to_string();
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    line
+}
+
+/// `berth dev` says whether Docker apps can run: on, with the engine's address and API
+/// version, when the socket answers; off, with the reason, when it does not.
+#[test]
+fn dev_says_whether_it_uses_docker() {
+    let on = dev_docker_line(&[]);
+    if docker_info_ok() {
+        assert!(
+            on.starts_with("Docker driver: on (unix:///var/run/docker.sock, API 1."),
+            "{on:?}"
+        );
+    }
+    let off = dev_docker_line(&["--docker-socket", "/nonexistent/docker.sock"]);
+    assert!(off.starts_with("Docker driver: off ("), "{off:?}");
+    assert!(
+        off.contains("/nonexistent/docker.sock") && off.contains("wait in the queue"),
+        "{off:?}"
+    );
 }

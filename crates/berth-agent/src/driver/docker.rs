@@ -17,10 +17,11 @@
 //! - `tasks/<task_id>/killed`          marker: the task was killed on request (TASK_KILLED)
 //! - `uids.json`                       task id -> UID allocated for `BERTH_UID=auto`
 
-use super::{Driver, DriverError, StatusSink, TaskSpec, TaskStatus};
+use super::{Driver, DriverError, LogChunks, LogStream, StatusSink, TaskSpec, TaskStatus};
 use berth_core::app::{AppDefinition, DockerParameter, DriverKind, PortMapping};
 use berth_core::task::TaskState;
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, DeviceMapping,
@@ -28,8 +29,9 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions,
-    KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
 };
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -74,6 +76,9 @@ const KILL_SETTLE: Duration = Duration::from_secs(30);
 /// Request timeout of the Engine API client (response headers; streams are not cut).
 const API_TIMEOUT_SECS: u64 = 120;
 const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
+/// How long an image seen present is trusted without inspecting it again (a create that
+/// finds it gone after all pulls it and retries).
+const IMAGE_PRESENT_TTL: Duration = Duration::from_secs(30);
 
 /// `docker.parameters` keys the driver passes through (docker run flag names).
 pub const SUPPORTED_PARAMETERS: &[&str] = &[
@@ -177,6 +182,9 @@ struct Inner {
     sink: StatusSink,
     tasks: Mutex<HashMap<String, Entry>>,
     uids: Mutex<Option<BTreeMap<String, u32>>>,
+    /// Images seen present recently (image -> when): a burst of tasks of one app inspects
+    /// the image once, not once per task.
+    images: Mutex<HashMap<String, Instant>>,
     server_version: String,
     watcher_started: AtomicBool,
     /// Dropped with the driver: stops the watcher.
@@ -186,6 +194,8 @@ struct Inner {
 
 struct Entry {
     status: TaskStatus,
+    /// Host pid of the container's init while it runs (from the last inspect).
+    pid: Option<i32>,
     /// Set while `start` is still pulling/creating: the watcher leaves the task alone.
     launching: bool,
     kill_requested: bool,
@@ -238,6 +248,7 @@ impl DockerDriver {
                 sink,
                 tasks: Mutex::new(HashMap::new()),
                 uids: Mutex::new(None),
+                images: Mutex::new(HashMap::new()),
                 server_version,
                 watcher_started: AtomicBool::new(false),
                 _stop: stop,
@@ -255,6 +266,17 @@ impl DockerDriver {
     /// The Engine API client (API version already negotiated).
     pub fn docker(&self) -> &Docker {
         &self.inner.docker
+    }
+
+    /// Where the engine is and what it speaks, for people: `unix:///var/run/docker.sock,
+    /// API 1.41, Engine 20.10.24`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}, API {}, Engine {}",
+            engine_address(self.inner.config.host.as_deref()),
+            self.inner.docker.client_version(),
+            self.inner.server_version
+        )
     }
 
     /// dockerd's version string.
@@ -292,6 +314,7 @@ impl DockerDriver {
                 id.clone(),
                 Entry {
                     status: status(&id, TaskState::Staging, None, None),
+                    pid: None,
                     launching: true,
                     kill_requested: false,
                 },
@@ -402,6 +425,86 @@ impl DockerDriver {
         Ok(())
     }
 
+    async fn task_logs(
+        &self,
+        task_id: &str,
+        stream: LogStream,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> Result<LogChunks, DriverError> {
+        let unknown = || DriverError::UnknownTask(task_id.to_string());
+        validate_task_id(task_id).map_err(|_| unknown())?;
+        let name = container_name(task_id);
+        // Only Berth's container of this task (a forgotten task's container may still exist).
+        let c = match self
+            .inner
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if is_not_found(&e) => return Err(unknown()),
+            Err(e) => return Err(api_error("inspecting the container", e)),
+        };
+        let owner = c
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_TASK_ID));
+        if owner.map(String::as_str) != Some(task_id) {
+            return Err(unknown());
+        }
+        let docker = self.inner.docker.clone();
+        let Some(n) = tail else {
+            let opts = LogsOptions {
+                follow,
+                stdout: stream == LogStream::Stdout,
+                stderr: stream == LogStream::Stderr,
+                tail: "all".to_string(),
+                ..Default::default()
+            };
+            let chunks = docker.logs(&name, Some(opts)).filter_map(move |item| {
+                futures::future::ready(match item {
+                    Ok(o) => of_stream(o, stream).map(Ok),
+                    Err(e) => Some(Err(api_error("reading the container's logs", e))),
+                })
+            });
+            return Ok(chunks.boxed());
+        };
+        // dockerd's `tail` counts the lines of both streams together: ask for more until `n`
+        // lines of this stream are in, then follow from the last one's timestamp.
+        let (lines, last) = last_lines(&docker, &name, stream, n).await?;
+        let head = futures::stream::iter(lines.into_iter().map(Ok));
+        if !follow {
+            return Ok(head.boxed());
+        }
+        let opts = LogsOptions {
+            follow: true,
+            stdout: stream == LogStream::Stdout,
+            stderr: stream == LogStream::Stderr,
+            timestamps: true,
+            since: last
+                .as_deref()
+                .and_then(rfc3339_unix_secs)
+                .and_then(|s| i32::try_from(s).ok())
+                .unwrap_or(0),
+            tail: "all".to_string(),
+            ..Default::default()
+        };
+        let rest = docker.logs(&name, Some(opts)).filter_map(move |item| {
+            futures::future::ready(match item {
+                Ok(o) => of_stream(o, stream).and_then(|line| {
+                    let (ts, text) = split_timestamp(line);
+                    // Already sent (the follow request starts at the last line's second).
+                    let old = matches!((&ts, &last), (Some(ts), Some(last)) if ts <= last);
+                    (!old).then_some(Ok(text))
+                }),
+                Err(e) => Some(Err(api_error("reading the container's logs", e))),
+            })
+        });
+        Ok(head.chain(rest).boxed())
+    }
+
     async fn recover_tasks(&self) -> Result<Vec<TaskStatus>, DriverError> {
         let inner = &self.inner;
         inner.ensure_watcher();
@@ -440,6 +543,7 @@ impl DockerDriver {
             }
             inner.tasks.lock().entry(task_id.clone()).or_insert(Entry {
                 status: st.clone(),
+                pid: running_pid(&c),
                 launching: false,
                 kill_requested: killed,
             });
@@ -557,6 +661,9 @@ impl Inner {
             if e.status.state.is_terminal() || e.status.state == st.state {
                 false
             } else {
+                if st.state.is_terminal() {
+                    e.pid = None;
+                }
                 e.status = st.clone();
                 true
             }
@@ -566,39 +673,11 @@ impl Inner {
         }
     }
 
-    /// Pulls the image when needed, creates and starts the container.
+    /// Pulls the image when needed, creates and starts the container. A container of this
+    /// task that already exists (an earlier agent or attempt) is adopted, never run twice.
     async fn launch(&self, spec: &TaskSpec, plan: Plan) -> Result<(), LaunchError> {
         let id = &spec.task_id;
         let name = container_name(id);
-        // A container from an earlier agent (or an earlier attempt): adopt it, never run twice.
-        match self
-            .docker
-            .inspect_container(&name, None::<InspectContainerOptions>)
-            .await
-        {
-            Ok(c) => {
-                let owner = c
-                    .config
-                    .as_ref()
-                    .and_then(|c| c.labels.as_ref())
-                    .and_then(|l| l.get(LABEL_TASK_ID))
-                    .cloned();
-                if owner.as_deref() != Some(id.as_str()) {
-                    return Err(DriverError::Other(format!(
-                        "a container named {name} exists and is not this task's"
-                    ))
-                    .into());
-                }
-                if c.state.as_ref().and_then(|s| s.status)
-                    == Some(ContainerStateStatusEnum::CREATED)
-                {
-                    self.start_container(id, &name).await?;
-                }
-                return Ok(());
-            }
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(api_error("inspecting the container", e).into()),
-        }
         self.ensure_image(id, &plan.image, plan.force_pull).await?;
         if self.kill_requested(id) {
             return Err(LaunchError::Killed);
@@ -633,13 +712,24 @@ impl Inner {
             name: Some(name.clone()),
             ..Default::default()
         };
-        match self.docker.create_container(Some(opts), body).await {
-            Ok(_) => {}
-            Err(e) if status_code(&e) == Some(409) => {
-                // Created concurrently (a retried start): treat like the adopt path above.
-                return Ok(());
+        let mut retried = false;
+        loop {
+            match self
+                .docker
+                .create_container(Some(opts.clone()), body.clone())
+                .await
+            {
+                Ok(_) => break,
+                // The name is taken: this task's container from an earlier agent or attempt.
+                Err(e) if status_code(&e) == Some(409) => return self.adopt(id, &name).await,
+                // The image went away since it was last seen: pull it and try once more.
+                Err(e) if status_code(&e) == Some(404) && !retried && is_no_such_image(&e) => {
+                    retried = true;
+                    self.images.lock().remove(&plan.image);
+                    self.ensure_image(id, &plan.image, false).await?;
+                }
+                Err(e) => return Err(api_error(&format!("creating container {name}"), e).into()),
             }
-            Err(e) => return Err(api_error(&format!("creating container {name}"), e).into()),
         }
         self.set_status(id, status(id, TaskState::Starting, None, None), true);
         if self.kill_requested(id) {
@@ -647,6 +737,32 @@ impl Inner {
             return Err(LaunchError::Killed);
         }
         self.start_container(id, &name).await
+    }
+
+    /// Takes over the existing container named for task `id`: starts it if it was only
+    /// created; fails if the container belongs to something else.
+    async fn adopt(&self, id: &str, name: &str) -> Result<(), LaunchError> {
+        let c = self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| api_error("inspecting the container", e))?;
+        let owner = c
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_TASK_ID))
+            .cloned();
+        if owner.as_deref() != Some(id) {
+            return Err(DriverError::Other(format!(
+                "a container named {name} exists and is not this task's"
+            ))
+            .into());
+        }
+        if c.state.as_ref().and_then(|s| s.status) == Some(ContainerStateStatusEnum::CREATED) {
+            self.start_container(id, name).await?;
+        }
+        Ok(())
     }
 
     async fn start_container(&self, id: &str, name: &str) -> Result<(), LaunchError> {
@@ -676,8 +792,19 @@ impl Inner {
     /// task in TASK_STAGING; only an error fails it.
     async fn ensure_image(&self, id: &str, image: &str, force: bool) -> Result<(), LaunchError> {
         if !force {
+            let fresh = self
+                .images
+                .lock()
+                .get(image)
+                .is_some_and(|seen| seen.elapsed() < IMAGE_PRESENT_TTL);
+            if fresh {
+                return Ok(());
+            }
             match self.docker.inspect_image(image).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.images.lock().insert(image.to_string(), Instant::now());
+                    return Ok(());
+                }
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(api_error(&format!("inspecting image {image}"), e).into()),
             }
@@ -714,7 +841,10 @@ impl Inner {
             }
         }
         match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.images.lock().insert(image.to_string(), Instant::now());
+                Ok(())
+            }
             Err(e) => {
                 Err(api_error(&format!("image {image} is still missing after the pull"), e).into())
             }
@@ -756,12 +886,16 @@ impl Inner {
             }
         };
         let name = container_name(id);
+        let mut pid = None;
         let st = match self
             .docker
             .inspect_container(&name, None::<InspectContainerOptions>)
             .await
         {
-            Ok(c) => status_from_inspect(id, &c, killed || self.killed_marker(id)),
+            Ok(c) => {
+                pid = running_pid(&c);
+                status_from_inspect(id, &c, killed || self.killed_marker(id))
+            }
             Err(e) if is_not_found(&e) => {
                 if killed {
                     status(
@@ -788,6 +922,9 @@ impl Inner {
         let changed = {
             let mut tasks = self.tasks.lock();
             let Some(e) = tasks.get_mut(id) else { return };
+            if !e.launching {
+                e.pid = pid;
+            }
             if e.launching || e.status.state.is_terminal() || e.status.state == st.state {
                 false
             } else {
@@ -1005,7 +1142,8 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn engine_address(host: Option<&str>) -> String {
+/// The engine address the driver uses for `host` (see [`DockerConfig::host`]).
+pub fn engine_address(host: Option<&str>) -> String {
     host.map(str::to_string)
         .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| DEFAULT_SOCKET.to_string())
@@ -1049,6 +1187,12 @@ fn status_code(e: &BollardError) -> Option<u16> {
 
 fn is_not_found(e: &BollardError) -> bool {
     status_code(e) == Some(404)
+}
+
+/// dockerd's answer to a create whose image is missing: `No such image: NAME`.
+fn is_no_such_image(e: &BollardError) -> bool {
+    matches!(e, BollardError::DockerResponseServerError { message, .. }
+        if message.to_ascii_lowercase().contains("no such image"))
 }
 
 fn api_error(what: &str, e: BollardError) -> DriverError {
@@ -1135,6 +1279,126 @@ pub fn status_from_inspect(id: &str, c: &ContainerInspectResponse, killed: bool)
         }
         _ => status(id, TaskState::Starting, None, None),
     }
+}
+
+/// The bytes of a log item when it belongs to `stream` (a TTY's console is its stdout).
+fn of_stream(o: LogOutput, stream: LogStream) -> Option<Bytes> {
+    match (o, stream) {
+        (LogOutput::StdOut { message }, LogStream::Stdout)
+        | (LogOutput::Console { message }, LogStream::Stdout)
+        | (LogOutput::StdErr { message }, LogStream::Stderr) => Some(message),
+        _ => None,
+    }
+}
+
+/// `2026-12-02T15:32:08.628295613Z text` (a line of `docker logs --timestamps`) -> the
+/// timestamp and the text.
+fn split_timestamp(line: Bytes) -> (Option<String>, Bytes) {
+    match line.iter().position(|b| *b == b' ') {
+        Some(i) if i >= 20 && line.first().is_some_and(u8::is_ascii_digit) => {
+            let ts = String::from_utf8_lossy(&line[..i]).to_string();
+            (Some(ts), line.slice(i + 1..))
+        }
+        _ => (None, line),
+    }
+}
+
+/// Unix seconds of an RFC 3339 UTC timestamp (`YYYY-MM-DDTHH:MM:SS...Z`).
+fn rfc3339_unix_secs(ts: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from 1970-01-01 to y-m-d (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// The last `n` lines `stream` wrote, each with its timestamp stripped, and the timestamp of
+/// the last one. dockerd's `tail` counts both streams' lines, so the window grows until it
+/// holds `n` lines of `stream` or the whole log.
+async fn last_lines(
+    docker: &Docker,
+    name: &str,
+    stream: LogStream,
+    n: usize,
+) -> Result<(Vec<Bytes>, Option<String>), DriverError> {
+    if n == 0 {
+        // Nothing to show; following starts now.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        return Ok((Vec::new(), Some(unix_secs_rfc3339_floor(now))));
+    }
+    let mut window = n.saturating_mul(2).max(100);
+    loop {
+        let opts = LogsOptions {
+            follow: false,
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            tail: window.to_string(),
+            ..Default::default()
+        };
+        let mut items = docker.logs(name, Some(opts));
+        let mut total = 0usize;
+        let mut mine: std::collections::VecDeque<(Option<String>, Bytes)> = Default::default();
+        while let Some(item) = items.next().await {
+            let item = item.map_err(|e| api_error("reading the container's logs", e))?;
+            total += 1;
+            if let Some(line) = of_stream(item, stream) {
+                mine.push_back(split_timestamp(line));
+                if mine.len() > n {
+                    mine.pop_front();
+                }
+            }
+        }
+        if mine.len() >= n || total < window || window >= 1 << 24 {
+            let last = mine.back().and_then(|(ts, _)| ts.clone());
+            return Ok((mine.into_iter().map(|(_, l)| l).collect(), last));
+        }
+        window = window.saturating_mul(8);
+    }
+}
+
+/// A timestamp (as `docker logs --timestamps` writes them) that sorts before every line
+/// written at or after second `secs` and after every line written before it.
+fn unix_secs_rfc3339_floor(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // civil_from_days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The host pid of a running container's init.
+fn running_pid(c: &ContainerInspectResponse) -> Option<i32> {
+    let state = c.state.as_ref()?;
+    if state.running != Some(true) {
+        return None;
+    }
+    state
+        .pid
+        .and_then(|p| i32::try_from(p).ok())
+        .filter(|p| *p > 0)
 }
 
 /// Container names (and task directories) come from task ids.
@@ -1827,6 +2091,28 @@ impl Driver for DockerDriver {
         self.forget_task(task_id);
     }
 
+    /// The container's output through the Engine API (`docker logs`): one stream of the
+    /// multiplexed stdout/stderr, `tail` lines, and with `follow` until the container stops.
+    fn logs(
+        &self,
+        task_id: &str,
+        stream: LogStream,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> BoxFuture<'_, Result<LogChunks, DriverError>> {
+        let task_id = task_id.to_string();
+        Box::pin(async move { self.task_logs(&task_id, stream, tail, follow).await })
+    }
+
+    fn pid(&self, task_id: &str) -> Option<i32> {
+        let tasks = self.inner.tasks.lock();
+        let e = tasks.get(task_id)?;
+        if e.status.state.is_terminal() {
+            return None;
+        }
+        e.pid
+    }
+
     /// COMMAND health checks run inside the container, with the task's environment.
     fn check_command(
         &self,
@@ -2027,6 +2313,23 @@ mod tests {
         );
         assert!(validate_task_id("../x").is_err());
         assert!(validate_task_id("web.1-a_b").is_ok());
+    }
+
+    #[test]
+    fn log_timestamps() {
+        assert_eq!(rfc3339_unix_secs("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            rfc3339_unix_secs("2026-12-02T15:32:08.628295613Z"),
+            Some(1_796_225_528)
+        );
+        assert_eq!(
+            unix_secs_rfc3339_floor(1_796_225_528),
+            "2026-12-02T15:32:08"
+        );
+        assert!(unix_secs_rfc3339_floor(1_796_225_528).as_str() < "2026-12-02T15:32:08.0Z");
+        let (ts, text) = split_timestamp(Bytes::from_static(b"2026-12-02T15:32:08.6Z hi there\n"));
+        assert_eq!(ts.as_deref(), Some("2026-12-02T15:32:08.6Z"));
+        assert_eq!(&text[..], b"hi there\n");
     }
 
     #[test]
