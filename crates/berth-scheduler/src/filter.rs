@@ -6,27 +6,27 @@ use crate::model::{AppState, Cluster, HOSTNAME_FIELD, Interner, NodeHot, req_mil
 use crate::{PlacementRequest, Unplaced, score};
 use berth_core::{Constraint, ConstraintOp};
 use regex::Regex;
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::collections::BTreeMap;
 
 /// A compiled LIKE/UNLIKE regex with its verdict memoised per interned value (values are
 /// few - racks, zones, hostnames - so each is matched once, not once per placement).
 pub(crate) struct RegexMemo {
     re: Regex,
-    /// 0 unknown, 1 match, 2 no match.
-    memo: Vec<Cell<u8>>,
+    /// 0 unknown, 1 match, 2 no match. Atomic (relaxed) only so the scheduler is `Sync`.
+    memo: Vec<AtomicU8>,
 }
 
 impl RegexMemo {
     #[inline]
     fn matches(&self, values: &Interner, v: u32) -> bool {
-        match self.memo.get(v as usize).map(Cell::get) {
+        match self.memo.get(v as usize).map(|c| c.load(Ordering::Relaxed)) {
             Some(1) => true,
             Some(2) => false,
             _ => {
                 let m = self.re.is_match(values.name(v));
                 if let Some(c) = self.memo.get(v as usize) {
-                    c.set(if m { 1 } else { 2 });
+                    c.store(if m { 1 } else { 2 }, Ordering::Relaxed);
                 }
                 m
             }
@@ -67,7 +67,7 @@ impl RegexCache {
             if let Some(m) = entry
                 && m.memo.len() < values
             {
-                m.memo.resize_with(values, || Cell::new(0));
+                m.memo.resize_with(values, || AtomicU8::new(0));
             }
         }
     }

@@ -32,7 +32,7 @@ const FULL_PASS_EVERY: u32 = 4;
 
 /// A pass looks at apps until it has visited this many tasks, then releases the lock (and
 /// continues in the next chunk), so API requests never wait behind a whole-cluster pass.
-const TASKS_PER_CHUNK: usize = 4000;
+const TASKS_PER_CHUNK: usize = 2000;
 
 pub async fn run(shared: Shared) {
     let interval = shared.config.reconcile_interval;
@@ -46,7 +46,7 @@ pub async fn run(shared: Shared) {
             ticks += 1;
             if ticks >= FULL_PASS_EVERY {
                 ticks = 0;
-                let mut st = shared.state.lock();
+                let mut st = shared.state.write();
                 let all: Vec<String> = st.apps.keys().cloned().collect();
                 st.dirty_apps.extend(all);
                 st.full_pass = true;

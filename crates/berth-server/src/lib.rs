@@ -11,7 +11,7 @@ pub mod state;
 
 use berth_core::event::Event;
 use berth_store::Store;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use state::{Changes, Cluster, PersistRequest};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,7 +50,7 @@ impl ServerConfig {
 
 /// Shared by every handler and controller.
 pub struct Inner {
-    pub state: Mutex<Cluster>,
+    pub state: RwLock<Cluster>,
     pub store: Arc<dyn Store>,
     persist: mpsc::UnboundedSender<PersistRequest>,
     pub events: broadcast::Sender<Arc<Event>>,
@@ -68,12 +68,15 @@ pub type Shared = Arc<Inner>;
 #[derive(Default)]
 pub struct RenderCache {
     slot: Mutex<Option<(u64, String, bytes::Bytes)>>,
+    /// Held while rendering, so a burst of requests after a change renders once.
+    pub gate: tokio::sync::Mutex<()>,
 }
 
 impl RenderCache {
+    /// The cached body for `key` if it was rendered at `revision` or later.
     pub fn get(&self, revision: u64, key: &str) -> Option<bytes::Bytes> {
         match &*self.slot.lock() {
-            Some((r, k, body)) if *r == revision && k == key => Some(body.clone()),
+            Some((r, k, body)) if *r >= revision && k == key => Some(body.clone()),
             _ => None,
         }
     }
@@ -97,7 +100,7 @@ impl Inner {
     ) -> ApiResult<R> {
         let mut ch = Changes::default();
         let (result, rx) = {
-            let mut st = self.state.lock();
+            let mut st = self.state.write();
             let r = f(&mut st, &mut ch)?;
             note_changes(&mut st, &ch);
             let rx = if ch.ops.is_empty() {
@@ -135,7 +138,7 @@ impl Inner {
             || !ch.events.is_empty()
             || ch.persisted;
         if !ch.new_tasks.is_empty() || !ch.nodes.is_empty() {
-            self.state.lock().committed(&ch);
+            self.state.write().committed(&ch);
         }
         for e in std::mem::take(&mut ch.events) {
             let _ = self.events.send(Arc::new(e));
@@ -149,7 +152,7 @@ impl Inner {
     async fn reload_after_failure(&self) {
         match Cluster::load(self.store.as_ref(), self.config.seed).await {
             Ok(fresh) => {
-                let mut st = self.state.lock();
+                let mut st = self.state.write();
                 let feeds = std::mem::take(&mut st.feeds);
                 let revision = st.revision;
                 *st = fresh;
@@ -227,7 +230,7 @@ impl Server {
         tokio::spawn(state::run_persister(store.clone(), prx));
         let (events, _) = broadcast::channel(16384);
         let shared = Arc::new(Inner {
-            state: Mutex::new(cluster),
+            state: RwLock::new(cluster),
             store,
             persist: ptx,
             events,

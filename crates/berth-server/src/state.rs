@@ -151,6 +151,13 @@ pub async fn run_persister(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceive
             .iter_mut()
             .flat_map(|r| std::mem::take(&mut r.ops))
             .collect();
+        let started = std::time::Instant::now();
+        let n_ops = ops.len();
+        let first_key = match ops.first() {
+            Some(Op::Put { key, .. } | Op::Delete { key }) => key.clone(),
+            Some(Op::DeletePrefix { prefix }) => prefix.clone(),
+            None => String::new(),
+        };
         let result = if ops.is_empty() {
             Ok(())
         } else {
@@ -167,6 +174,13 @@ pub async fn run_persister(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceive
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write failed");
         }
+        tracing::debug!(
+            requests = batch.len(),
+            ops = n_ops,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            first_key,
+            "store batch written"
+        );
         for r in batch {
             let _ = r.done.send(result.clone());
         }

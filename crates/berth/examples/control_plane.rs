@@ -107,6 +107,16 @@ async fn gauge(http: &reqwest::Client, base: &str, name: &str) -> Res<u64> {
     Ok(v["gauges"][name]["value"].as_u64().unwrap_or(0))
 }
 
+async fn counter(http: &reqwest::Client, base: &str, name: &str) -> Res<u64> {
+    let v: serde_json::Value = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(v["counters"][name]["count"].as_u64().unwrap_or(0))
+}
+
 fn app_body(i: usize, instances: usize) -> serde_json::Value {
     serde_json::json!({
         "id": format!("/bench/app-{i:04}"),
@@ -207,7 +217,10 @@ async fn main() -> Res<()> {
         .args(["server", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir.path().join("server"))
-        .env("BERTH_LOG", "warn");
+        .env(
+            "BERTH_LOG",
+            std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     quiet(&mut server);
     let mut procs = Procs(vec![server.spawn()?]);
     let server_pid = procs.0[0].id();
@@ -317,6 +330,7 @@ async fn main() -> Res<()> {
     let server_rss = rss_mb(server_pid);
     let sim_rss = rss_mb(sim_pid);
     eprintln!("all {total} tasks running after {running_secs:.2} s; measuring API latency");
+    let revisions0 = counter(&http, &base, "berth.state_revisions").await?;
 
     let list = load(
         &http,
@@ -336,6 +350,7 @@ async fn main() -> Res<()> {
     )
     .await;
     let server_rss_after = rss_mb(server_pid);
+    let revisions = counter(&http, &base, "berth.state_revisions").await? - revisions0;
 
     let rate = total as f64 / running_secs;
     println!();
@@ -376,6 +391,9 @@ async fn main() -> Res<()> {
     println!(
         "| GET /v2/apps/{{id}}, {} clients | p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms ({} req, {} err) | p99 <= 5 ms | |",
         o.clients, one.p50, one.p99, one.max, one.n, one.errors
+    );
+    println!(
+        "| state changes during the API load | {revisions} | | (each one invalidates the cached /v2/apps) |"
     );
     drop(procs);
     Ok(())

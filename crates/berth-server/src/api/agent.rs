@@ -132,16 +132,18 @@ fn serialize_apps<S: serde::Serializer>(
 /// them after the lock is released. With `after` recent enough (see
 /// [`crate::state::NodeFeed`]), only what changed since generation `after`.
 fn build_assignments(s: &Shared, node_id: &str, after: u64) -> ApiResult<AssignmentsOut> {
-    let mut st = s.state.lock();
+    let st = s.state.read();
     if !st.nodes.contains_key(node_id) {
         return Err(ApiError::NotFound(format!(
             "node '{node_id}' is not registered"
         )));
     }
-    let (generation, floor) = {
-        let feed = st.feed(node_id);
-        (*feed.generation.borrow(), feed.floor)
-    };
+    // The caller subscribed to the node's feed, so it exists; without one, send everything.
+    let (generation, floor) = st
+        .feeds
+        .get(node_id)
+        .map(|f| (*f.generation.borrow(), f.floor))
+        .unwrap_or((0, u64::MAX));
     let st = &*st;
     let full = after == 0 || after < floor || after > generation;
     let mut out = AssignmentsOut {
@@ -214,7 +216,7 @@ pub async fn assignments(
         .map(Duration::from_secs)
         .unwrap_or(Duration::ZERO);
     let mut rx = {
-        let mut st = s.state.lock();
+        let mut st = s.state.write();
         if !st.nodes.contains_key(&node) {
             return Err(ApiError::NotFound(format!(
                 "node '{node}' is not registered"

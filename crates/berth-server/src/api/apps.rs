@@ -74,13 +74,26 @@ pub async fn list(State(s): State<Shared>, uri: Uri) -> ApiResult<Response> {
     // Embedded tasks carry health-check timestamps that change without a new revision:
     // only renderings without them are cached.
     let cache_key = (!embed.tasks).then(|| uri.query().unwrap_or("").to_string());
+    let arrived_at = s.state.read().revision;
+    if let Some(key) = &cache_key
+        && let Some(body) = s.render_cache.get(arrived_at, key)
+    {
+        return Ok(json_bytes(body));
+    }
+    // One rendering at a time: when a change invalidates the cache, concurrent clients wait
+    // for the first one's rendering instead of all rendering the same thing. A rendering
+    // made after this request arrived shows everything the request could expect.
+    let _gate = match cache_key {
+        Some(_) => Some(s.render_cache.gate.lock().await),
+        None => None,
+    };
+    if let Some(key) = &cache_key
+        && let Some(body) = s.render_cache.get(arrived_at, key)
+    {
+        return Ok(json_bytes(body));
+    }
     let (revision, snapshots) = {
-        let st = s.state.lock();
-        if let Some(key) = &cache_key
-            && let Some(body) = s.render_cache.get(st.revision, key)
-        {
-            return Ok(json_bytes(body));
-        }
+        let st = s.state.read();
         let counts = crate::render::counts_by_app(&st);
         let mut deployments = crate::render::deployments_by_app(&st);
         let snapshots: Vec<AppSnapshot> = st
@@ -141,7 +154,7 @@ pub async fn create(
     let c = ctx(&addr, &uri);
     let (app, r) = s.apply(|st, ch| ops::create_app(st, ch, app, &c)).await?;
     let body = {
-        let st = s.state.lock();
+        let st = s.state.read();
         let mut j = app_json(&st, &app, Embed::default());
         j["deployments"] = json!([{"id": r.deployment_id}]);
         j["tasks"] = json!([]);
@@ -197,7 +210,7 @@ async fn update(
     let partial = patch || p.flag("partialUpdate", true)?;
     let v = json_body(&s, body).await?;
     let update = AppUpdate::parse(v)?;
-    if patch && !s.state.lock().apps.contains_key(&id) {
+    if patch && !s.state.read().apps.contains_key(&id) {
         return Err(ApiError::app_not_found(&id));
     }
     if let Err(e) = path::check_id(&id) {
@@ -246,7 +259,7 @@ pub async fn get_sub(
     if let Target::App(id) = parse_target(&rest) {
         let embed = Embed::from_params(&p.all("embed"), true);
         let snapshot = {
-            let st = s.state.lock();
+            let st = s.state.read();
             let app = st
                 .apps
                 .get(&id)
@@ -258,7 +271,7 @@ pub async fn get_sub(
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         return Ok(json_bytes(body.into()));
     }
-    let st = s.state.lock();
+    let st = s.state.read();
     match parse_target(&rest) {
         Target::App(_) => Err(ApiError::NotFound(format!(
             "no such resource: {}",
@@ -362,7 +375,7 @@ pub async fn delete_sub(
             if let Some(d) = r.deployment {
                 return Ok(deployment_response(StatusCode::OK, &d));
             }
-            let st = s.state.lock();
+            let st = s.state.read();
             let app = st.apps.get(&app_id);
             let task = r
                 .tasks
@@ -389,7 +402,7 @@ pub async fn delete_sub(
             if let Some(d) = r.deployment {
                 return Ok(deployment_response(StatusCode::OK, &d));
             }
-            let st = s.state.lock();
+            let st = s.state.read();
             let app = st.apps.get(&app_id);
             Ok(ok(
                 json!({"tasks": r.tasks.iter().map(|t| task_json(t, app.map(|a| a.as_ref()))).collect::<Vec<_>>()}),

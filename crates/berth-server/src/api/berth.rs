@@ -77,7 +77,7 @@ fn drain_blocked(st: &Cluster, n: &Node) -> Option<String> {
 async fn act(s: Shared, id: String, action: crate::ops::NodeAction) -> ApiResult<Response> {
     s.apply(|st, ch| crate::ops::node_action(st, ch, &id, action))
         .await?;
-    let st = s.state.lock();
+    let st = s.state.read();
     let n = st
         .nodes
         .get(&id)
@@ -98,13 +98,13 @@ pub async fn drain(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult
 }
 
 pub async fn nodes(State(s): State<Shared>) -> Response {
-    let st = s.state.lock();
+    let st = s.state.read();
     let list: Vec<Value> = st.nodes.values().map(|n| node_json(&st, n)).collect();
     ok(json!({"nodes": list}))
 }
 
 pub async fn node(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
-    let st = s.state.lock();
+    let st = s.state.read();
     let n = st
         .nodes
         .get(&id)
@@ -154,7 +154,7 @@ fn deployment_json(st: &Cluster, d: &berth_core::deployment::Deployment) -> Valu
 }
 
 pub async fn deployments(State(s): State<Shared>) -> Response {
-    let st = s.state.lock();
+    let st = s.state.read();
     let list: Vec<Value> = st
         .deployments
         .values()
@@ -164,7 +164,7 @@ pub async fn deployments(State(s): State<Shared>) -> Response {
 }
 
 pub async fn deployment(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
-    let st = s.state.lock();
+    let st = s.state.read();
     let d = st
         .deployments
         .get(&id)

@@ -21,7 +21,7 @@ fn group_id(rest: &str) -> String {
 pub async fn root(State(s): State<Shared>, uri: Uri) -> ApiResult<Response> {
     let p = Params::from_uri(&uri);
     let embed = Embed::from_params(&p.all("embed"), false);
-    let st = s.state.lock();
+    let st = s.state.read();
     Ok(ok(group_json(&st, "/", embed)))
 }
 
@@ -33,7 +33,7 @@ pub async fn get(
     let p = Params::from_uri(&uri);
     let embed = Embed::from_params(&p.all("embed"), false);
     let id = group_id(&rest);
-    let st = s.state.lock();
+    let st = s.state.read();
     if !ops::group_exists(&st, &id) {
         return Err(ApiError::NotFound(format!("Group '{id}' does not exist")));
     }

@@ -59,7 +59,7 @@ fn agent_query(uri: &Uri) -> String {
 
 pub async fn task_logs(State(s): State<Shared>, Path(task_id): Path<String>, uri: Uri) -> Response {
     let target = {
-        let st = s.state.lock();
+        let st = s.state.read();
         match st.tasks.get(&task_id) {
             None => Err(error(
                 StatusCode::NOT_FOUND,

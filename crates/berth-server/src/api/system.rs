@@ -77,7 +77,7 @@ fn wants_prometheus(headers: &HeaderMap) -> bool {
 
 pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let (apps, deployments, by_state, nodes, counters, unplaced) = {
-        let st = s.state.lock();
+        let st = s.state.read();
         let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
         for t in st.tasks.values() {
             *by_state.entry(visible_state(t).as_str()).or_default() += 1;
@@ -182,7 +182,7 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
 
 pub async fn queue(State(s): State<Shared>) -> Response {
     let now = berth_core::time::now_millis();
-    let st = s.state.lock();
+    let st = s.state.read();
     let mut items = Vec::new();
     for (id, app) in &st.apps {
         let active = st.app_tasks(id).filter(|t| t.is_active()).count();
@@ -237,7 +237,7 @@ pub async fn reset_delay(State(s): State<Shared>, Path(rest): Path<String>) -> A
 }
 
 pub async fn deployments(State(s): State<Shared>) -> Response {
-    let st = s.state.lock();
+    let st = s.state.read();
     let mut list: Vec<_> = st.deployments.values().collect();
     list.sort_by_key(|a| a.created_at);
     ok(Value::Array(

@@ -26,7 +26,7 @@ pub async fn list(State(s): State<Shared>, uri: Uri) -> ApiResult<Response> {
             ))),
         })
         .collect::<Result<_, _>>()?;
-    let st = s.state.lock();
+    let st = s.state.read();
     let mut tasks: Vec<_> = st
         .tasks
         .values()
@@ -86,7 +86,7 @@ pub async fn delete_many(
     if let Some(d) = r.deployment {
         return Ok(ok(d.to_json()));
     }
-    let st = s.state.lock();
+    let st = s.state.read();
     Ok(ok(
         json!({"tasks": r.tasks.iter().map(|t| task_json(t, st.apps.get(&t.app_id).map(|a| a.as_ref()))).collect::<Vec<_>>()}),
     ))
