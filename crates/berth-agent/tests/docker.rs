@@ -20,23 +20,44 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 const IMAGE: &str = "berth-test/busybox:latest";
 
-/// Whether the engine and the test image are there; panics instead of skipping when
-/// `BERTH_REQUIRE_DOCKER=1`.
-async fn docker_ready(test: &str) -> bool {
+/// A shared hold on the lock that `crates/berth/tests/docker_e2e.rs` takes exclusively while it
+/// restarts dockerd (which kills every container, so a test running meanwhile loses its
+/// containers, cgroups and events): every Docker test of either file holds it shared.
+struct DockerLock(#[allow(dead_code)] std::fs::File);
+
+async fn docker_lock() -> DockerLock {
+    let path = std::env::temp_dir().join("berth-docker-e2e.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let file = tokio::task::spawn_blocking(move || file.lock_shared().map(|()| file))
+        .await
+        .expect("lock task")
+        .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
+    DockerLock(file)
+}
+
+/// Whether the engine and the test image are there (then the test holds the returned lock
+/// until it ends); panics instead of skipping when `BERTH_REQUIRE_DOCKER=1`.
+async fn docker_ready(test: &str) -> Option<DockerLock> {
     let required = std::env::var("BERTH_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
     let fail = |why: String| {
         if required {
             panic!("{test}: Docker required (BERTH_REQUIRE_DOCKER=1) but {why}");
         }
         eprintln!("SKIP {test}: {why}");
-        false
+        None
     };
+    let lock = docker_lock().await;
     if let Err(e) = DockerDriver::probe(None, Duration::from_secs(5)).await {
         return fail(format!("Docker is unavailable: {e}"));
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image.sh");
     match Command::new(&script).output() {
-        Ok(o) if o.status.success() => true,
+        Ok(o) if o.status.success() => Some(lock),
         Ok(o) => fail(format!(
             "{} failed: {}",
             script.display(),
@@ -155,9 +176,11 @@ async fn inspect(d: &DockerDriver, task: &str) -> bollard::models::ContainerInsp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_with_labels_env_container_info_and_limits_then_kill() {
-    if !docker_ready("runs_with_labels_env_container_info_and_limits_then_kill").await {
+    let Some(_lock) =
+        docker_ready("runs_with_labels_env_container_info_and_limits_then_kill").await
+    else {
         return;
-    }
+    };
     let mut h = harness().await;
     let id = unique("limits");
     let _cleanup = Cleanup(vec![id.clone()]);
@@ -265,9 +288,9 @@ async fn runs_with_labels_env_container_info_and_limits_then_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_a_task_that_handles_it() {
-    if !docker_ready("sigterm_ends_a_task_that_handles_it").await {
+    let Some(_lock) = docker_ready("sigterm_ends_a_task_that_handles_it").await else {
         return;
-    }
+    };
     let mut h = harness().await;
     let id = unique("term");
     let _cleanup = Cleanup(vec![id.clone()]);
@@ -289,17 +312,21 @@ async fn sigterm_ends_a_task_that_handles_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pids_limit_contains_a_fork_bomb() {
-    if !docker_ready("pids_limit_contains_a_fork_bomb").await {
+    let Some(_lock) = docker_ready("pids_limit_contains_a_fork_bomb").await else {
         return;
-    }
+    };
     let mut h = harness().await;
     let id = unique("bomb");
     let _cleanup = Cleanup(vec![id.clone()]);
+    // PID 1 forks only while it is alone in the container (the sleeper, then the bomb's
+    // subshell) and then just waits: busybox sh exits when one of its own forks is refused, and
+    // with `bomb; sleep 1000` the container died whenever the bomb filled the limit before PID 1
+    // forked `sleep` (its cgroup gone with it).
     let s = spec(
         &id,
         &h.node,
         json!({"id": "/test/bomb", "labels": {"BERTH_PIDS_LIMIT": "64"},
-               "cmd": "bomb() { bomb | bomb & }; bomb; sleep 1000",
+               "cmd": "sleep 1000 & (bomb() { bomb | bomb & }; bomb) & wait",
                "container": {"docker": {}}}),
         vec![],
     );
@@ -308,47 +335,95 @@ async fn pids_limit_contains_a_fork_bomb() {
     let c = inspect(&h.driver, &id).await;
     assert_eq!(c.host_config.unwrap().pids_limit, Some(64));
     let cid = c.id.unwrap();
-    let cg = pids_cgroup(&cid).expect("pids cgroup of the container");
-    let read = |f: &str| std::fs::read_to_string(cg.join(f)).unwrap_or_default();
+    let pid = c.state.as_ref().and_then(|s| s.pid).unwrap_or(0);
+    let cg = pids_cgroup(&cid, pid).unwrap_or_else(|| {
+        panic!(
+            "no pids cgroup for container {cid} (init pid {pid}): {:?}",
+            c.state
+        )
+    });
+    // Strict reads: a vanished cgroup (the container ended) must not read as 0 pids.
+    let read = |f: &str| {
+        std::fs::read_to_string(cg.join(f))
+            .unwrap_or_else(|e| panic!("{}: {e} (did the container exit?)", cg.join(f).display()))
+    };
+    let refused = || -> u64 {
+        let events = read("pids.events");
+        events
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("pids.events: {events:?}"))
+    };
     assert_eq!(read("pids.max").trim(), "64");
+    // Sample for at least 3 s and until forks were refused (the limit was hit), however slow
+    // the machine is.
     let mut peak = 0;
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(3) {
-        let cur: u64 = read("pids.current").trim().parse().unwrap_or(0);
+    loop {
+        let cur: u64 = read("pids.current").trim().parse().unwrap();
         peak = peak.max(cur);
+        assert!(peak <= 64, "pids.current reached {peak}");
+        if t.elapsed() >= Duration::from_secs(3) && refused() > 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no fork refused in {:?}: pids.events {:?}, peak {peak}",
+            t.elapsed(),
+            read("pids.events")
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(peak <= 64, "pids.current reached {peak}");
-    // The limit was hit: forks were refused.
-    let events = read("pids.events");
-    let refused: u64 = events
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(refused > 0, "pids.events: {events:?} (peak {peak})");
+    assert!(peak > 1, "the bomb never ran (peak {peak})");
+    // The bomb was contained: its container is still up, and the host can still fork.
+    let c = inspect(&h.driver, &id).await;
+    assert_eq!(
+        c.state.as_ref().and_then(|s| s.running),
+        Some(true),
+        "{:?}",
+        c.state
+    );
+    assert!(Command::new("true").status().unwrap().success());
     h.driver.kill(&id, Duration::ZERO).await.unwrap();
     wait_for(&mut h.rx, &id, TaskState::Killed, Duration::from_secs(30)).await;
 }
 
-/// The container's pids cgroup directory (cgroup v1 cgroupfs or systemd, or v2).
-fn pids_cgroup(id: &str) -> Option<PathBuf> {
-    [
-        format!("/sys/fs/cgroup/pids/docker/{id}"),
-        format!("/sys/fs/cgroup/pids/system.slice/docker-{id}.scope"),
-        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope"),
-        format!("/sys/fs/cgroup/docker/{id}"),
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.join("pids.max").exists())
+/// The container's pids cgroup directory: from its init process's `/proc/<pid>/cgroup` (any
+/// driver or cgroup parent), else the usual places (v1 cgroupfs or systemd, or v2).
+fn pids_cgroup(id: &str, pid: i64) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let from_proc: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if controllers.split(',').any(|c| c == "pids") {
+                Some(format!("/sys/fs/cgroup/pids{path}"))
+            } else if controllers.is_empty() {
+                Some(format!("/sys/fs/cgroup{path}"))
+            } else {
+                None
+            }
+        })
+        .collect();
+    from_proc
+        .into_iter()
+        .chain([
+            format!("/sys/fs/cgroup/pids/docker/{id}"),
+            format!("/sys/fs/cgroup/pids/system.slice/docker-{id}.scope"),
+            format!("/sys/fs/cgroup/system.slice/docker-{id}.scope"),
+            format!("/sys/fs/cgroup/docker/{id}"),
+        ])
+        .map(PathBuf::from)
+        .find(|p| p.join("pids.max").exists())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_port_mapping_serves_http() {
-    if !docker_ready("bridge_port_mapping_serves_http").await {
+    let Some(_lock) = docker_ready("bridge_port_mapping_serves_http").await else {
         return;
-    }
+    };
     let mut h = harness().await;
     let id = unique("httpd");
     let _cleanup = Cleanup(vec![id.clone()]);
@@ -401,13 +476,18 @@ fn http_get(port: u16) -> std::io::Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_and_oom_are_reported() {
-    if !docker_ready("exit_codes_and_oom_are_reported").await {
+    let Some(_lock) = docker_ready("exit_codes_and_oom_are_reported").await else {
         return;
-    }
+    };
     let mut h = harness().await;
     let (fail, ok, oom) = (unique("exit3"), unique("exit0"), unique("oom"));
     let _cleanup = Cleanup(vec![fail.clone(), ok.clone(), oom.clone()]);
     let app = |cmd: &str, mem: f64| json!({"id": "/test/exit", "cmd": cmd, "mem": mem, "container": {"docker": {}}});
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
     h.driver
         .start(spec(&fail, &h.node, app("sleep 0.5; exit 3", 32.0), vec![]))
         .await
@@ -417,15 +497,73 @@ async fn exit_codes_and_oom_are_reported() {
         .await
         .unwrap();
     // dd fills a 256 MiB buffer: far over the 32 MiB limit (and no swap to spill into).
+    // Docker learns of an OOM kill from containerd's OOM monitor, which (cgroup v1) watches the
+    // container's memory cgroup only once the container has started and drops a notification
+    // it handles after the cgroup is gone: an OOM in the first milliseconds, or one that ends
+    // the container at once, is then reported as a plain exit 137. So dd runs only once the
+    // task is running, as a child of PID 1, and PID 1 exits (with dd's status) only after
+    // dockerd has announced the OOM.
     h.driver
         .start(spec(
             &oom,
             &h.node,
-            app("dd if=/dev/zero of=/dev/null bs=256M count=1", 32.0),
+            app(
+                "until [ -e /tmp/go ]; do sleep 0.05; done; \
+                 dd if=/dev/zero of=/dev/null bs=256M count=1; r=$?; \
+                 until [ -e /tmp/done ]; do sleep 0.05; done; exit $r",
+                32.0,
+            ),
             vec![],
         ))
         .await
         .unwrap();
+    let state_of = async |id: &str| {
+        let list = h.driver.list().await.unwrap();
+        list.into_iter().find(|s| s.task_id == id)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match state_of(&oom).await {
+            Some(s) if s.state == TaskState::Running => break,
+            s => {
+                assert!(Instant::now() < deadline, "oom task not running: {s:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let name = container_name(&oom);
+    docker(&["exec", &name, "touch", "/tmp/go"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let events = docker(&[
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &until.to_string(),
+            "--filter",
+            &format!("container={name}"),
+            "--filter",
+            "event=oom",
+            "--format",
+            "{{.Action}}",
+        ]);
+        if events.lines().any(|l| l.trim() == "oom") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dockerd announced no OOM for {name}: {:?}",
+            state_of(&oom).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    docker(&["exec", &name, "touch", "/tmp/done"]);
+
     let st = wait_for(&mut h.rx, &fail, TaskState::Failed, Duration::from_secs(60)).await;
     assert_eq!(st.exit_code, Some(3));
     assert_eq!(st.message.as_deref(), Some("exited with code 3"));
@@ -445,6 +583,7 @@ async fn exit_codes_and_oom_are_reported() {
                 b.message.as_deref().unwrap_or("").contains("OOM killed"),
                 "{b:?}"
             );
+            assert_eq!(b.exit_code, Some(137), "dd was SIGKILLed: {b:?}");
             break;
         }
         assert!(Instant::now() < deadline, "tasks did not end: {list:?}");
@@ -454,9 +593,11 @@ async fn exit_codes_and_oom_are_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_driver_recovers_containers_without_restarting_them() {
-    if !docker_ready("a_new_driver_recovers_containers_without_restarting_them").await {
+    let Some(_lock) =
+        docker_ready("a_new_driver_recovers_containers_without_restarting_them").await
+    else {
         return;
-    }
+    };
     let mut h = harness().await;
     let (long, short) = (unique("recover"), unique("recover-exit"));
     let _cleanup = Cleanup(vec![long.clone(), short.clone()]);
@@ -559,9 +700,9 @@ async fn unsupported_parameters_are_errors() {
         e.contains("volume-driver") && e.contains("not supported"),
         "{e}"
     );
-    if !docker_ready("unsupported_parameters_are_errors").await {
+    let Some(_lock) = docker_ready("unsupported_parameters_are_errors").await else {
         return;
-    }
+    };
     let mut h = harness().await;
     let id = unique("badparam");
     let _cleanup = Cleanup(vec![id.clone()]);
@@ -587,9 +728,9 @@ async fn unsupported_parameters_are_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_health_checks_run_inside_the_container() {
-    if !docker_ready("command_health_checks_run_inside_the_container").await {
+    let Some(_lock) = docker_ready("command_health_checks_run_inside_the_container").await else {
         return;
-    }
+    };
     let mut h = harness().await;
     let id = unique("cmdcheck");
     let _cleanup = Cleanup(vec![id.clone()]);
