@@ -13,6 +13,7 @@ use berth_core::event::Event;
 use berth_store::Store;
 use parking_lot::{Mutex, RwLock};
 use state::{Changes, Cluster, PersistRequest};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,9 +61,39 @@ pub struct Inner {
     pub started_at: i64,
     /// The last rendering of a read-heavy listing, reused while the state is unchanged.
     pub render_cache: RenderCache,
+    /// Renderings of single apps, reused while the app is unchanged.
+    pub app_cache: AppCache,
 }
 
 pub type Shared = Arc<Inner>;
+
+/// Cached renderings of single apps (`GET /v2/apps/{id}`), each valid while the app's
+/// [`Cluster::app_stamp`] is unchanged.
+#[derive(Default)]
+pub struct AppCache {
+    slots: Mutex<HashMap<(String, String), (u64, bytes::Bytes)>>,
+}
+
+impl AppCache {
+    /// Entries beyond this are dropped all at once (apps x distinct queries).
+    const MAX_ENTRIES: usize = 10_000;
+
+    pub fn get(&self, app_id: &str, query: &str, stamp: u64) -> Option<bytes::Bytes> {
+        let slots = self.slots.lock();
+        match slots.get(&(app_id.to_string(), query.to_string())) {
+            Some((s, body)) if *s == stamp => Some(body.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put(&self, app_id: String, query: String, stamp: u64, body: bytes::Bytes) {
+        let mut slots = self.slots.lock();
+        if slots.len() >= Self::MAX_ENTRIES {
+            slots.clear();
+        }
+        slots.insert((app_id, query), (stamp, body));
+    }
+}
 
 /// One cached response body, valid for one state revision and one query.
 #[derive(Default)]
@@ -158,6 +189,8 @@ impl Inner {
                 *st = fresh;
                 st.feeds = feeds;
                 st.revision = revision + 1;
+                // Every app's cached rendering is stale now.
+                st.deployments_revision = st.revision;
                 st.reset_feeds();
                 tracing::warn!("state reloaded from the store after a failed write");
             }
@@ -177,7 +210,11 @@ fn note_changes(st: &mut Cluster, ch: &Changes) {
         return;
     }
     st.revision += 1;
+    let revision = st.revision;
     st.dirty_apps.extend(ch.apps.iter().cloned());
+    for app in &ch.apps {
+        st.app_revisions.insert(app.clone(), revision);
+    }
     for op in &ch.ops {
         let key = match op {
             berth_store::Op::Put { key, .. } | berth_store::Op::Delete { key } => key,
@@ -188,6 +225,11 @@ fn note_changes(st: &mut Cluster, ch: &Changes) {
             .or_else(|| key.strip_prefix(state::K_DELAYS))
         {
             st.dirty_apps.insert(app.to_string());
+            st.app_revisions.insert(app.to_string(), revision);
+        } else if let Some(app) = key.strip_prefix(state::K_FAILURES) {
+            st.app_revisions.insert(app.to_string(), revision);
+        } else if key.starts_with(state::K_DEPLOYMENTS) {
+            st.deployments_revision = revision;
         } else if let Some(node) = key.strip_prefix(state::K_NODES) {
             st.node_changed(node);
         } else if key.starts_with(state::K_TASKS)
@@ -238,6 +280,7 @@ impl Server {
             config,
             started_at: berth_core::time::now_millis(),
             render_cache: RenderCache::default(),
+            app_cache: AppCache::default(),
         });
         let app = api::router(shared.clone());
         tokio::spawn(async move {

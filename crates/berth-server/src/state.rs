@@ -220,6 +220,10 @@ pub struct Cluster {
     pub delays_checked_at: i64,
     /// Bumped by every change that clients can see (the key of cached renderings).
     pub revision: u64,
+    /// Per app: the revision of the last change to it, its tasks or its last failure.
+    pub app_revisions: HashMap<String, u64>,
+    /// The revision of the last change to any deployment (apps show their deployments).
+    pub deployments_revision: u64,
     /// Tasks agents reported that the server does not know (ghosts), already announced.
     pub ghosts_reported: HashSet<String>,
     pub scheduler: Scheduler,
@@ -248,6 +252,8 @@ impl Cluster {
             full_pass: false,
             delays_checked_at: 0,
             revision: 0,
+            app_revisions: HashMap::new(),
+            deployments_revision: 0,
             ghosts_reported: HashSet::new(),
             scheduler: Scheduler::new(seed),
             counters: BTreeMap::new(),
@@ -472,6 +478,16 @@ impl Cluster {
             .collect();
         self.dirty_apps.extend(apps);
         self.dirty_apps.extend(self.unplaced.keys().cloned());
+    }
+
+    /// Changes whenever anything shown in the app's rendering may have changed (its
+    /// definition, tasks, last failure, deployments); see [`crate::AppCache`].
+    pub fn app_stamp(&self, app_id: &str) -> u64 {
+        self.app_revisions
+            .get(app_id)
+            .copied()
+            .unwrap_or(0)
+            .max(self.deployments_revision)
     }
 
     /// The feed of a node, created on first use.

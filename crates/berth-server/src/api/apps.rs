@@ -258,18 +258,31 @@ pub async fn get_sub(
     let p = Params::from_uri(&uri);
     if let Target::App(id) = parse_target(&rest) {
         let embed = Embed::from_params(&p.all("embed"), true);
-        let snapshot = {
+        let query = uri.query().unwrap_or("").to_string();
+        let (snapshot, stamp) = {
             let st = s.state.read();
             let app = st
                 .apps
                 .get(&id)
                 .ok_or_else(|| ApiError::app_not_found(&id))?;
-            AppSnapshot::take(&st, app, embed, None, None)
+            // Health-check results carry timestamps that change without a new revision:
+            // apps with health checks are always rendered afresh.
+            let stamp = app.health_checks.is_empty().then(|| st.app_stamp(&id));
+            if let Some(stamp) = stamp
+                && let Some(body) = s.app_cache.get(&id, &query, stamp)
+            {
+                return Ok(json_bytes(body));
+            }
+            (AppSnapshot::take(&st, app, embed, None, None), stamp)
         };
         // Encoding happens without the lock.
-        let body = serde_json::to_vec(&serde_json::json!({ "app": snapshot.view() }))
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        return Ok(json_bytes(body.into()));
+        let body: bytes::Bytes = serde_json::to_vec(&serde_json::json!({ "app": snapshot.view() }))
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            .into();
+        if let Some(stamp) = stamp {
+            s.app_cache.put(id, query, stamp, body.clone());
+        }
+        return Ok(json_bytes(body));
     }
     let st = s.state.read();
     match parse_target(&rest) {
