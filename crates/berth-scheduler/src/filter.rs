@@ -6,8 +6,8 @@ use crate::model::{AppState, Cluster, HOSTNAME_FIELD, Interner, NodeHot, req_mil
 use crate::{PlacementRequest, Unplaced, score};
 use berth_core::{Constraint, ConstraintOp};
 use regex::Regex;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// A compiled LIKE/UNLIKE regex with its verdict memoised per interned value (values are
 /// few - racks, zones, hostnames - so each is matched once, not once per placement).
