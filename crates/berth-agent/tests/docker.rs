@@ -3,8 +3,8 @@
 //! prints a SKIP notice and passes, unless `BERTH_REQUIRE_DOCKER=1`, which makes it fail.
 
 use berth_agent::driver::docker::{
-    ContainerInfo, DockerConfig, DockerDriver, LABEL_APP_ID, LABEL_NODE_ID, LABEL_TASK_ID,
-    LABEL_VERSION, check_parameters, container_name,
+    ContainerInfo, DockerConfig, DockerDriver, LABEL_APP_ID, LABEL_CPUSET, LABEL_NODE_ID,
+    LABEL_TASK_ID, LABEL_VERSION, check_parameters, container_name,
 };
 use berth_agent::driver::{Driver, DriverError, TaskSpec, TaskStatus};
 use berth_core::app::{AppDefinition, DockerParameter};
@@ -776,4 +776,149 @@ async fn command_health_checks_run_inside_the_container() {
         .unwrap_err();
     assert!(err.contains("code 4"), "{err}");
     h.driver.kill(&id, Duration::from_secs(1)).await.unwrap();
+}
+
+/// The host's online cores.
+fn online_cpus() -> Vec<u32> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    berth_agent::cgroup::parse_cpu_list(&text).unwrap()
+}
+
+fn cpu_list(cpus: &[u32]) -> String {
+    berth_agent::cgroup::format_cpu_list(cpus)
+}
+
+/// `Cpus_allowed_list` of `pid` (`self`: a process `docker exec` starts) inside the container.
+fn cpus_allowed(task: &str, pid: &str) -> Vec<u32> {
+    let status = docker(&[
+        "exec",
+        &container_name(task),
+        "cat",
+        &format!("/proc/{pid}/status"),
+    ]);
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or_else(|| panic!("no Cpus_allowed_list in:\n{status}"));
+    berth_agent::cgroup::parse_cpu_list(line).unwrap()
+}
+
+/// `HostConfig.CpusetCpus` of the task's container (`""` when unset).
+async fn cpuset_of(d: &DockerDriver, task: &str) -> String {
+    let c = inspect(d, task).await;
+    c.host_config.unwrap().cpuset_cpus.unwrap_or_default()
+}
+
+/// Waits until the task's container has `HostConfig.CpusetCpus == want` (moves are async).
+async fn wait_cpuset(d: &DockerDriver, task: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = cpuset_of(d, task).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{task}: CpusetCpus {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_containers_move_off_pinned_cores() {
+    let Some(_lock) = docker_ready("shared_containers_move_off_pinned_cores").await else {
+        return;
+    };
+    let online = online_cpus();
+    assert!(online.contains(&0), "core 0 is offline: {online:?}");
+    // Core 0 pinned: shared containers get the rest (all cores on a 1-core host).
+    let rest: Vec<u32> = online.iter().copied().filter(|c| *c != 0).collect();
+    let without_0 = if rest.is_empty() {
+        online.clone()
+    } else {
+        rest.clone()
+    };
+    let mut h = harness().await;
+    let (a, b, c) = (unique("shared-a"), unique("shared-b"), unique("shared-c"));
+    let _cleanup = Cleanup(vec![a.clone(), b.clone(), c.clone()]);
+    let shared = |id: &str, node: &str| {
+        spec(
+            id,
+            node,
+            json!({"id": "/test/shared", "cmd": "sleep 1000", "cpus": 0.1, "mem": 32,
+                   "container": {"docker": {}}}),
+            vec![],
+        )
+    };
+
+    // Nothing pinned: no cpuset.
+    h.driver.start(shared(&a, &h.node)).await.unwrap();
+    wait_for(&mut h.rx, &a, TaskState::Running, Duration::from_secs(60)).await;
+    assert_eq!(cpuset_of(&h.driver, &a).await, "");
+
+    // Core 0 pinned elsewhere on the node: the running shared container moves off it, its
+    // init and new processes alike.
+    h.driver.set_pinned_cores(&[0]);
+    wait_cpuset(&h.driver, &a, &cpu_list(&without_0)).await;
+    if !rest.is_empty() {
+        assert_eq!(cpus_allowed(&a, "self"), rest);
+        assert_eq!(cpus_allowed(&a, "1"), rest);
+    }
+    // Still a shared task inside: no BERTH_CPUSET, empty cpuset in container_info, no label.
+    let name = container_name(&a);
+    let env = docker(&["exec", &name, "env"]);
+    assert!(!env.contains("BERTH_CPUSET="), "{env}");
+    let info: ContainerInfo = serde_json::from_str(&docker(&[
+        "exec",
+        &name,
+        "cat",
+        "/etc/berth/container_info",
+    ]))
+    .unwrap();
+    assert!(info.cpuset.is_empty(), "{info:?}");
+    let labels = inspect(&h.driver, &a).await.config.unwrap().labels.unwrap();
+    assert!(!labels.contains_key(LABEL_CPUSET), "{labels:?}");
+
+    // A shared container started now is created off core 0.
+    h.driver.start(shared(&b, &h.node)).await.unwrap();
+    wait_for(&mut h.rx, &b, TaskState::Running, Duration::from_secs(60)).await;
+    assert_eq!(cpuset_of(&h.driver, &b).await, cpu_list(&without_0));
+    if !rest.is_empty() {
+        assert_eq!(cpus_allowed(&b, "1"), rest);
+    }
+
+    // Nothing pinned any more: both back on every core.
+    h.driver.set_pinned_cores(&[]);
+    wait_cpuset(&h.driver, &a, &cpu_list(&online)).await;
+    wait_cpuset(&h.driver, &b, &cpu_list(&online)).await;
+    assert_eq!(cpus_allowed(&a, "1"), online);
+    assert_eq!(cpus_allowed(&b, "self"), online);
+
+    // Pinned again, then the agent restarts: the new driver recovers the shared containers
+    // as shared (their cpuset is not a pinning) and moves them on its first set_pinned_cores.
+    h.driver.set_pinned_cores(&[0]);
+    wait_cpuset(&h.driver, &a, &cpu_list(&without_0)).await;
+    wait_cpuset(&h.driver, &b, &cpu_list(&without_0)).await;
+    let Harness {
+        driver,
+        rx,
+        dir,
+        node,
+    } = h;
+    drop(driver);
+    drop(rx);
+    let (d, mut rx) = driver_for(dir.path(), &node).await;
+    let recovered = d.recover().await.unwrap();
+    assert_eq!(recovered.len(), 2, "{recovered:?}");
+    d.set_pinned_cores(&[]);
+    wait_cpuset(&d, &a, &cpu_list(&online)).await;
+    wait_cpuset(&d, &b, &cpu_list(&online)).await;
+    // Nothing is pinned on the new driver: a new shared container gets no cpuset.
+    d.start(shared(&c, &node)).await.unwrap();
+    wait_for(&mut rx, &c, TaskState::Running, Duration::from_secs(60)).await;
+    assert_eq!(cpuset_of(&d, &c).await, "");
+    for id in [&a, &b, &c] {
+        d.kill(id, Duration::ZERO).await.unwrap();
+    }
 }

@@ -16,16 +16,22 @@
 //! - `tasks/<task_id>/container_info`  JSON bind-mounted read-only into the container
 //! - `tasks/<task_id>/killed`          marker: the task was killed on request (TASK_KILLED)
 //! - `uids.json`                       task id -> UID allocated for `BERTH_UID=auto`
+//!
+//! Shared containers (no pinned cores, no `cpuset-cpus` parameter) run on the online cores
+//! minus the node's pinned ones ([`Driver::set_pinned_cores`] plus this driver's own pinned
+//! tasks); when that set changes they are moved with `docker update --cpuset-cpus`.
 
 use super::{Driver, DriverError, LogChunks, LogStream, StatusSink, TaskSpec, TaskStatus};
+use crate::cgroup::{format_cpu_list, parse_cpu_list as parse_kernel_cpu_list};
 use berth_core::app::{AppDefinition, DockerParameter, DriverKind, PortMapping};
 use berth_core::task::TaskState;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, DeviceMapping,
-    EventMessage, HostConfig, HostConfigLogConfig, PortBinding, PortMap, ResourcesUlimits,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
+    DeviceMapping, EventMessage, HostConfig, HostConfigLogConfig, PortBinding, PortMap,
+    ResourcesUlimits,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions,
@@ -36,7 +42,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +55,10 @@ pub const LABEL_TASK_ID: &str = "berth.task_id";
 pub const LABEL_APP_ID: &str = "berth.app_id";
 pub const LABEL_VERSION: &str = "berth.version";
 pub const LABEL_NODE_ID: &str = "berth.node_id";
+/// Set on every container with its own cpuset: the cores the scheduler pinned to the task
+/// (`0,1`; empty when only a `cpuset-cpus` parameter fixed them). Containers without it are
+/// shared: the driver moves them off pinned cores.
+pub const LABEL_CPUSET: &str = "berth.cpuset";
 /// App label: `true` adds a hard CPU quota (`cpus` worth of CPU time) to the CPU shares.
 pub const APP_LABEL_CPU_QUOTA: &str = "BERTH_CPU_QUOTA";
 /// App label: per-task pids limit (a positive number, or `unlimited`).
@@ -79,6 +89,8 @@ const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
 /// How long an image seen present is trusted without inspecting it again (a create that
 /// finds it gone after all pulls it and retries).
 const IMAGE_PRESENT_TTL: Duration = Duration::from_secs(30);
+/// The host's online cores (shared containers run on these minus the pinned ones).
+const ONLINE_CPUS: &str = "/sys/devices/system/cpu/online";
 
 /// `docker.parameters` keys the driver passes through (docker run flag names).
 pub const SUPPORTED_PARAMETERS: &[&str] = &[
@@ -186,6 +198,15 @@ struct Inner {
     /// the image once, not once per task.
     images: Mutex<HashMap<String, Instant>>,
     server_version: String,
+    /// Cores pinned to tasks of any driver on this node, as the agent last told us
+    /// ([`Driver::set_pinned_cores`]); shared containers run on the other cores.
+    node_pinned: Mutex<BTreeSet<u32>>,
+    /// Serializes moves of the shared containers: each move computes the shared cores when
+    /// it holds the lock, so the last one applies the latest set.
+    cpuset_moves: tokio::sync::Mutex<()>,
+    /// Set when `recover` adopted shared containers: the next `set_pinned_cores` moves them
+    /// even if the pinned cores did not change (an earlier agent set their cpuset).
+    recovered_shared: AtomicBool,
     watcher_started: AtomicBool,
     /// Dropped with the driver: stops the watcher.
     _stop: watch::Sender<()>,
@@ -199,6 +220,10 @@ struct Entry {
     /// Set while `start` is still pulling/creating: the watcher leaves the task alone.
     launching: bool,
     kill_requested: bool,
+    /// Cores the scheduler pinned to the task (empty: not pinned).
+    cpuset: Vec<u32>,
+    /// No own cpuset (not pinned, no `cpuset-cpus` parameter): runs on the shared cores.
+    shared: bool,
 }
 
 /// What `container_info` says (also handy for tests).
@@ -250,6 +275,9 @@ impl DockerDriver {
                 uids: Mutex::new(None),
                 images: Mutex::new(HashMap::new()),
                 server_version,
+                node_pinned: Mutex::new(BTreeSet::new()),
+                cpuset_moves: tokio::sync::Mutex::new(()),
+                recovered_shared: AtomicBool::new(false),
                 watcher_started: AtomicBool::new(false),
                 _stop: stop,
                 stop_rx,
@@ -317,10 +345,16 @@ impl DockerDriver {
                     pid: None,
                     launching: true,
                     kill_requested: false,
+                    cpuset: spec.cpuset.clone(),
+                    shared: plan.shared,
                 },
             );
         }
         inner.ensure_watcher();
+        if !spec.cpuset.is_empty() {
+            // Move shared containers off the cores before the pinned task starts on them.
+            inner.move_shared_containers().await;
+        }
         match inner.launch(&spec, plan).await {
             Ok(()) => {
                 if let Some(e) = inner.tasks.lock().get_mut(&id) {
@@ -541,11 +575,26 @@ impl DockerDriver {
                     None,
                 );
             }
+            let info = fs::read(
+                inner
+                    .config
+                    .tasks_dir()
+                    .join(&task_id)
+                    .join(CONTAINER_INFO_FILE),
+            )
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ContainerInfo>(&b).ok());
+            let (cpuset, shared) = recovered_cpuset(&c, info.as_ref());
+            if shared {
+                inner.recovered_shared.store(true, Ordering::SeqCst);
+            }
             inner.tasks.lock().entry(task_id.clone()).or_insert(Entry {
                 status: st.clone(),
                 pid: running_pid(&c),
                 launching: false,
                 kill_requested: killed,
+                cpuset,
+                shared,
             });
             out.push(st);
         }
@@ -705,8 +754,17 @@ impl Inner {
                 }
             }
         }
+        // A shared container starts off the pinned cores.
+        let shared_cpus = if plan.shared {
+            self.shared_cpus()
+        } else {
+            None
+        };
         if let Some(hc) = body.host_config.as_mut() {
             hc.binds.get_or_insert_with(Vec::new).extend(binds);
+            if let Some(cpus) = &shared_cpus {
+                hc.cpuset_cpus = Some(format_cpu_list(cpus));
+            }
         }
         let opts = CreateContainerOptions {
             name: Some(name.clone()),
@@ -731,12 +789,89 @@ impl Inner {
                 Err(e) => return Err(api_error(&format!("creating container {name}"), e).into()),
             }
         }
+        if plan.shared && self.shared_cpus() != shared_cpus {
+            // The pinned cores changed while the container was being created (a move then
+            // may not have found it yet).
+            self.move_shared_container(id, &name).await;
+        }
         self.set_status(id, status(id, TaskState::Starting, None, None), true);
         if self.kill_requested(id) {
             // Leave the created container for `kill`'s refresh to report; it never ran.
             return Err(LaunchError::Killed);
         }
         self.start_container(id, &name).await
+    }
+
+    /// Cores pinned on this node: what the agent said plus this driver's own live pinned
+    /// tasks.
+    fn pinned_cores(&self) -> BTreeSet<u32> {
+        let mut pinned = self.node_pinned.lock().clone();
+        let tasks = self.tasks.lock();
+        for e in tasks.values().filter(|e| !e.status.state.is_terminal()) {
+            pinned.extend(e.cpuset.iter().copied());
+        }
+        pinned
+    }
+
+    /// The cores a shared container runs on: the online cores minus the pinned ones.
+    /// `None` when nothing is pinned (no restriction) or the online cores are unknown; all
+    /// online cores when every one is pinned (a shared task must run somewhere).
+    fn shared_cpus(&self) -> Option<Vec<u32>> {
+        let pinned = self.pinned_cores();
+        if pinned.is_empty() {
+            return None;
+        }
+        let online = online_cpus()?;
+        let shared: Vec<u32> = online
+            .iter()
+            .copied()
+            .filter(|c| !pinned.contains(c))
+            .collect();
+        Some(if shared.is_empty() { online } else { shared })
+    }
+
+    /// Sets the cpuset of every live shared container to the current shared cores (all
+    /// online cores when nothing is pinned).
+    async fn move_shared_containers(&self) {
+        let _moving = self.cpuset_moves.lock().await;
+        let ids: Vec<String> = self
+            .tasks
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.shared && !e.status.state.is_terminal())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.update_cpuset(&id, &container_name(&id)).await;
+        }
+    }
+
+    /// [`Self::move_shared_containers`] for one container.
+    async fn move_shared_container(&self, id: &str, name: &str) {
+        let _moving = self.cpuset_moves.lock().await;
+        self.update_cpuset(id, name).await;
+    }
+
+    async fn update_cpuset(&self, id: &str, name: &str) {
+        let Some(cpus) = self.shared_cpus().or_else(online_cpus) else {
+            tracing::warn!(
+                task_id = id,
+                "cannot read {ONLINE_CPUS}; shared container left on its cores"
+            );
+            return;
+        };
+        let body = ContainerUpdateBody {
+            cpuset_cpus: Some(format_cpu_list(&cpus)),
+            ..Default::default()
+        };
+        match self.docker.update_container(name, body).await {
+            Ok(()) => tracing::debug!(task_id = id, cpus = ?cpus, "moved shared container"),
+            // 404: gone; 409: not running (or being removed).
+            Err(e) if matches!(status_code(&e), Some(404 | 409)) => {}
+            Err(e) => {
+                tracing::warn!(task_id = id, error = %e, "cannot move shared container off pinned cores")
+            }
+        }
     }
 
     /// Takes over the existing container named for task `id`: starts it if it was only
@@ -1401,6 +1536,39 @@ fn running_pid(c: &ContainerInspectResponse) -> Option<i32> {
         .filter(|p| *p > 0)
 }
 
+/// The host's online cores (`None` when unreadable).
+fn online_cpus() -> Option<Vec<u32>> {
+    let text = fs::read_to_string(ONLINE_CPUS).ok()?;
+    parse_kernel_cpu_list(&text).filter(|c| !c.is_empty())
+}
+
+/// The pinned cores of a recovered container and whether it is shared: the
+/// [`LABEL_CPUSET`] label when present (it has its own cpuset), else (containers created
+/// before the label) the task's `container_info`, else its `BERTH_CPUSET`. The cpuset the
+/// driver gave a shared container never makes it pinned.
+fn recovered_cpuset(
+    c: &ContainerInspectResponse,
+    info: Option<&ContainerInfo>,
+) -> (Vec<u32>, bool) {
+    let config = c.config.as_ref();
+    if let Some(v) = config
+        .and_then(|c| c.labels.as_ref())
+        .and_then(|l| l.get(LABEL_CPUSET))
+    {
+        return (parse_kernel_cpu_list(v).unwrap_or_default(), false);
+    }
+    if let Some(info) = info {
+        return (info.cpuset.clone(), info.cpuset.is_empty());
+    }
+    let env_cpuset = config
+        .and_then(|c| c.env.as_ref())
+        .and_then(|env| env.iter().find_map(|kv| kv.strip_prefix("BERTH_CPUSET=")));
+    match env_cpuset {
+        Some(v) => (parse_kernel_cpu_list(v).unwrap_or_default(), false),
+        None => (Vec::new(), true),
+    }
+}
+
 /// Container names (and task directories) come from task ids.
 fn validate_task_id(id: &str) -> Result<(), DriverError> {
     let ok = !id.is_empty()
@@ -1443,6 +1611,8 @@ struct Plan {
     image: String,
     force_pull: bool,
     auto_uid: bool,
+    /// No own cpuset: the container runs on the node's shared cores.
+    shared: bool,
     body: ContainerCreateBody,
     info: ContainerInfo,
 }
@@ -1689,6 +1859,10 @@ fn build_plan(spec: &TaskSpec, config: &DockerConfig) -> Result<Plan, String> {
     labels.insert(LABEL_APP_ID.into(), spec.app_id.clone());
     labels.insert(LABEL_VERSION.into(), spec.version.clone());
     labels.insert(LABEL_NODE_ID.into(), spec.node_id.clone());
+    let shared = cpuset_cpus.is_none();
+    if !shared {
+        labels.insert(LABEL_CPUSET.into(), format_cpu_list(&spec.cpuset));
+    }
 
     let host_config = HostConfig {
         network_mode: Some(network_mode),
@@ -1758,6 +1932,7 @@ fn build_plan(spec: &TaskSpec, config: &DockerConfig) -> Result<Plan, String> {
         image,
         force_pull: docker.force_pull_image,
         auto_uid,
+        shared,
         body,
         info,
     })
@@ -2091,6 +2266,28 @@ impl Driver for DockerDriver {
         self.forget_task(task_id);
     }
 
+    /// Remembers the node's pinned cores; when they changed (or containers were recovered
+    /// since the last call), moves the running shared containers to the new shared cores.
+    fn set_pinned_cores(&self, cores: &[u32]) {
+        let new: BTreeSet<u32> = cores.iter().copied().collect();
+        let changed = {
+            let mut pinned = self.inner.node_pinned.lock();
+            let changed = *pinned != new;
+            *pinned = new;
+            changed
+        };
+        let recovered = self.inner.recovered_shared.swap(false, Ordering::SeqCst);
+        if !changed && !recovered {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no tokio runtime: shared containers not moved off pinned cores");
+            return;
+        };
+        let inner = self.inner.clone();
+        handle.spawn(async move { inner.move_shared_containers().await });
+    }
+
     /// The container's output through the Engine API (`docker logs`): one stream of the
     /// multiplexed stdout/stderr, `tail` lines, and with `follow` until the container stops.
     fn logs(
@@ -2330,6 +2527,60 @@ mod tests {
         let (ts, text) = split_timestamp(Bytes::from_static(b"2026-12-02T15:32:08.6Z hi there\n"));
         assert_eq!(ts.as_deref(), Some("2026-12-02T15:32:08.6Z"));
         assert_eq!(&text[..], b"hi there\n");
+    }
+
+    #[test]
+    fn recovered_containers_are_pinned_only_by_their_label_or_info() {
+        use bollard::models::ContainerConfig;
+        let container = |labels: &[(&str, &str)], env: &[&str]| ContainerInspectResponse {
+            config: Some(ContainerConfig {
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                env: Some(env.iter().map(|e| e.to_string()).collect()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let info = |cpuset: Vec<u32>| ContainerInfo {
+            task_id: "t".into(),
+            app_id: "/a".into(),
+            version: "v".into(),
+            cpus: 1.0,
+            mem_mb: 32.0,
+            cpuset,
+            ports: vec![],
+            port_mappings: vec![],
+            pids_limit: None,
+            uid: None,
+        };
+        // Pinned (label), `cpuset-cpus` only (empty label), shared (no label, empty info).
+        let pinned = container(&[(LABEL_CPUSET, "0,1")], &["BERTH_CPUSET=0,1"]);
+        assert_eq!(
+            recovered_cpuset(&pinned, Some(&info(vec![0, 1]))),
+            (vec![0, 1], false)
+        );
+        let fixed = container(&[(LABEL_CPUSET, "")], &["BERTH_CPUSET=1"]);
+        assert_eq!(
+            recovered_cpuset(&fixed, Some(&info(vec![1]))),
+            (vec![], false)
+        );
+        let shared = container(&[], &["BERTH_CPUS=1"]);
+        assert_eq!(
+            recovered_cpuset(&shared, Some(&info(vec![]))),
+            (vec![], true)
+        );
+        assert_eq!(recovered_cpuset(&shared, None), (vec![], true));
+        // Created before the label: container_info, else BERTH_CPUSET.
+        let old = container(&[], &["BERTH_CPUSET=1"]);
+        assert_eq!(
+            recovered_cpuset(&old, Some(&info(vec![1]))),
+            (vec![1], false)
+        );
+        assert_eq!(recovered_cpuset(&old, None), (vec![1], false));
     }
 
     #[test]
