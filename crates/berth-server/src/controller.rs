@@ -34,6 +34,10 @@ const FULL_PASS_EVERY: u32 = 4;
 /// continues in the next chunk), so API requests never wait behind a whole-cluster pass.
 const TASKS_PER_CHUNK: usize = 2000;
 
+/// How many launched tasks count as one visited task in a chunk's budget (so a chunk
+/// launches at most about 20,000 tasks).
+const LAUNCHES_PER_VISIT: usize = 10;
+
 pub async fn run(shared: Shared) {
     let interval = shared.config.reconcile_interval;
     let mut ticks = 0u32;
@@ -111,7 +115,12 @@ pub fn reconcile_chunk(
         };
         visited += 1 + st.tasks_by_app.get(&id).map_or(0, |t| t.len());
         if let Some(app) = st.apps.get(&id).cloned() {
+            let launched_before = ch.new_tasks.len();
             reconcile_app(st, ch, &app, now);
+            // Launches count too, lightly: they are what the store must write before the
+            // next chunk (one chunk once launched a million tasks in a single transaction),
+            // but many small chunks make agents poll more often.
+            visited += (ch.new_tasks.len() - launched_before) / LAUNCHES_PER_VISIT;
         }
         expunge_unreachable(st, ch, &id, now);
         done.insert(id);
