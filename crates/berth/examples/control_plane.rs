@@ -97,24 +97,25 @@ fn cpu_secs(pid: u32) -> f64 {
     (t(11) + t(12)) / 100.0
 }
 
-async fn gauge(http: &reqwest::Client, base: &str, name: &str) -> Res<u64> {
-    let v: serde_json::Value = http
+async fn metrics(http: &reqwest::Client, base: &str) -> Res<serde_json::Value> {
+    Ok(http
         .get(format!("{base}/metrics"))
         .send()
         .await?
         .json()
-        .await?;
-    Ok(v["gauges"][name]["value"].as_u64().unwrap_or(0))
+        .await?)
+}
+
+async fn gauge(http: &reqwest::Client, base: &str, name: &str) -> Res<u64> {
+    Ok(metrics(http, base).await?["gauges"][name]["value"]
+        .as_u64()
+        .unwrap_or(0))
 }
 
 async fn counter(http: &reqwest::Client, base: &str, name: &str) -> Res<u64> {
-    let v: serde_json::Value = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(v["counters"][name]["count"].as_u64().unwrap_or(0))
+    Ok(metrics(http, base).await?["counters"][name]["count"]
+        .as_u64()
+        .unwrap_or(0))
 }
 
 fn app_body(i: usize, instances: usize) -> serde_json::Value {
