@@ -32,6 +32,8 @@ fi
 # lxcfs test is skipped, with the reason, when it cannot run (no /dev/fuse).
 if [ ! -r /var/lib/lxcfs/proc/meminfo ] && [ -e /dev/fuse ]; then
   log "starting lxcfs"
+  # A dead lxcfs leaves its FUSE mount behind ("Transport endpoint is not connected").
+  if grep -qs ' /var/lib/lxcfs ' /proc/mounts; then as_root umount -l /var/lib/lxcfs || true; fi
   as_root mkdir -p /var/lib/lxcfs
   as_root sh -c 'nohup lxcfs /var/lib/lxcfs >/var/log/berth-lxcfs.log 2>&1 &'
   for _ in $(seq 1 20); do [ -r /var/lib/lxcfs/proc/meminfo ] && break; sleep 0.5; done
