@@ -57,13 +57,18 @@ pub async fn run(shared: Shared) {
             }
         }
         let node_timeout = shared.config.node_timeout;
+        let mut first = true;
         loop {
             let result = shared
                 .apply(|st, ch| {
                     let now = berth_core::time::now_millis();
-                    Ok(reconcile_chunk(st, ch, now, node_timeout, TASKS_PER_CHUNK))
+                    if first {
+                        begin_pass(st, ch, now, node_timeout);
+                    }
+                    Ok(reconcile_chunk(st, ch, now, TASKS_PER_CHUNK))
                 })
                 .await;
+            first = false;
             match result {
                 Ok(true) => tokio::task::yield_now().await,
                 Ok(false) => break,
@@ -84,18 +89,13 @@ pub fn reconcile(st: &mut Cluster, ch: &mut Changes, now: i64, node_timeout: Dur
     let all: Vec<String> = st.apps.keys().cloned().collect();
     st.dirty_apps.extend(all);
     st.full_pass = true;
-    while reconcile_chunk(st, ch, now, node_timeout, usize::MAX) {}
+    begin_pass(st, ch, now, node_timeout);
+    while reconcile_chunk(st, ch, now, usize::MAX) {}
 }
 
-/// Looks at the apps marked dirty (by changes to them or their tasks, node changes, expired
-/// launch delays), visiting at most about `task_budget` tasks. Returns whether apps are left.
-pub fn reconcile_chunk(
-    st: &mut Cluster,
-    ch: &mut Changes,
-    now: i64,
-    node_timeout: Duration,
-    task_budget: usize,
-) -> bool {
+/// Once per pass, before its chunks: nodes that missed their heartbeats, and the apps whose
+/// launch delay ran out.
+fn begin_pass(st: &mut Cluster, ch: &mut Changes, now: i64, node_timeout: Duration) {
     check_nodes(st, ch, now, node_timeout);
     // Launch delays that ran out since the last look: their apps may launch again.
     let expired: Vec<String> = st
@@ -106,7 +106,11 @@ pub fn reconcile_chunk(
         .collect();
     st.dirty_apps.extend(expired);
     st.delays_checked_at = now;
+}
 
+/// Looks at the apps marked dirty (by changes to them or their tasks, node changes, expired
+/// launch delays), visiting at most about `task_budget` tasks. Returns whether apps are left.
+pub fn reconcile_chunk(st: &mut Cluster, ch: &mut Changes, now: i64, task_budget: usize) -> bool {
     let mut visited = 0usize;
     let mut done: std::collections::HashSet<String> = Default::default();
     while visited < task_budget {

@@ -128,8 +128,10 @@ async fn deploy_kill_scale_replace_delete() {
     let r = api.delete(&format!("/v2/apps{APP}")).await;
     assert_eq!(r.status, 200, "DELETE app: {}", r.text);
     assert!(r.json["deploymentId"].is_string(), "{}", r.text);
+    // A process in the middle of exiting has no environment left (so `app_processes` no
+    // longer sees it) while its pid still exists: wait for the pids themselves too.
     wait_until(T, "all task processes gone", || async {
-        c.app_processes(APP, "sleep").is_empty()
+        c.app_processes(APP, "sleep").is_empty() && pids.values().all(|p| !pid_alive(*p))
     })
     .await;
     for pid in pids.values() {
