@@ -6,10 +6,13 @@
 #   - docker run: N parallel `docker run -d`, until every one returned;
 #   - Swarm:  `docker service create --replicas N` (single-node swarm on 127.0.0.1) until
 #             `docker service ls` shows N/N (skipped, with the reason, when swarm cannot init);
-# then a table with the ratios. Everything it creates is removed at the end.
+# then a table with the ratios. Each size runs ROUNDS times (the three contenders in turn each
+# round, so drift in the machine's load hits them alike); the table shows the median and the
+# range of each column, and of the per-round ratios. Everything it creates is removed at the end.
 #
-#   bench/docker.sh                 # N = 20 and 50, release build
+#   bench/docker.sh                 # N = 20 and 50, 3 rounds, release build
 #   bench/docker.sh 10 30           # other sizes
+#   ROUNDS=5 bench/docker.sh 20     # more rounds
 #   BERTH=/path/to/berth bench/docker.sh   # use this binary (no build)
 #
 # Needs: docker (a running engine), curl, jq, and the image berth-test/busybox:latest
@@ -19,6 +22,7 @@ cd "$(dirname "$0")/.."
 IMAGE="${BERTH_TEST_IMAGE:-berth-test/busybox:latest}"
 SIZES=("$@")
 [ ${#SIZES[@]} -eq 0 ] && SIZES=(20 50)
+ROUNDS="${ROUNDS:-3}"
 
 if ! docker info >/dev/null 2>&1; then
   echo "docker info fails: no Docker Engine, nothing to benchmark" >&2
@@ -146,27 +150,46 @@ bench_swarm() { # N -> seconds
   echo "$t"
 }
 
-declare -A R_RUN R_HEALTHY R_DOCKER R_SWARM
+# Median and range of numbers ("-" entries are failures and are left out): "1.23 (1.10-1.40)".
+summary() { # values...
+  local v; v="$(printf '%s\n' "$@" | grep -v '^-$' | sort -n)" || true
+  [ -z "$v" ] && { echo "-"; return; }
+  local n; n="$(wc -l <<<"$v")"
+  local med; med="$(sed -n "$(( (n + 1) / 2 ))p" <<<"$v")"
+  echo "$med ($(head -1 <<<"$v")-$(tail -1 <<<"$v"))"
+}
+
+declare -A R_RUN R_HEALTHY R_DOCKER R_SWARM R_VS_DOCKER R_VS_SWARM
 HAVE_SWARM=1
 swarm_init || { HAVE_SWARM=0; echo "Swarm column skipped: $SWARM_WHY" >&2; }
 for n in "${SIZES[@]}"; do
-  echo "N=$n: berth ..." >&2
-  read -r R_RUN[$n] R_HEALTHY[$n] < <(bench_berth "$n")
-  echo "N=$n: docker run ..." >&2
-  R_DOCKER[$n]="$(bench_run "$n")"
-  if [ "$HAVE_SWARM" = 1 ]; then
-    echo "N=$n: swarm ..." >&2
-    R_SWARM[$n]="$(bench_swarm "$n")"
-  else
-    R_SWARM[$n]="-"
-  fi
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "N=$n round $round/$ROUNDS: berth ..." >&2
+    read -r run healthy < <(bench_berth "$n")
+    echo "N=$n round $round/$ROUNDS: docker run ..." >&2
+    dr="$(bench_run "$n")"
+    sw="-"
+    if [ "$HAVE_SWARM" = 1 ]; then
+      echo "N=$n round $round/$ROUNDS: swarm ..." >&2
+      sw="$(bench_swarm "$n")"
+    fi
+    echo "N=$n round $round: berth running ${run}s, healthy ${healthy}s, docker run ${dr}s, swarm ${sw}s" >&2
+    R_RUN[$n]+="$run "
+    R_HEALTHY[$n]+="$healthy "
+    R_DOCKER[$n]+="$dr "
+    R_SWARM[$n]+="$sw "
+    R_VS_DOCKER[$n]+="$(ratio "$run" "$dr" | tr -d x) "
+    R_VS_SWARM[$n]+="$(ratio "$run" "$sw" | tr -d x) "
+  done
 done
 
 echo
 echo "docker $(docker version --format '{{.Server.Version}}'), $(nproc) CPUs, image $IMAGE, berth: $BERTH"
-printf '%-4s %14s %14s %12s %12s %16s %14s\n' N "berth running" "berth healthy" "docker run" "swarm N/N" "berth/docker run" "berth/swarm"
+echo "seconds (and ratios): median of $ROUNDS rounds, range in brackets"
+printf '%-4s %-19s %-19s %-19s %-19s %-19s %-19s\n' N "berth running" "berth healthy" "docker run" "swarm N/N" "berth/docker run" "berth/swarm"
 for n in "${SIZES[@]}"; do
-  printf '%-4s %13ss %13ss %11ss %11ss %16s %14s\n' "$n" "${R_RUN[$n]}" "${R_HEALTHY[$n]}" \
-    "${R_DOCKER[$n]}" "${R_SWARM[$n]}" "$(ratio "${R_RUN[$n]}" "${R_DOCKER[$n]}")" "$(ratio "${R_RUN[$n]}" "${R_SWARM[$n]}")"
+  # shellcheck disable=SC2086 # the lists are space-separated on purpose
+  printf '%-4s %-19s %-19s %-19s %-19s %-19s %-19s\n' "$n" "$(summary ${R_RUN[$n]})" "$(summary ${R_HEALTHY[$n]})" \
+    "$(summary ${R_DOCKER[$n]})" "$(summary ${R_SWARM[$n]})" "$(summary ${R_VS_DOCKER[$n]})" "$(summary ${R_VS_SWARM[$n]})"
 done
 [ "$HAVE_SWARM" = 1 ] || echo "(swarm skipped: $SWARM_WHY)"
