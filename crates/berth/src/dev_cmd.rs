@@ -13,7 +13,7 @@ pub struct DevArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Keep state here (default: a temporary directory removed on exit, whose tasks are
-    /// stopped on exit).
+    /// stopped, and their containers removed, on exit).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -63,14 +63,21 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
     let _ = tx.send(true);
     let _ = handle.await;
     if temp.is_some() {
-        // Nobody could ever re-attach to these tasks: stop them.
+        // Nobody could ever re-attach to these tasks: stop them, and remove what they leave
+        // (exited containers no agent would ever clean up).
+        // All at once: each kill may wait out its grace period.
+        let mut ends = Vec::new();
         for d in &drivers {
-            if let Ok(list) = d.list().await {
-                for t in list.into_iter().filter(|t| !t.state.is_terminal()) {
-                    let _ = d.kill(&t.task_id, Duration::from_secs(3)).await;
-                }
+            for t in d.list().await.unwrap_or_default() {
+                ends.push(async move {
+                    if !t.state.is_terminal() {
+                        let _ = d.kill(&t.task_id, Duration::from_secs(3)).await;
+                    }
+                    d.remove(&t.task_id).await;
+                });
             }
         }
+        futures::future::join_all(ends).await;
     }
     Ok(())
 }

@@ -1342,3 +1342,98 @@ fn dev_says_whether_it_uses_docker() {
         "{off:?}"
     );
 }
+
+/// A `berth dev` on a temporary data dir stops its containers on exit and removes them (and
+/// the ones that had already exited): nobody could ever re-attach to them, so anything left
+/// would be a ghost no agent cleans up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_dev_removes_its_containers_on_exit() {
+    if !docker_available("temporary_dev_removes_its_containers_on_exit") {
+        return;
+    }
+    let _lock = DockerLock::acquire(false).await;
+    let node = format!("de2e-devexit-{}", unique());
+    let port = free_port();
+    let mut child = Command::new(BERTH)
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--node-id", &node, "--cpus", "4", "--mem", "4096"])
+        .env("BERTH_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning berth dev");
+    let label = format!("label=berth.node_id={node}");
+    let containers = || {
+        let (_, out) = docker(&["ps", "-aq", "--filter", &label]);
+        out.lines().count()
+    };
+    let api = Api::new(&format!("http://127.0.0.1:{port}"));
+    wait_until(T, "berth dev answers", || {
+        let api = api.clone();
+        async move { api.try_raw(Method::GET, "/ping", None).await.is_ok() }
+    })
+    .await;
+    let app = |id: &str, cmd: &str, n: u64| {
+        json!({"id": id, "cmd": cmd, "cpus": 0.01, "mem": 16, "instances": n,
+               "container": {"type": "DOCKER", "docker": {"image": IMAGE}}})
+    };
+    // `sleep` as PID 1 ignores SIGTERM: each stop waits out the grace period.
+    let r = api
+        .post("/v2/apps", &app("/devexit/sleep", "exec sleep 3600", 3))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let r = api
+        .post("/v2/apps", &app("/devexit/fail", "exit 3", 1))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    api.wait_running("/devexit/sleep", 3, T).await;
+    wait_until(T, "the failing app to have failed", || {
+        let api = api.clone();
+        async move {
+            let j = api.get_ok("/v2/apps/devexit/fail").await;
+            j["app"]["lastTaskFailure"]["state"] == "TASK_FAILED"
+        }
+    })
+    .await;
+    assert!(containers() >= 3, "no containers of node {node}");
+
+    let pid = child.id().to_string();
+    assert!(run_ok("kill", &["-INT", &pid]), "kill -INT {pid}");
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                _ if std::time::Instant::now() > deadline => {
+                    let _ = child.kill();
+                    return None;
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    })
+    .await
+    .expect("waiting for berth dev");
+    let left = containers();
+    if left > 0 {
+        let (_, ids) = docker(&["ps", "-aq", "--filter", &label]);
+        let ids: Vec<&str> = ids.lines().collect();
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids);
+        docker(&args);
+    }
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "berth dev did not exit cleanly: {exited:?}"
+    );
+    assert_eq!(left, 0, "containers of the temporary dev left behind");
+}
+
+/// Runs a command: whether it succeeded.
+fn run_ok(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -613,7 +613,9 @@ impl DockerDriver {
         Ok(out)
     }
 
-    fn forget_task(&self, task_id: &str) {
+    /// Drops the bookkeeping of a terminal task; the name of its container, which is left
+    /// to remove, unless the task is still running (or its id is not one of ours).
+    fn forget_bookkeeping(&self, task_id: &str) -> Option<String> {
         let inner = &self.inner;
         {
             let mut tasks = inner.tasks.lock();
@@ -621,47 +623,58 @@ impl DockerDriver {
                 && !e.status.state.is_terminal()
             {
                 tracing::warn!(task_id, "not forgetting a task that is still running");
-                return;
+                return None;
             }
             tasks.remove(task_id);
         }
         if validate_task_id(task_id).is_err() {
-            return;
+            return None;
         }
         inner.release_uid(task_id);
         let _ = fs::remove_dir_all(inner.config.tasks_dir().join(task_id));
+        Some(container_name(task_id))
+    }
+
+    fn forget_task(&self, task_id: &str) {
+        let Some(name) = self.forget_bookkeeping(task_id) else {
+            return;
+        };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let docker = inner.docker.clone();
-        let name = container_name(task_id);
-        let task_id = task_id.to_string();
-        handle.spawn(async move {
-            match docker
-                .inspect_container(&name, None::<InspectContainerOptions>)
-                .await
+        handle.spawn(remove_exited_container(
+            self.inner.docker.clone(),
+            name,
+            task_id.to_string(),
+        ));
+    }
+}
+
+/// Removes a forgotten task's container, unless it runs (then it is left, and said).
+async fn remove_exited_container(docker: Docker, name: String, task_id: String) {
+    match docker
+        .inspect_container(&name, None::<InspectContainerOptions>)
+        .await
+    {
+        Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {
+            tracing::warn!(task_id, "forgotten task's container is running; leaving it");
+        }
+        Ok(c) => {
+            let id = c.id.unwrap_or(name);
+            let opts = RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            };
+            if let Err(e) = docker.remove_container(&id, Some(opts)).await
+                && !is_not_found(&e)
             {
-                Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {
-                    tracing::warn!(task_id, "forgotten task's container is running; leaving it");
-                }
-                Ok(c) => {
-                    let id = c.id.unwrap_or(name);
-                    let opts = RemoveContainerOptions {
-                        force: true,
-                        ..Default::default()
-                    };
-                    if let Err(e) = docker.remove_container(&id, Some(opts)).await
-                        && !is_not_found(&e)
-                    {
-                        tracing::warn!(task_id, error = %e, "cannot remove container");
-                    }
-                }
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => {
-                    tracing::warn!(task_id, error = %e, "cannot inspect forgotten task's container")
-                }
+                tracing::warn!(task_id, error = %e, "cannot remove container");
             }
-        });
+        }
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => {
+            tracing::warn!(task_id, error = %e, "cannot inspect forgotten task's container")
+        }
     }
 }
 
@@ -2264,6 +2277,16 @@ impl Driver for DockerDriver {
 
     fn forget(&self, task_id: &str) {
         self.forget_task(task_id);
+    }
+
+    fn remove(&self, task_id: &str) -> BoxFuture<'_, ()> {
+        let name = self.forget_bookkeeping(task_id);
+        let task_id = task_id.to_string();
+        Box::pin(async move {
+            if let Some(name) = name {
+                remove_exited_container(self.inner.docker.clone(), name, task_id).await;
+            }
+        })
     }
 
     /// Remembers the node's pinned cores; when they changed (or containers were recovered

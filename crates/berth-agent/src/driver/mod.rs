@@ -203,6 +203,13 @@ pub trait Driver: Send + Sync + 'static {
     fn list(&self) -> BoxFuture<'_, Result<Vec<TaskStatus>, DriverError>>;
     fn forget(&self, task_id: &str);
 
+    /// `forget`, then waits until what the task left on the node (a container) is gone: for
+    /// a shutdown after which nobody will come back for it. The default just forgets.
+    fn remove(&self, task_id: &str) -> BoxFuture<'_, ()> {
+        self.forget(task_id);
+        Box::pin(async {})
+    }
+
     /// A task's output. `tail: Some(n)` starts with the last `n` lines (`None`: everything);
     /// `follow` keeps the stream open and yields output as it is written (like `tail -f`),
     /// ending once the task is terminal and everything it wrote was sent. Unknown task:
