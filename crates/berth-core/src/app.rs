@@ -349,16 +349,110 @@ impl DriverKind {
 
 /// Label that forces a driver (`fake` for simulations); otherwise the driver follows the app.
 pub const LABEL_DRIVER: &str = "BERTH_DRIVER";
+/// App label: `true` adds a hard CPU quota (`cpus` worth of CPU time) to the CPU shares.
+pub const LABEL_CPU_QUOTA: &str = "BERTH_CPU_QUOTA";
+/// App label: per-task pids limit (a positive number, or `unlimited`).
+pub const LABEL_PIDS_LIMIT: &str = "BERTH_PIDS_LIMIT";
+/// App label: `auto` runs each task as a UID unique on its node.
+pub const LABEL_UID: &str = "BERTH_UID";
+/// App label: `spread` places tasks on the emptiest nodes instead of packing (`binpack`).
+pub const LABEL_PLACEMENT: &str = "BERTH_PLACEMENT";
+/// App label: `pinned` gives each task whole cores of its own (`shared`: the default).
+pub const LABEL_CPU_MODE: &str = "BERTH_CPU_MODE";
+
+/// What label `BERTH_PIDS_LIMIT` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidsLimit {
+    /// No label: the agent's default (`--pids-limit`).
+    AgentDefault,
+    Unlimited,
+    Max(u64),
+}
+
+impl AppDefinition {
+    /// Label `BERTH_DRIVER`: the driver it forces, if any.
+    pub fn driver_label(&self) -> Result<Option<DriverKind>, String> {
+        match self.labels.get(LABEL_DRIVER).map(|v| v.trim()) {
+            None | Some("") => Ok(None),
+            Some("fake") => Ok(Some(DriverKind::Fake)),
+            Some("exec") => Ok(Some(DriverKind::Exec)),
+            Some("docker") => Ok(Some(DriverKind::Docker)),
+            Some(v) => Err(format!(
+                "label {LABEL_DRIVER}={v:?}: expected `docker`, `exec` or `fake`"
+            )),
+        }
+    }
+
+    /// Label `BERTH_CPU_QUOTA`: whether tasks get a hard CPU quota on top of their shares.
+    pub fn cpu_quota(&self) -> Result<bool, String> {
+        match self.labels.get(LABEL_CPU_QUOTA).map(|v| v.trim()) {
+            None | Some("") => Ok(false),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(v) => Err(format!(
+                "label {LABEL_CPU_QUOTA}={v:?}: expected `true` or `false`"
+            )),
+        }
+    }
+
+    /// Label `BERTH_PIDS_LIMIT`: a positive number, `unlimited` (or `-1`, as Docker says it).
+    pub fn pids_limit(&self) -> Result<PidsLimit, String> {
+        match self.labels.get(LABEL_PIDS_LIMIT).map(|v| v.trim()) {
+            None | Some("") => Ok(PidsLimit::AgentDefault),
+            Some("unlimited") | Some("-1") => Ok(PidsLimit::Unlimited),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=i64::MAX as u64).contains(n))
+                .map(PidsLimit::Max)
+                .ok_or_else(|| {
+                    format!(
+                        "label {LABEL_PIDS_LIMIT}={v:?}: expected a positive number or `unlimited`"
+                    )
+                }),
+        }
+    }
+
+    /// Label `BERTH_PLACEMENT`: whether tasks spread over nodes (`spread`) rather than
+    /// pack onto the fullest that fit (`binpack`, the default).
+    pub fn spread(&self) -> Result<bool, String> {
+        match self.labels.get(LABEL_PLACEMENT).map(|v| v.trim()) {
+            None | Some("") | Some("binpack") => Ok(false),
+            Some("spread") => Ok(true),
+            Some(v) => Err(format!(
+                "label {LABEL_PLACEMENT}={v:?}: expected `spread` or `binpack`"
+            )),
+        }
+    }
+
+    /// Label `BERTH_CPU_MODE`: whether each task gets whole cores of its own (`pinned`)
+    /// rather than sharing the node's unpinned cores (`shared`, the default).
+    pub fn pinned_cpus(&self) -> Result<bool, String> {
+        match self.labels.get(LABEL_CPU_MODE).map(|v| v.trim()) {
+            None | Some("") | Some("shared") => Ok(false),
+            Some("pinned") => Ok(true),
+            Some(v) => Err(format!(
+                "label {LABEL_CPU_MODE}={v:?}: expected `pinned` or `shared`"
+            )),
+        }
+    }
+
+    /// Label `BERTH_UID`: whether each task runs as a UID unique on its node (`auto`).
+    pub fn auto_uid(&self) -> Result<bool, String> {
+        match self.labels.get(LABEL_UID).map(|v| v.trim()) {
+            None | Some("") => Ok(false),
+            Some("auto") => Ok(true),
+            Some(v) => Err(format!("label {LABEL_UID}={v:?}: only `auto` is supported")),
+        }
+    }
+}
 
 impl AppDefinition {
     /// The driver this app needs: `container.docker` -> docker, else exec, unless the
     /// `BERTH_DRIVER` label names one explicitly.
     pub fn driver(&self) -> DriverKind {
-        match self.labels.get(LABEL_DRIVER).map(String::as_str) {
-            Some("fake") => return DriverKind::Fake,
-            Some("exec") => return DriverKind::Exec,
-            Some("docker") => return DriverKind::Docker,
-            _ => {}
+        if let Ok(Some(kind)) = self.driver_label() {
+            return kind;
         }
         match &self.container {
             Some(c) if c.kind == "DOCKER" && c.docker.is_some() => DriverKind::Docker,

@@ -688,10 +688,31 @@ fn check_identity(c: &mut Check, app: &AppDefinition) {
         }
     }
     c.string_map("/labels", &app.labels, "label");
+    check_platform_labels(c, app);
     if let Some(u) = &app.user
         && c.str_len("/user", u, MAX_SHORT_STRING)
     {
         c.no_nul("/user", u);
+    }
+}
+
+/// The `BERTH_*` labels Berth acts on: a bad value is an error now, not a failed launch later.
+fn check_platform_labels(c: &mut Check, app: &AppDefinition) {
+    use crate::app::{
+        LABEL_CPU_MODE, LABEL_CPU_QUOTA, LABEL_DRIVER, LABEL_PIDS_LIMIT, LABEL_PLACEMENT, LABEL_UID,
+    };
+    let results = [
+        (LABEL_DRIVER, app.driver_label().map(|_| ())),
+        (LABEL_PLACEMENT, app.spread().map(|_| ())),
+        (LABEL_CPU_MODE, app.pinned_cpus().map(|_| ())),
+        (LABEL_CPU_QUOTA, app.cpu_quota().map(|_| ())),
+        (LABEL_PIDS_LIMIT, app.pids_limit().map(|_| ())),
+        (LABEL_UID, app.auto_uid().map(|_| ())),
+    ];
+    for (label, result) in results {
+        if let Err(e) = result {
+            c.add(format!("/labels/{label}"), e);
+        }
     }
 }
 

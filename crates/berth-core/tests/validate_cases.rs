@@ -125,6 +125,57 @@ fn executor_constraints_env_labels() {
     assert_err(json!({"labels": {"": "x"}}), "/labels", "must not be empty");
 }
 
+/// The `BERTH_*` labels Berth acts on are checked when the app is posted, not when a task
+/// fails to launch; other labels are free-form.
+#[test]
+fn platform_labels() {
+    use berth_core::app::{DriverKind, PidsLimit};
+    let bad = [
+        ("BERTH_UID", "maybe", "only `auto`"),
+        ("BERTH_PIDS_LIMIT", "-5", "positive number or `unlimited`"),
+        ("BERTH_PIDS_LIMIT", "0", "positive number"),
+        ("BERTH_PIDS_LIMIT", "lots", "positive number"),
+        (
+            "BERTH_PIDS_LIMIT",
+            "99999999999999999999",
+            "positive number",
+        ),
+        ("BERTH_CPU_QUOTA", "yes", "`true` or `false`"),
+        ("BERTH_DRIVER", "podman", "`docker`, `exec` or `fake`"),
+        ("BERTH_PLACEMENT", "sprad", "`spread` or `binpack`"),
+        ("BERTH_CPU_MODE", "pined", "`pinned` or `shared`"),
+    ];
+    for (label, value, frag) in bad {
+        assert_err(
+            json!({"labels": {label: value}}),
+            &format!("/labels/{label}"),
+            frag,
+        );
+    }
+    let app = |labels: Value| ok(json!({"id": "/a", "cmd": "sleep 1", "labels": labels}));
+    let a = app(
+        json!({"BERTH_UID": "auto", "BERTH_PIDS_LIMIT": "200", "BERTH_CPU_QUOTA": "TRUE",
+                       "BERTH_DRIVER": "fake", "HAPROXY_GROUP": "anything"}),
+    );
+    assert_eq!(a.auto_uid(), Ok(true));
+    assert_eq!(a.pids_limit(), Ok(PidsLimit::Max(200)));
+    assert_eq!(a.cpu_quota(), Ok(true));
+    assert_eq!(a.driver(), DriverKind::Fake);
+    let a = app(json!({"BERTH_PLACEMENT": "spread", "BERTH_CPU_MODE": "pinned"}));
+    assert_eq!((a.spread(), a.pinned_cpus()), (Ok(true), Ok(true)));
+    let a = app(json!({"BERTH_PLACEMENT": "binpack", "BERTH_CPU_MODE": "shared"}));
+    assert_eq!((a.spread(), a.pinned_cpus()), (Ok(false), Ok(false)));
+    let a = app(json!({"BERTH_PIDS_LIMIT": "unlimited", "BERTH_CPU_QUOTA": "false"}));
+    assert_eq!(a.pids_limit(), Ok(PidsLimit::Unlimited));
+    assert_eq!(a.cpu_quota(), Ok(false));
+    let a = app(json!({"BERTH_PIDS_LIMIT": "-1"}));
+    assert_eq!(a.pids_limit(), Ok(PidsLimit::Unlimited));
+    let a = app(json!({}));
+    assert_eq!(a.pids_limit(), Ok(PidsLimit::AgentDefault));
+    assert_eq!(a.auto_uid(), Ok(false));
+    assert_eq!(a.driver(), DriverKind::Exec);
+}
+
 #[test]
 fn port_definitions() {
     assert_err(

@@ -18,11 +18,6 @@ use berth_scheduler::{PlacementRequest, Strategy};
 use serde_json::json;
 use std::time::Duration;
 
-/// Label selecting the placement strategy for an app: `binpack` (default) or `spread`.
-pub const LABEL_PLACEMENT: &str = "BERTH_PLACEMENT";
-/// Label asking for whole cores of its own: `BERTH_CPU_MODE=pinned`.
-pub const LABEL_CPU_MODE: &str = "BERTH_CPU_MODE";
-
 /// Most tasks launched per app in one pass, so one huge app cannot starve the others.
 const MAX_LAUNCH_PER_APP_PER_PASS: usize = 5000;
 
@@ -380,13 +375,16 @@ pub fn placement_request(app: &AppDefinition) -> PlacementRequest {
         .iter()
         .filter_map(|c| Constraint::parse(c).ok())
         .collect();
-    let strategy = match app.labels.get(LABEL_PLACEMENT).map(String::as_str) {
-        Some("spread") => Strategy::Spread,
-        _ => Strategy::BinPack,
+    // Stored apps were validated; an unreadable label (an older version's app) means the default.
+    let strategy = if app.spread().unwrap_or(false) {
+        Strategy::Spread
+    } else {
+        Strategy::BinPack
     };
-    let pinned_cores = match app.labels.get(LABEL_CPU_MODE).map(String::as_str) {
-        Some("pinned") => app.cpus.ceil().max(1.0) as u32,
-        _ => 0,
+    let pinned_cores = if app.pinned_cpus().unwrap_or(false) {
+        app.cpus.ceil().max(1.0) as u32
+    } else {
+        0
     };
     PlacementRequest {
         app_id: app.id.clone(),

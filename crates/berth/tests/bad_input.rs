@@ -109,6 +109,21 @@ async fn bad_requests_are_4xx_json_and_change_nothing() {
         );
     }
 
+    // A BERTH_* label Berth acts on, with a value it cannot use.
+    let r = api
+        .post(
+            "/v2/apps",
+            &with(valid(), "labels", json!({"BERTH_PIDS_LIMIT": "-5"})),
+        )
+        .await;
+    assert_json_error(&r, 422, "bad BERTH_PIDS_LIMIT");
+    assert!(
+        r.detail_paths()
+            .contains(&"/labels/BERTH_PIDS_LIMIT".to_string()),
+        "{}",
+        r.text
+    );
+
     // cmd and args together; nothing to run.
     let r = api
         .post("/v2/apps", &with(valid(), "args", json!(["sleep", "1"])))

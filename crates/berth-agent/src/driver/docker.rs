@@ -23,7 +23,10 @@
 
 use super::{Driver, DriverError, LogChunks, LogStream, StatusSink, TaskSpec, TaskStatus};
 use crate::cgroup::{format_cpu_list, parse_cpu_list as parse_kernel_cpu_list};
-use berth_core::app::{AppDefinition, DockerParameter, DriverKind, PortMapping};
+use berth_core::app::{
+    AppDefinition, DockerParameter, DriverKind, LABEL_CPU_QUOTA, LABEL_PIDS_LIMIT, PidsLimit,
+    PortMapping,
+};
 use berth_core::task::TaskState;
 use bollard::Docker;
 use bollard::container::LogOutput;
@@ -59,12 +62,6 @@ pub const LABEL_NODE_ID: &str = "berth.node_id";
 /// (`0,1`; empty when only a `cpuset-cpus` parameter fixed them). Containers without it are
 /// shared: the driver moves them off pinned cores.
 pub const LABEL_CPUSET: &str = "berth.cpuset";
-/// App label: `true` adds a hard CPU quota (`cpus` worth of CPU time) to the CPU shares.
-pub const APP_LABEL_CPU_QUOTA: &str = "BERTH_CPU_QUOTA";
-/// App label: per-task pids limit (a positive number, or `unlimited`).
-pub const APP_LABEL_PIDS_LIMIT: &str = "BERTH_PIDS_LIMIT";
-/// App label: `auto` runs the container as a UID unique on this node.
-pub const APP_LABEL_UID: &str = "BERTH_UID";
 /// Where the container finds its limits.
 pub const CONTAINER_INFO_PATH: &str = "/etc/berth/container_info";
 /// Name of the per-task file bind-mounted at [`CONTAINER_INFO_PATH`].
@@ -1797,10 +1794,7 @@ fn build_plan(spec: &TaskSpec, config: &DockerConfig) -> Result<Plan, String> {
     let cpus = spec.resources.cpus;
     let mem = spec.resources.mem;
     let cpu_shares = (1024.0 * cpus).round().max(2.0) as i64;
-    let quota = app
-        .labels
-        .get(APP_LABEL_CPU_QUOTA)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let quota = app.cpu_quota()?;
     let (cpu_period, cpu_quota) = if quota && cpus > 0.0 {
         (
             Some(100_000),
@@ -1810,12 +1804,10 @@ fn build_plan(spec: &TaskSpec, config: &DockerConfig) -> Result<Plan, String> {
         (None, None)
     };
     let memory = (mem > 0.0).then(|| (mem * 1024.0 * 1024.0).round() as i64);
-    let pids_limit = match app.labels.get(APP_LABEL_PIDS_LIMIT).map(|s| s.trim()) {
-        None | Some("") => config.pids_limit,
-        Some("unlimited") | Some("-1") => None,
-        Some(v) => Some(v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            format!("label {APP_LABEL_PIDS_LIMIT}={v:?}: expected a positive number or `unlimited`")
-        })?),
+    let pids_limit = match app.pids_limit()? {
+        PidsLimit::AgentDefault => config.pids_limit,
+        PidsLimit::Unlimited => None,
+        PidsLimit::Max(n) => Some(i64::try_from(n).unwrap_or(i64::MAX)),
     };
     let cpuset_cpus = params.cpuset_cpus.clone().or_else(|| {
         (!spec.cpuset.is_empty()).then(|| {
@@ -1832,15 +1824,7 @@ fn build_plan(spec: &TaskSpec, config: &DockerConfig) -> Result<Plan, String> {
     };
 
     // User: an explicit `user` parameter wins, then BERTH_UID=auto, then the app's `user`.
-    let auto_uid = match app.labels.get(APP_LABEL_UID).map(String::as_str) {
-        None | Some("") => false,
-        Some("auto") => params.user.is_none(),
-        Some(v) => {
-            return Err(format!(
-                "label {APP_LABEL_UID}={v:?}: only `auto` is supported"
-            ));
-        }
-    };
+    let auto_uid = app.auto_uid()? && params.user.is_none();
     let user = params
         .user
         .clone()
@@ -2146,12 +2130,12 @@ impl ParamEffects {
             }
             "cpus" | "cpu-shares" | "c" | "cpu-quota" | "cpu-period" => {
                 return Err(format!(
-                    "docker parameter {key:?} is not supported: Berth sets CPU shares from the app's `cpus` (label {APP_LABEL_CPU_QUOTA}=true adds a hard quota)"
+                    "docker parameter {key:?} is not supported: Berth sets CPU shares from the app's `cpus` (label {LABEL_CPU_QUOTA}=true adds a hard quota)"
                 ));
             }
             "pids-limit" => {
                 return Err(format!(
-                    "docker parameter \"pids-limit\" is not supported: use the app label {APP_LABEL_PIDS_LIMIT}"
+                    "docker parameter \"pids-limit\" is not supported: use the app label {LABEL_PIDS_LIMIT}"
                 ));
             }
             "name" | "net" | "network" | "publish" | "p" | "publish-all" | "P" | "restart"

@@ -15,7 +15,6 @@
 //! `poll_interval`) turns those files into status updates, and dropping the driver stops it
 //! without touching any task.
 
-use super::docker::{APP_LABEL_CPU_QUOTA, APP_LABEL_PIDS_LIMIT};
 use super::{Driver, DriverError, LogChunks, LogStream, StatusSink, TaskSpec, TaskStatus};
 use crate::cgroup::{CgroupManager, Limits, parse_cpu_list};
 use crate::shim::{
@@ -23,6 +22,7 @@ use crate::shim::{
     SHIM_DIR_ENV, SHIM_LOG_FILE, SHIM_PID_FILE, SPEC_FILE, STDERR_FILE, STDOUT_FILE, ShimSpec,
 };
 use berth_core::app::DriverKind;
+use berth_core::app::PidsLimit;
 use berth_core::task::TaskState;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -633,11 +633,7 @@ impl Inner {
     ) -> Result<(Child, ShimPid, Vec<PathBuf>), DriverError> {
         let argv = argv(spec)?;
         let pids_max = pids_limit(spec, self.config.pids_max)?;
-        let hard_quota = spec
-            .app
-            .labels
-            .get(APP_LABEL_CPU_QUOTA)
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let hard_quota = spec.app.cpu_quota().map_err(DriverError::InvalidSpec)?;
         fs::create_dir_all(dir)?;
         let mut env = BTreeMap::new();
         env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
@@ -738,19 +734,10 @@ fn remove_dirs(dirs: &[PathBuf]) {
 /// The task's pids limit: app label `BERTH_PIDS_LIMIT` (a positive number, or `unlimited`),
 /// else the agent's default (the same rule as the Docker driver's).
 fn pids_limit(spec: &TaskSpec, default: Option<u64>) -> Result<Option<u64>, DriverError> {
-    match spec.app.labels.get(APP_LABEL_PIDS_LIMIT).map(|s| s.trim()) {
-        None | Some("") => Ok(default),
-        Some("unlimited") | Some("-1") => Ok(None),
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .map(Some)
-            .ok_or_else(|| {
-                DriverError::InvalidSpec(format!(
-                    "label {APP_LABEL_PIDS_LIMIT}={v:?}: expected a positive number or `unlimited`"
-                ))
-            }),
+    match spec.app.pids_limit().map_err(DriverError::InvalidSpec)? {
+        PidsLimit::AgentDefault => Ok(default),
+        PidsLimit::Unlimited => Ok(None),
+        PidsLimit::Max(n) => Ok(Some(n)),
     }
 }
 
