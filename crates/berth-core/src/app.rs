@@ -370,29 +370,48 @@ pub enum PidsLimit {
 }
 
 impl AppDefinition {
+    /// The value of a label that takes one of `choices` (any case): `None` without the label
+    /// (or with an empty one), else the choice it names, else an error listing them.
+    fn label_choice(
+        &self,
+        label: &str,
+        choices: &[&'static str],
+    ) -> Result<Option<&'static str>, String> {
+        let Some(v) = self
+            .labels
+            .get(label)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+        else {
+            return Ok(None);
+        };
+        match choices.iter().find(|c| c.eq_ignore_ascii_case(v)) {
+            Some(c) => Ok(Some(c)),
+            None => {
+                let listed: Vec<String> = choices.iter().map(|c| format!("`{c}`")).collect();
+                Err(format!(
+                    "label {label}={v:?}: expected {}",
+                    listed.join(" or ")
+                ))
+            }
+        }
+    }
+
     /// Label `BERTH_DRIVER`: the driver it forces, if any.
     pub fn driver_label(&self) -> Result<Option<DriverKind>, String> {
-        match self.labels.get(LABEL_DRIVER).map(|v| v.trim()) {
-            None | Some("") => Ok(None),
-            Some("fake") => Ok(Some(DriverKind::Fake)),
-            Some("exec") => Ok(Some(DriverKind::Exec)),
-            Some("docker") => Ok(Some(DriverKind::Docker)),
-            Some(v) => Err(format!(
-                "label {LABEL_DRIVER}={v:?}: expected `docker`, `exec` or `fake`"
-            )),
-        }
+        Ok(
+            match self.label_choice(LABEL_DRIVER, &["docker", "exec", "fake"])? {
+                Some("docker") => Some(DriverKind::Docker),
+                Some("exec") => Some(DriverKind::Exec),
+                Some("fake") => Some(DriverKind::Fake),
+                _ => None,
+            },
+        )
     }
 
     /// Label `BERTH_CPU_QUOTA`: whether tasks get a hard CPU quota on top of their shares.
     pub fn cpu_quota(&self) -> Result<bool, String> {
-        match self.labels.get(LABEL_CPU_QUOTA).map(|v| v.trim()) {
-            None | Some("") => Ok(false),
-            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
-            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
-            Some(v) => Err(format!(
-                "label {LABEL_CPU_QUOTA}={v:?}: expected `true` or `false`"
-            )),
-        }
+        Ok(self.label_choice(LABEL_CPU_QUOTA, &["true", "false"])? == Some("true"))
     }
 
     /// Label `BERTH_PIDS_LIMIT`: a positive number, `unlimited` (or `-1`, as Docker says it).
@@ -416,34 +435,18 @@ impl AppDefinition {
     /// Label `BERTH_PLACEMENT`: whether tasks spread over nodes (`spread`) rather than
     /// pack onto the fullest that fit (`binpack`, the default).
     pub fn spread(&self) -> Result<bool, String> {
-        match self.labels.get(LABEL_PLACEMENT).map(|v| v.trim()) {
-            None | Some("") | Some("binpack") => Ok(false),
-            Some("spread") => Ok(true),
-            Some(v) => Err(format!(
-                "label {LABEL_PLACEMENT}={v:?}: expected `spread` or `binpack`"
-            )),
-        }
+        Ok(self.label_choice(LABEL_PLACEMENT, &["binpack", "spread"])? == Some("spread"))
     }
 
     /// Label `BERTH_CPU_MODE`: whether each task gets whole cores of its own (`pinned`)
     /// rather than sharing the node's unpinned cores (`shared`, the default).
     pub fn pinned_cpus(&self) -> Result<bool, String> {
-        match self.labels.get(LABEL_CPU_MODE).map(|v| v.trim()) {
-            None | Some("") | Some("shared") => Ok(false),
-            Some("pinned") => Ok(true),
-            Some(v) => Err(format!(
-                "label {LABEL_CPU_MODE}={v:?}: expected `pinned` or `shared`"
-            )),
-        }
+        Ok(self.label_choice(LABEL_CPU_MODE, &["shared", "pinned"])? == Some("pinned"))
     }
 
     /// Label `BERTH_UID`: whether each task runs as a UID unique on its node (`auto`).
     pub fn auto_uid(&self) -> Result<bool, String> {
-        match self.labels.get(LABEL_UID).map(|v| v.trim()) {
-            None | Some("") => Ok(false),
-            Some("auto") => Ok(true),
-            Some(v) => Err(format!("label {LABEL_UID}={v:?}: only `auto` is supported")),
-        }
+        Ok(self.label_choice(LABEL_UID, &["auto"])?.is_some())
     }
 }
 

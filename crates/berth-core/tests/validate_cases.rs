@@ -131,7 +131,7 @@ fn executor_constraints_env_labels() {
 fn platform_labels() {
     use berth_core::app::{DriverKind, PidsLimit};
     let bad = [
-        ("BERTH_UID", "maybe", "only `auto`"),
+        ("BERTH_UID", "maybe", "expected `auto`"),
         ("BERTH_PIDS_LIMIT", "-5", "positive number or `unlimited`"),
         ("BERTH_PIDS_LIMIT", "0", "positive number"),
         ("BERTH_PIDS_LIMIT", "lots", "positive number"),
@@ -141,9 +141,9 @@ fn platform_labels() {
             "positive number",
         ),
         ("BERTH_CPU_QUOTA", "yes", "`true` or `false`"),
-        ("BERTH_DRIVER", "podman", "`docker`, `exec` or `fake`"),
-        ("BERTH_PLACEMENT", "sprad", "`spread` or `binpack`"),
-        ("BERTH_CPU_MODE", "pined", "`pinned` or `shared`"),
+        ("BERTH_DRIVER", "podman", "`docker` or `exec` or `fake`"),
+        ("BERTH_PLACEMENT", "sprad", "`binpack` or `spread`"),
+        ("BERTH_CPU_MODE", "pined", "`shared` or `pinned`"),
     ];
     for (label, value, frag) in bad {
         assert_err(
