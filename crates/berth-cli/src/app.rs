@@ -229,11 +229,42 @@ async fn show(ctx: &mut Ctx<'_>, id: &str) -> Result<(), CliError> {
     if ctx.json_mode() {
         return ctx.json(&body);
     }
-    let text = render_app(body.get("app").unwrap_or(&body));
+    // Why tasks wait (no node fits, a launch back-off): the queue knows; without it the
+    // app is still shown.
+    let queued = ctx.client.get("/v2/queue").await.ok().and_then(|q| {
+        arr(&q, "queue")
+            .iter()
+            .find(|e| e.get("app").is_some_and(|a| s(a, "id") == id))
+            .cloned()
+    });
+    let text = render_app(body.get("app").unwrap_or(&body), queued.as_ref());
     ctx.write(&text)
 }
 
-pub(crate) fn render_app(app: &Value) -> String {
+/// What a `/v2/queue` entry says about an app's waiting tasks: how many, and why.
+fn describe_waiting(entry: &Value) -> Option<String> {
+    let count = int(entry, "count");
+    if count <= 0 {
+        return None;
+    }
+    let tasks = if count == 1 { "task" } else { "tasks" };
+    let delay = entry.get("delay");
+    let left = delay.map(|d| num(d, "timeLeftSeconds")).unwrap_or(0.0);
+    let why = entry
+        .get("processedOffersSummary")
+        .map(|p| s(p, "reason"))
+        .filter(|r| !r.is_empty());
+    Some(match (why, left > 0.0) {
+        (_, true) => format!(
+            "{count} {tasks}: launch back-off after failures, {}s left",
+            left.ceil()
+        ),
+        (Some(why), false) => format!("{count} {tasks}: {why}"),
+        (None, false) => format!("{count} {tasks}: being placed"),
+    })
+}
+
+pub(crate) fn render_app(app: &Value, queued: Option<&Value>) -> String {
     let mut out = String::new();
     kv(&mut out, "ID", s(app, "id"));
     kv(&mut out, "Version", s(app, "version"));
@@ -302,6 +333,9 @@ pub(crate) fn render_app(app: &Value) -> String {
         .filter(|d| !d.is_empty())
         .collect();
     kv(&mut out, "Deployments", &or_dash(deployments.join(", ")));
+    if let Some(waiting) = queued.and_then(describe_waiting) {
+        kv(&mut out, "Waiting", &waiting);
+    }
     if let Some(f) = app.get("lastTaskFailure").filter(|f| f.is_object()) {
         kv(
             &mut out,
@@ -501,8 +535,9 @@ mod tests {
             "deployments": [],
             "tasks": [{"id": "web.1", "appId": "/web", "host": "n1", "state": "TASK_RUNNING",
                        "ports": [31000], "startedAt": "2024-01-01T00:00:00.000Z"}]});
-        let text = render_app(&app);
+        let text = render_app(&app, None);
         assert!(text.contains("ID:             /web\n"), "{text}");
+        assert!(!text.contains("Waiting:"), "{text}");
         assert!(text.contains(
             "Instances:      1 running / 1 desired (0 staged, 0 healthy, 0 unhealthy)\n"
         ));
@@ -512,6 +547,29 @@ mod tests {
         assert!(text.contains("Health checks:  HTTP /health port index 0\n"));
         assert!(text.contains("Deployments:    -\n"));
         assert!(text.contains("web.1  /web  n1    RUNNING  31000"), "{text}");
+    }
+
+    #[test]
+    fn app_show_says_why_tasks_wait() {
+        let app = json!({"id": "/d", "instances": 2, "tasks": []});
+        let unplaced = json!({"count": 2, "delay": {"overdue": true, "timeLeftSeconds": 0},
+            "processedOffersSummary": {"reason": "no node fits (1 node): 1 driver docker not available"}});
+        let text = render_app(&app, Some(&unplaced));
+        assert!(
+            text.contains(
+                "Waiting:        2 tasks: no node fits (1 node): 1 driver docker not available\n"
+            ),
+            "{text}"
+        );
+        let backoff = json!({"count": 1, "delay": {"overdue": false, "timeLeftSeconds": 25.2},
+            "processedOffersSummary": {"reason": null}});
+        let text = render_app(&app, Some(&backoff));
+        assert!(
+            text.contains("Waiting:        1 task: launch back-off after failures, 26s left\n"),
+            "{text}"
+        );
+        let text = render_app(&app, Some(&json!({"count": 0})));
+        assert!(!text.contains("Waiting:"), "{text}");
     }
 
     #[test]
