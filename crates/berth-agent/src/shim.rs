@@ -60,6 +60,12 @@ pub struct ShimSpec {
     /// The task's cgroup v1 directories, one per hierarchy (already created with their limits).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cgroups: Vec<PathBuf>,
+    /// Rotate stdout and stderr once they are over this size; 0: never.
+    #[serde(default)]
+    pub log_max_bytes: u64,
+    /// Files kept of each log, the one being written included.
+    #[serde(default)]
+    pub log_max_files: u32,
 }
 
 impl ShimSpec {
@@ -200,11 +206,20 @@ async fn supervise(task_dir: &Path, spec: &ShimSpec) -> Result<(), ShimError> {
     write_json_atomic(&task_dir.join(PID_FILE), &record).map_err(ctx("write pid file"))?;
 
     let mut oom_handled = false;
+    let mut logs_checked = Instant::now();
     let status = loop {
         match reap(pid) {
             Reaped::Exited(status) => break Some(status),
             Reaped::Gone => break None,
             Reaped::Running => {}
+        }
+        if logs_checked.elapsed() >= LOG_CHECK_INTERVAL {
+            logs_checked = Instant::now();
+            for path in [&spec.stdout, &spec.stderr] {
+                if let Err(e) = rotate_log(path, spec.log_max_bytes, spec.log_max_files) {
+                    eprintln!("berth shim: rotating {}: {e}", path.display());
+                }
+            }
         }
         if !oom_handled && !cgroups.is_empty() && crate::cgroup::oom_kills(&cgroups) > 0 {
             // The kernel killed one process of the task: end all of it, as v2's
@@ -317,6 +332,45 @@ fn spawn(spec: &ShimSpec) -> io::Result<std::process::Child> {
         sys::join_cgroups_before_exec(&mut cmd, procs);
     }
     cmd.spawn()
+}
+
+/// How often the shim looks at the size of the task's logs.
+const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Rotates the log at `path` once it is over `max_bytes` (0: never): `path.1` up to
+/// `path.<max_files - 1>` keep the older output, newest first, and `path` is emptied in
+/// place. That is logrotate's copytruncate: the task keeps writing to its O_APPEND descriptor,
+/// now at the start of the file; what it writes between the copy and the truncation is lost.
+/// Returns whether it rotated.
+pub fn rotate_log(path: &Path, max_bytes: u64, max_files: u32) -> io::Result<bool> {
+    if max_bytes == 0 {
+        return Ok(false);
+    }
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max_bytes {
+        return Ok(false);
+    }
+    let rotated = |i: u32| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{i}"));
+        PathBuf::from(name)
+    };
+    let keep = max_files.saturating_sub(1);
+    if keep > 0 {
+        for i in (1..keep).rev() {
+            match fs::rename(rotated(i), rotated(i + 1)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        fs::copy(path, rotated(1))?;
+    }
+    OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    Ok(true)
 }
 
 fn append(path: &Path) -> io::Result<File> {
@@ -546,5 +600,38 @@ mod tests {
             resolve("no-such-prog", Some("/bin")),
             PathBuf::from("no-such-prog")
         );
+    }
+
+    #[test]
+    fn logs_rotate_by_copy_and_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("stdout");
+        let read = |name: &str| fs::read(dir.path().join(name)).unwrap_or_default();
+        // The task's descriptor: O_APPEND, kept open across rotations.
+        let mut task = append(&out).unwrap();
+        task.write_all(&[b'a'; 3000]).unwrap();
+        assert!(!rotate_log(&out, 0, 3).unwrap(), "0: never rotate");
+        assert!(!rotate_log(&out, 4000, 3).unwrap(), "under the limit");
+        assert!(rotate_log(&out, 1024, 3).unwrap());
+        assert_eq!(read("stdout"), b"");
+        assert_eq!(read("stdout.1"), vec![b'a'; 3000]);
+        // The task writes on at the start of the emptied file (no hole where it was).
+        task.write_all(&[b'b'; 2000]).unwrap();
+        assert_eq!(read("stdout"), vec![b'b'; 2000]);
+        assert!(rotate_log(&out, 1024, 3).unwrap());
+        task.write_all(&[b'c'; 1500]).unwrap();
+        assert!(rotate_log(&out, 1024, 3).unwrap());
+        // 3 files: the one written and two older; the oldest output is gone.
+        assert_eq!(read("stdout"), b"");
+        assert_eq!(read("stdout.1"), vec![b'c'; 1500]);
+        assert_eq!(read("stdout.2"), vec![b'b'; 2000]);
+        assert!(!dir.path().join("stdout.3").exists());
+        // One file: truncated in place, nothing kept.
+        let err = dir.path().join("stderr");
+        fs::write(&err, [b'e'; 2000]).unwrap();
+        assert!(rotate_log(&err, 1024, 1).unwrap());
+        assert_eq!(read("stderr"), b"");
+        assert!(!dir.path().join("stderr.1").exists());
+        assert!(!rotate_log(&dir.path().join("missing"), 1024, 3).unwrap());
     }
 }

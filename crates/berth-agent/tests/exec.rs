@@ -867,3 +867,56 @@ async fn limited_task_survives_agent_restart_and_its_cgroups_go_with_it() {
     wait_for(&mut rx_b, &long, TaskState::Killed).await;
     cgroups_gone(&m, &long).await;
 }
+
+/// A chatty task's stdout is rotated by its shim (seed 001: logs filled the disk): the
+/// app's labels ask for 64 KiB and 2 files; the task writes about 100 KiB a second.
+#[tokio::test]
+async fn task_logs_are_rotated() {
+    let tmp = DataDir::new();
+    let (d, mut rx) = driver(tmp.path());
+    let mut s = spec(
+        "chatty",
+        "while true; do head -c 10000 /dev/zero | tr '\\0' x; echo; sleep 0.1; done",
+    );
+    label(&mut s, "BERTH_LOG_MAX_SIZE", "64k");
+    label(&mut s, "BERTH_LOG_MAX_FILES", "2");
+    d.start(s).await.unwrap();
+    wait_for(&mut rx, "chatty", TaskState::Running).await;
+    let dir = tmp.path().join("tasks/chatty");
+    let size = |name: &str| fs::metadata(dir.join(name)).map(|m| m.len()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while size("stdout.1") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no rotation: stdout is {} bytes",
+            size("stdout")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several more seconds of output (far over the limit in total): the files stay bounded.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The limit plus what ~1.5 s of output adds between two looks of the shim.
+        assert!(
+            size("stdout") < 64 * 1024 + 160_000,
+            "stdout: {}",
+            size("stdout")
+        );
+        assert!(
+            !dir.join("stdout.2").exists(),
+            "2 files: stdout and stdout.1"
+        );
+    }
+    assert!(
+        size("stdout.1") > 64 * 1024,
+        "stdout.1: {}",
+        size("stdout.1")
+    );
+    let line = fs::read_to_string(dir.join("stdout.1")).unwrap();
+    assert!(
+        line.lines()
+            .all(|l| l.is_empty() || l.bytes().all(|b| b == b'x'))
+    );
+    d.kill("chatty", Duration::from_secs(1)).await.unwrap();
+    wait_for(&mut rx, "chatty", TaskState::Killed).await;
+}

@@ -360,6 +360,44 @@ pub const LABEL_PLACEMENT: &str = "BERTH_PLACEMENT";
 /// App label: `pinned` gives each task whole cores of its own (`shared`: the default).
 pub const LABEL_CPU_MODE: &str = "BERTH_CPU_MODE";
 
+/// App label: rotate each of the task's log files at this size (`10m`, `512k`, `1g`, bytes),
+/// instead of the agent's `--log-max-size`.
+pub const LABEL_LOG_MAX_SIZE: &str = "BERTH_LOG_MAX_SIZE";
+/// App label: how many files of each log to keep, the one written included, instead of the
+/// agent's `--log-max-files`.
+pub const LABEL_LOG_MAX_FILES: &str = "BERTH_LOG_MAX_FILES";
+
+/// A log size as Docker's `max-size` writes it: a number of bytes, or with a unit `k`, `m`
+/// or `g` (powers of 1024; `kb`, `mib` and the like too). At least 1 KiB.
+pub fn parse_log_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let multiplier: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{text:?} is not a size (like 10m, 512k or 1g)")),
+    };
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("{text:?} is not a size (like 10m, 512k or 1g)"))?;
+    if bytes < 1024 {
+        return Err(format!("{text:?} is too small: at least 1k"));
+    }
+    Ok(bytes)
+}
+
+/// Per-app log rotation, from labels: what is not set follows the agent's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogRotation {
+    pub max_bytes: Option<u64>,
+    pub max_files: Option<u32>,
+}
+
 /// What label `BERTH_PIDS_LIMIT` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PidsLimit {
@@ -370,6 +408,14 @@ pub enum PidsLimit {
 }
 
 impl AppDefinition {
+    /// A label's value, trimmed; `None` when it is missing or empty.
+    fn label_value(&self, label: &str) -> Option<&str> {
+        self.labels
+            .get(label)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
     /// The value of a label that takes one of `choices` (any case): `None` without the label
     /// (or with an empty one), else the choice it names, else an error listing them.
     fn label_choice(
@@ -377,12 +423,7 @@ impl AppDefinition {
         label: &str,
         choices: &[&'static str],
     ) -> Result<Option<&'static str>, String> {
-        let Some(v) = self
-            .labels
-            .get(label)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-        else {
+        let Some(v) = self.label_value(label) else {
             return Ok(None);
         };
         match choices.iter().find(|c| c.eq_ignore_ascii_case(v)) {
@@ -442,6 +483,37 @@ impl AppDefinition {
     /// rather than sharing the node's unpinned cores (`shared`, the default).
     pub fn pinned_cpus(&self) -> Result<bool, String> {
         Ok(self.label_choice(LABEL_CPU_MODE, &["shared", "pinned"])? == Some("pinned"))
+    }
+
+    /// Label `BERTH_LOG_MAX_SIZE`: the size at which each log file is rotated, if set.
+    pub fn log_max_bytes(&self) -> Result<Option<u64>, String> {
+        self.label_value(LABEL_LOG_MAX_SIZE)
+            .map(|v| parse_log_size(v).map_err(|e| format!("label {LABEL_LOG_MAX_SIZE}: {e}")))
+            .transpose()
+    }
+
+    /// Label `BERTH_LOG_MAX_FILES`: how many files of each log to keep (1 to 100), if set.
+    pub fn log_max_files(&self) -> Result<Option<u32>, String> {
+        self.label_value(LABEL_LOG_MAX_FILES)
+            .map(|v| {
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "label {LABEL_LOG_MAX_FILES}={v:?}: expected a number from 1 to 100"
+                        )
+                    })
+            })
+            .transpose()
+    }
+
+    /// Both log rotation labels.
+    pub fn log_rotation(&self) -> Result<LogRotation, String> {
+        Ok(LogRotation {
+            max_bytes: self.log_max_bytes()?,
+            max_files: self.log_max_files()?,
+        })
     }
 
     /// Label `BERTH_UID`: whether each task runs as a UID unique on its node (`auto`).

@@ -699,7 +699,8 @@ fn check_identity(c: &mut Check, app: &AppDefinition) {
 /// The `BERTH_*` labels Berth acts on: a bad value is an error now, not a failed launch later.
 fn check_platform_labels(c: &mut Check, app: &AppDefinition) {
     use crate::app::{
-        LABEL_CPU_MODE, LABEL_CPU_QUOTA, LABEL_DRIVER, LABEL_PIDS_LIMIT, LABEL_PLACEMENT, LABEL_UID,
+        LABEL_CPU_MODE, LABEL_CPU_QUOTA, LABEL_DRIVER, LABEL_LOG_MAX_FILES, LABEL_LOG_MAX_SIZE,
+        LABEL_PIDS_LIMIT, LABEL_PLACEMENT, LABEL_UID,
     };
     let results = [
         (LABEL_DRIVER, app.driver_label().map(|_| ())),
@@ -708,6 +709,8 @@ fn check_platform_labels(c: &mut Check, app: &AppDefinition) {
         (LABEL_CPU_QUOTA, app.cpu_quota().map(|_| ())),
         (LABEL_PIDS_LIMIT, app.pids_limit().map(|_| ())),
         (LABEL_UID, app.auto_uid().map(|_| ())),
+        (LABEL_LOG_MAX_SIZE, app.log_max_bytes().map(|_| ())),
+        (LABEL_LOG_MAX_FILES, app.log_max_files().map(|_| ())),
     ];
     for (label, result) in results {
         if let Err(e) = result {

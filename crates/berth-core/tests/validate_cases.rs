@@ -129,7 +129,7 @@ fn executor_constraints_env_labels() {
 /// fails to launch; other labels are free-form.
 #[test]
 fn platform_labels() {
-    use berth_core::app::{DriverKind, PidsLimit};
+    use berth_core::app::{DriverKind, LogRotation, PidsLimit, parse_log_size};
     let bad = [
         ("BERTH_UID", "maybe", "expected `auto`"),
         ("BERTH_PIDS_LIMIT", "-5", "positive number or `unlimited`"),
@@ -144,6 +144,11 @@ fn platform_labels() {
         ("BERTH_DRIVER", "podman", "`docker` or `exec` or `fake`"),
         ("BERTH_PLACEMENT", "sprad", "`binpack` or `spread`"),
         ("BERTH_CPU_MODE", "pined", "`shared` or `pinned`"),
+        ("BERTH_LOG_MAX_SIZE", "10x", "not a size"),
+        ("BERTH_LOG_MAX_SIZE", "100", "too small"),
+        ("BERTH_LOG_MAX_SIZE", "99999999999g", "not a size"),
+        ("BERTH_LOG_MAX_FILES", "0", "from 1 to 100"),
+        ("BERTH_LOG_MAX_FILES", "many", "from 1 to 100"),
     ];
     for (label, value, frag) in bad {
         assert_err(
@@ -168,11 +173,28 @@ fn platform_labels() {
     let a = app(json!({"BERTH_PIDS_LIMIT": "unlimited", "BERTH_CPU_QUOTA": "false"}));
     assert_eq!(a.pids_limit(), Ok(PidsLimit::Unlimited));
     assert_eq!(a.cpu_quota(), Ok(false));
+    let a = app(json!({"BERTH_LOG_MAX_SIZE": "64k", "BERTH_LOG_MAX_FILES": "5"}));
+    assert_eq!(
+        a.log_rotation(),
+        Ok(LogRotation {
+            max_bytes: Some(64 << 10),
+            max_files: Some(5)
+        })
+    );
+    for (text, bytes) in [
+        ("10m", 10u64 << 20),
+        ("1G", 1 << 30),
+        ("2048", 2048),
+        ("3 MiB", 3 << 20),
+    ] {
+        assert_eq!(parse_log_size(text), Ok(bytes), "{text}");
+    }
     let a = app(json!({"BERTH_PIDS_LIMIT": "-1"}));
     assert_eq!(a.pids_limit(), Ok(PidsLimit::Unlimited));
     let a = app(json!({}));
     assert_eq!(a.pids_limit(), Ok(PidsLimit::AgentDefault));
     assert_eq!(a.auto_uid(), Ok(false));
+    assert_eq!(a.log_rotation(), Ok(LogRotation::default()));
     assert_eq!(a.driver(), DriverKind::Exec);
 }
 

@@ -118,6 +118,22 @@ pub struct NodeArgs {
         default_value_t = 4096
     )]
     pub pids_max: u64,
+    /// Rotate each task's stdout/stderr (exec: files in the task dir; docker: json-file) at
+    /// this size: `10m`, `512k`, `1g` or bytes; `0`: never. App label BERTH_LOG_MAX_SIZE
+    /// overrides it.
+    #[arg(long, default_value = "10m", value_parser = parse_log_max_size)]
+    pub log_max_size: u64,
+    /// Files kept of each task log, the one being written included (1 to 100). App label
+    /// BERTH_LOG_MAX_FILES overrides it.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub log_max_files: u32,
+}
+
+fn parse_log_max_size(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    berth_core::app::parse_log_size(s)
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -234,6 +250,8 @@ pub async fn drivers(
                     .context("locating the berth binary for the exec shim")?;
                 let mut cfg = ExecConfig::new(data_dir.join("exec"), exe);
                 cfg.pids_max = Some(args.pids_max);
+                cfg.log_max_bytes = args.log_max_size;
+                cfg.log_max_files = args.log_max_files;
                 out.push(Arc::new(ExecDriver::new(cfg, tx.clone())));
             }
             "fake" => {
@@ -249,6 +267,8 @@ pub async fn drivers(
                 cfg.host = args.docker_socket.clone();
                 cfg.node_id = Some(node_id.to_string());
                 cfg.pids_limit = i64::try_from(args.pids_max).ok();
+                cfg.log_max_bytes = args.log_max_size;
+                cfg.log_max_files = args.log_max_files;
                 let driver = DockerDriver::connect(cfg, tx.clone())
                     .await
                     .context("--drivers docker")?;

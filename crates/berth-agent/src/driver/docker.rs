@@ -140,9 +140,11 @@ pub struct DockerConfig {
     pub pids_limit: Option<i64>,
     /// UIDs handed out for `BERTH_UID=auto` (inclusive).
     pub uid_range: (u32, u32),
-    /// json-file rotation defaults (overridable with `log-opt` parameters).
-    pub log_max_size: String,
-    pub log_max_file: u32,
+    /// json-file rotation defaults: size in bytes (0: never rotate) and files kept.
+    /// App labels `BERTH_LOG_MAX_SIZE` / `BERTH_LOG_MAX_FILES` override them, and `log-opt`
+    /// parameters override everything.
+    pub log_max_bytes: u64,
+    pub log_max_files: u32,
     /// lxcfs mount point; its `proc/` files are bind-mounted when `<lxcfs_dir>/proc` exists.
     pub lxcfs_dir: PathBuf,
     /// Fallback re-list of all containers (the events stream is the main source).
@@ -161,8 +163,8 @@ impl DockerConfig {
             node_id: None,
             pids_limit: Some(4096),
             uid_range: (100_000, 165_535),
-            log_max_size: "10m".into(),
-            log_max_file: 3,
+            log_max_bytes: super::DEFAULT_LOG_MAX_BYTES,
+            log_max_files: super::DEFAULT_LOG_MAX_FILES,
             lxcfs_dir: PathBuf::from("/var/lib/lxcfs"),
             resync_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
@@ -644,6 +646,16 @@ impl DockerDriver {
             name,
             task_id.to_string(),
         ));
+    }
+}
+
+/// A size as Docker's options write it (powers of 1024): `10m`, `64k`, or plain bytes.
+fn docker_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}g", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}m", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}k", b >> 10),
+        b => b.to_string(),
     }
 }
 
@@ -1837,8 +1849,13 @@ fn build_plan(spec: &TaskSpec, config: &DockerConfig) -> Result<Plan, String> {
         .unwrap_or_else(|| "json-file".into());
     let mut log_opts = HashMap::new();
     if matches!(log_driver.as_str(), "json-file" | "local") {
-        log_opts.insert("max-size".to_string(), config.log_max_size.clone());
-        log_opts.insert("max-file".to_string(), config.log_max_file.to_string());
+        let rotation = app.log_rotation()?;
+        let max_bytes = rotation.max_bytes.unwrap_or(config.log_max_bytes);
+        if max_bytes > 0 {
+            log_opts.insert("max-size".to_string(), docker_size(max_bytes));
+            let files = rotation.max_files.unwrap_or(config.log_max_files).max(1);
+            log_opts.insert("max-file".to_string(), files.to_string());
+        }
     }
     log_opts.extend(params.log_opts.clone());
 
@@ -2477,6 +2494,30 @@ mod tests {
             hc.binds.as_ref().unwrap(),
             &vec!["/tmp:/data:ro".to_string()]
         );
+        // Rotation from the app's labels, in Docker's units.
+        let mut app = s.app.clone();
+        app.labels.insert("BERTH_LOG_MAX_SIZE".into(), "64k".into());
+        app.labels.insert("BERTH_LOG_MAX_FILES".into(), "2".into());
+        app.container
+            .as_mut()
+            .unwrap()
+            .docker
+            .as_mut()
+            .unwrap()
+            .parameters
+            .clear();
+        let mut s2 = s.clone();
+        s2.app = app;
+        let plan2 = build_plan(&s2, &cfg).unwrap();
+        let hc2 = plan2.body.host_config.as_ref().unwrap();
+        let opts2 = hc2.log_config.as_ref().unwrap().config.as_ref().unwrap();
+        assert_eq!(
+            (opts2["max-size"].as_str(), opts2["max-file"].as_str()),
+            ("64k", "2")
+        );
+        assert_eq!(docker_size(10 << 20), "10m");
+        assert_eq!(docker_size(1 << 30), "1g");
+        assert_eq!(docker_size(1500), "1500");
         assert_eq!(
             plan.body.entrypoint,
             Some(vec!["/bin/sh".to_string(), "-c".to_string()])

@@ -15,7 +15,10 @@
 //! `poll_interval`) turns those files into status updates, and dropping the driver stops it
 //! without touching any task.
 
-use super::{Driver, DriverError, LogChunks, LogStream, StatusSink, TaskSpec, TaskStatus};
+use super::{
+    DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_FILES, Driver, DriverError, LogChunks, LogStream,
+    StatusSink, TaskSpec, TaskStatus,
+};
 use crate::cgroup::{CgroupManager, Limits, parse_cpu_list};
 use crate::shim::{
     self, EXIT_FILE, ExitRecord, FORGOTTEN_MARKER, KILLED_MARKER, PID_FILE, PidRecord,
@@ -60,11 +63,16 @@ pub struct ExecConfig {
     pub pids_max: Option<u64>,
     /// How often the watcher looks at running tasks.
     pub poll_interval: Duration,
+    /// Each task's stdout and stderr are rotated at this size (0: never), keeping this many
+    /// files of each; app labels `BERTH_LOG_MAX_SIZE` / `BERTH_LOG_MAX_FILES` override them.
+    pub log_max_bytes: u64,
+    pub log_max_files: u32,
 }
 
 impl ExecConfig {
     /// Production defaults: shim `<shim_program> __shim <task_dir>`, cgroups under
-    /// `/sys/fs/cgroup`, `pids.max` 4096, polling every 250 ms.
+    /// `/sys/fs/cgroup`, `pids.max` 4096, polling every 250 ms, logs rotated at 10 MiB
+    /// keeping 3 files (as the Docker driver's json-file logs).
     pub fn new(data_dir: impl Into<PathBuf>, shim_program: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -74,6 +82,8 @@ impl ExecConfig {
             cgroup_root: Some(PathBuf::from("/sys/fs/cgroup")),
             pids_max: Some(4096),
             poll_interval: Duration::from_millis(250),
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+            log_max_files: DEFAULT_LOG_MAX_FILES,
         }
     }
 
@@ -634,6 +644,7 @@ impl Inner {
         let argv = argv(spec)?;
         let pids_max = pids_limit(spec, self.config.pids_max)?;
         let hard_quota = spec.app.cpu_quota().map_err(DriverError::InvalidSpec)?;
+        let rotation = spec.app.log_rotation().map_err(DriverError::InvalidSpec)?;
         fs::create_dir_all(dir)?;
         let mut env = BTreeMap::new();
         env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
@@ -689,6 +700,8 @@ impl Inner {
             stderr: dir.join(STDERR_FILE),
             cgroup: v2_cgroup,
             cgroups: v1_cgroups,
+            log_max_bytes: rotation.max_bytes.unwrap_or(self.config.log_max_bytes),
+            log_max_files: rotation.max_files.unwrap_or(self.config.log_max_files),
         };
         shim::write_json_atomic(&dir.join(SPEC_FILE), &shim_spec)?;
         let log = fs::OpenOptions::new()

@@ -179,6 +179,11 @@ pub enum DriverError {
     Other(String),
 }
 
+/// Default log rotation of both drivers: 10 MiB, 3 files of each log (Docker's
+/// `max-size=10m`, `max-file=3`).
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
+pub const DEFAULT_LOG_MAX_FILES: u32 = 3;
+
 /// One way of running tasks. Implementations must be cheap to share (`Arc<dyn Driver>`).
 ///
 /// Contract:
