@@ -60,6 +60,10 @@ pub struct ShimSpec {
     /// The task's cgroup v1 directories, one per hierarchy (already created with their limits).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cgroups: Vec<PathBuf>,
+    /// The user the task runs as (the app's `user`), resolved on this node; `None`: the
+    /// shim's own (the agent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<TaskUser>,
     /// Rotate stdout and stderr once they are over this size; 0: never.
     #[serde(default)]
     pub log_max_bytes: u64,
@@ -73,6 +77,18 @@ impl ShimSpec {
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         self.cgroup.iter().chain(&self.cgroups).cloned().collect()
     }
+}
+
+/// A user as the task runs: ids looked up on the node by the driver (`getpwnam`,
+/// `getgrouplist`), so the forked child only makes system calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the primary one included).
+    #[serde(default)]
+    pub groups: Vec<u32>,
 }
 
 /// `<task_dir>/pid`: the task's pid (= its process group id) and `/proc/<pid>/stat` start time
@@ -310,6 +326,13 @@ fn forward(pgid: i32, sig: i32) {
 fn spawn(spec: &ShimSpec) -> io::Result<std::process::Child> {
     let stdout = append(&spec.stdout)?;
     let stderr = append(&spec.stderr)?;
+    if let Some(u) = &spec.user {
+        // The task's sandbox is its own, as Mesos hands it over.
+        for f in [&stdout, &stderr] {
+            std::os::unix::fs::fchown(f, Some(u.uid), Some(u.gid))?;
+        }
+        std::os::unix::fs::chown(&spec.cwd, Some(u.uid), Some(u.gid))?;
+    }
     let mut cmd = Command::new(resolve(
         &spec.argv[0],
         spec.env.get("PATH").map(String::as_str),
@@ -328,8 +351,12 @@ fn spawn(spec: &ShimSpec) -> io::Result<std::process::Child> {
         .iter()
         .map(|cg| OpenOptions::new().write(true).open(cg.join("cgroup.procs")))
         .collect::<io::Result<Vec<File>>>()?;
+    // Joining the cgroups needs root: before the switch to the task's user.
     if !procs.is_empty() {
         sys::join_cgroups_before_exec(&mut cmd, procs);
+    }
+    if let Some(u) = &spec.user {
+        sys::become_user_before_exec(&mut cmd, u);
     }
     cmd.spawn()
 }
@@ -515,6 +542,91 @@ pub(crate) mod sys {
             0 => Ok(None),
             pid => Ok(Some((pid, ExitStatus::from_raw(status)))),
         }
+    }
+
+    /// Makes the spawned child take `user`'s groups, gid and uid (in that order: each
+    /// step needs the privileges the next drops) between fork and exec.
+    #[allow(unsafe_code)]
+    pub fn become_user_before_exec(cmd: &mut Command, user: &super::TaskUser) {
+        let (uid, gid) = (user.uid, user.gid);
+        let mut groups: Vec<libc::gid_t> = user.groups.clone();
+        if groups.is_empty() {
+            groups.push(gid);
+        }
+        // SAFETY: the closure runs in the forked child and only calls setgroups(2),
+        // setgid(2) and setuid(2) on data allocated before the fork; the child has one
+        // thread, so glibc's set*id broadcast to other threads has nothing to do.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Looks a user up in the node's user database (NSS: files, LDAP, ...): `Ok(None)` when
+    /// there is no such user.
+    #[allow(unsafe_code)]
+    pub fn lookup_user(name: &str) -> io::Result<Option<super::TaskUser>> {
+        let Ok(cname) = std::ffi::CString::new(name) else {
+            return Ok(None);
+        };
+        let mut buf: Vec<libc::c_char> = vec![0; 16 * 1024];
+        // SAFETY: an all-zero passwd is a valid value (null pointers, zero ids); it is only
+        // read after getpwnam_r filled it.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        loop {
+            // SAFETY: every pointer is valid for the call; `buf.len()` is the buffer's size.
+            let r = unsafe {
+                libc::getpwnam_r(
+                    cname.as_ptr(),
+                    &mut pwd,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut found,
+                )
+            };
+            match r {
+                0 => break,
+                libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+                e => return Err(io::Error::from_raw_os_error(e)),
+            }
+        }
+        if found.is_null() {
+            return Ok(None);
+        }
+        let (uid, gid) = (pwd.pw_uid, pwd.pw_gid);
+        let mut groups: Vec<libc::gid_t> = vec![0; 64];
+        loop {
+            let mut count = libc::c_int::try_from(groups.len()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: `groups` holds `count` writable entries; `count` is updated in place.
+            let r =
+                unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
+            let count = usize::try_from(count).unwrap_or(0);
+            if r >= 0 {
+                groups.truncate(count);
+                break;
+            }
+            if groups.len() >= 65_536 {
+                // Absurdly many groups: run with the primary one only.
+                groups = vec![gid];
+                break;
+            }
+            let more = count.max(groups.len() * 2);
+            groups.resize(more, 0);
+        }
+        Ok(Some(super::TaskUser {
+            name: name.to_string(),
+            uid,
+            gid,
+            groups,
+        }))
     }
 
     /// Makes the spawned child write its pid ("0" = itself) to each cgroup's `cgroup.procs`

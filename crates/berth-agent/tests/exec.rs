@@ -920,3 +920,74 @@ async fn task_logs_are_rotated() {
     d.kill("chatty", Duration::from_secs(1)).await.unwrap();
     wait_for(&mut rx, "chatty", TaskState::Killed).await;
 }
+
+/// Marathon's `user`: the task runs as that user of the node (with its groups) and owns its
+/// sandbox; a user the node does not know fails the task, saying so. Needs root.
+#[tokio::test]
+async fn tasks_run_as_the_apps_user() {
+    if !running_as_root() {
+        eprintln!("SKIPPED tasks_run_as_the_apps_user: not root (cannot switch users)");
+        return;
+    }
+    let tmp = DataDir::new();
+    // The task's user must be able to reach its sandbox under the (0700) temporary dir.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    let (d, mut rx) = driver(tmp.path());
+    let mut s = spec(
+        "as-nobody",
+        "echo \"$(id -u) $(id -g)\" > ids; echo out; touch mine; exec sleep 3600",
+    );
+    s.app.user = Some("nobody".into());
+    d.start(s).await.unwrap();
+    wait_for(&mut rx, "as-nobody", TaskState::Running).await;
+    let dir = tmp.path().join("tasks/as-nobody");
+    wait_until("the task to write its ids", || {
+        fs::read_to_string(dir.join("ids")).is_ok_and(|s| s.ends_with('\n'))
+    })
+    .await;
+    let nobody = std::process::Command::new("id")
+        .args(["-u", "nobody"])
+        .output()
+        .unwrap();
+    let uid: u32 = String::from_utf8_lossy(&nobody.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let ids = fs::read_to_string(dir.join("ids")).unwrap();
+    assert_eq!(
+        ids.split_whitespace().next(),
+        Some(uid.to_string().as_str()),
+        "{ids}"
+    );
+    assert_eq!(fs::metadata(dir.join("mine")).unwrap().uid(), uid);
+    assert_eq!(fs::metadata(dir.join("stdout")).unwrap().uid(), uid);
+    let pid = pid_record(tmp.path(), "as-nobody").pid;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uids.split_whitespace()
+            .skip(1)
+            .all(|u| u == uid.to_string()),
+        "real, effective, saved and fs uid: {uids}"
+    );
+    d.kill("as-nobody", Duration::from_secs(1)).await.unwrap();
+    wait_for(&mut rx, "as-nobody", TaskState::Killed).await;
+
+    let mut s = spec("as-ghost", "sleep 1");
+    s.app.user = Some("no-such-user-berth".into());
+    let err = d.start(s).await.unwrap_err().to_string();
+    assert!(
+        err.contains("user \"no-such-user-berth\" does not exist on this node"),
+        "{err}"
+    );
+}
+
+fn running_as_root() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}

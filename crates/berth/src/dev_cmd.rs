@@ -23,12 +23,18 @@ pub struct DevArgs {
 pub async fn run(mut args: DevArgs) -> Result<()> {
     let temp = match &args.data_dir {
         Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
+        None => {
+            let dir = tempfile::Builder::new()
                 .prefix("berth-dev-")
                 .tempdir()
-                .context("creating a temporary data dir")?,
-        ),
+                .context("creating a temporary data dir")?;
+            // Traversable (not listable) by others: tasks of apps with a `user` reach their
+            // sandboxes inside it.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+                .context("making the temporary data dir traversable")?;
+            Some(dir)
+        }
     };
     let data_dir = args
         .data_dir

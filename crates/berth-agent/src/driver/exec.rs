@@ -653,9 +653,18 @@ impl Inner {
         if env.get("MESOS_SANDBOX").is_none_or(String::is_empty) {
             env.insert("MESOS_SANDBOX".into(), dir.display().to_string());
         }
-        if spec.app.user.as_deref().is_some_and(|u| !u.is_empty()) {
-            tracing::warn!(task_id = %spec.task_id, "exec driver: `user` is not supported yet; running as the agent's user");
-        }
+        let user = match spec.app.user.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(name) => Some(
+                shim::sys::lookup_user(name)
+                    .map_err(|e| DriverError::Other(format!("looking up user {name:?}: {e}")))?
+                    .ok_or_else(|| {
+                        DriverError::InvalidSpec(format!(
+                            "user {name:?} does not exist on this node"
+                        ))
+                    })?,
+            ),
+        };
         let cgroup = match self.cgroups() {
             None => Vec::new(),
             Some(m) => {
@@ -700,6 +709,7 @@ impl Inner {
             stderr: dir.join(STDERR_FILE),
             cgroup: v2_cgroup,
             cgroups: v1_cgroups,
+            user,
             log_max_bytes: rotation.max_bytes.unwrap_or(self.config.log_max_bytes),
             log_max_files: rotation.max_files.unwrap_or(self.config.log_max_files),
         };
