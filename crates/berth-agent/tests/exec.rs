@@ -974,6 +974,14 @@ async fn tasks_run_as_the_apps_user() {
     d.kill("as-nobody", Duration::from_secs(1)).await.unwrap();
     wait_for(&mut rx, "as-nobody", TaskState::Killed).await;
 
+    // The agent's own user: nothing to switch.
+    let mut s = spec("as-root", "id -u > ids");
+    s.app.user = Some("root".into());
+    d.start(s).await.unwrap();
+    wait_for(&mut rx, "as-root", TaskState::Finished).await;
+    let ids = fs::read_to_string(tmp.path().join("tasks/as-root/ids")).unwrap();
+    assert_eq!(ids.trim(), "0");
+
     let mut s = spec("as-ghost", "sleep 1");
     s.app.user = Some("no-such-user-berth".into());
     let err = d.start(s).await.unwrap_err().to_string();

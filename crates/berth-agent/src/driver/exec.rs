@@ -665,6 +665,9 @@ impl Inner {
                     })?,
             ),
         };
+        // Already that user (an agent not run as root, say): nothing to switch, and
+        // setgroups(2) would need privileges.
+        let user = user.filter(|u| Some(u.uid) != own_uid());
         let cgroup = match self.cgroups() {
             None => Vec::new(),
             Some(m) => {
@@ -752,6 +755,12 @@ fn remove_dirs(dirs: &[PathBuf]) {
     for d in dirs {
         let _ = fs::remove_dir(d);
     }
+}
+
+/// This process's effective uid (the owner of its `/proc` directory).
+fn own_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 /// The task's pids limit: app label `BERTH_PIDS_LIMIT` (a positive number, or `unlimited`),
