@@ -939,7 +939,7 @@ async fn tasks_run_as_the_apps_user() {
         "echo \"$(id -u) $(id -g)\" > ids; echo out; touch mine; exec sleep 3600",
     );
     s.app.user = Some("nobody".into());
-    d.start(s).await.unwrap();
+    d.start(s.clone()).await.unwrap();
     wait_for(&mut rx, "as-nobody", TaskState::Running).await;
     let dir = tmp.path().join("tasks/as-nobody");
     wait_until("the task to write its ids", || {
@@ -970,6 +970,17 @@ async fn tasks_run_as_the_apps_user() {
             .skip(1)
             .all(|u| u == uid.to_string()),
         "real, effective, saved and fs uid: {uids}"
+    );
+    // COMMAND health checks run as the task's user too, in its directory.
+    let check = format!("test \"$(id -u)\" = {uid} && test -f mine");
+    assert_eq!(
+        d.check_command(&s, &check, Duration::from_secs(10)).await,
+        Ok(())
+    );
+    assert!(
+        d.check_command(&s, "test \"$(id -u)\" = 0", Duration::from_secs(10))
+            .await
+            .is_err()
     );
     d.kill("as-nobody", Duration::from_secs(1)).await.unwrap();
     wait_for(&mut rx, "as-nobody", TaskState::Killed).await;

@@ -23,6 +23,7 @@ use crate::cgroup::{CgroupManager, Limits, parse_cpu_list};
 use crate::shim::{
     self, EXIT_FILE, ExitRecord, FORGOTTEN_MARKER, KILLED_MARKER, PID_FILE, PidRecord,
     SHIM_DIR_ENV, SHIM_LOG_FILE, SHIM_PID_FILE, SPEC_FILE, STDERR_FILE, STDOUT_FILE, ShimSpec,
+    TaskUser,
 };
 use berth_core::app::DriverKind;
 use berth_core::app::PidsLimit;
@@ -653,21 +654,7 @@ impl Inner {
         if env.get("MESOS_SANDBOX").is_none_or(String::is_empty) {
             env.insert("MESOS_SANDBOX".into(), dir.display().to_string());
         }
-        let user = match spec.app.user.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(name) => Some(
-                shim::sys::lookup_user(name)
-                    .map_err(|e| DriverError::Other(format!("looking up user {name:?}: {e}")))?
-                    .ok_or_else(|| {
-                        DriverError::InvalidSpec(format!(
-                            "user {name:?} does not exist on this node"
-                        ))
-                    })?,
-            ),
-        };
-        // Already that user (an agent not run as root, say): nothing to switch, and
-        // setgroups(2) would need privileges.
-        let user = user.filter(|u| Some(u.uid) != own_uid());
+        let user = task_user(spec)?;
         let cgroup = match self.cgroups() {
             None => Vec::new(),
             Some(m) => {
@@ -755,6 +742,27 @@ fn remove_dirs(dirs: &[PathBuf]) {
     for d in dirs {
         let _ = fs::remove_dir(d);
     }
+}
+
+/// The user the task runs as: the app's `user` looked up on this node; `None` for the
+/// agent's own user (no `user`, or it is the agent's: nothing to switch, and setgroups(2)
+/// would need privileges an agent not run as root lacks).
+fn task_user(spec: &TaskSpec) -> Result<Option<TaskUser>, DriverError> {
+    let Some(name) = spec
+        .app
+        .user
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    else {
+        return Ok(None);
+    };
+    let user = shim::sys::lookup_user(name)
+        .map_err(|e| DriverError::Other(format!("looking up user {name:?}: {e}")))?
+        .ok_or_else(|| {
+            DriverError::InvalidSpec(format!("user {name:?} does not exist on this node"))
+        })?;
+    Ok(Some(user).filter(|u| Some(u.uid) != own_uid()))
 }
 
 /// This process's effective uid (the owner of its `/proc` directory).
@@ -945,6 +953,30 @@ impl Driver for ExecDriver {
 
     fn forget(&self, task_id: &str) {
         self.forget_task(task_id);
+    }
+
+    /// In the task's directory, as the task's user, with the task's environment.
+    fn check_command(
+        &self,
+        spec: &TaskSpec,
+        command: &str,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(command)
+            .env("PATH", DEFAULT_PATH)
+            .envs(spec.environment())
+            .current_dir(self.task_dir(&spec.task_id));
+        let user = task_user(spec);
+        Box::pin(async move {
+            match user {
+                Err(e) => return Err(e.to_string()),
+                Ok(Some(u)) => shim::sys::become_user_before_exec(&mut cmd, &u),
+                Ok(None) => {}
+            }
+            super::run_check_command(cmd, timeout).await
+        })
     }
 
     fn logs(

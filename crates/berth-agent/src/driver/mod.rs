@@ -252,31 +252,39 @@ pub trait Driver: Send + Sync + 'static {
     }
 
     /// Runs a COMMAND health check for a task: `Ok(())` when it exits 0, else the reason.
-    /// The default runs `/bin/sh -c command` on the host with the task's environment
-    /// (right for the exec driver); container drivers run it inside the container.
+    /// The default runs `/bin/sh -c command` on the host with the task's environment; the
+    /// exec driver runs it in the task's directory as the task's user, container drivers
+    /// inside the container.
     fn check_command(
         &self,
         spec: &TaskSpec,
         command: &str,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<(), String>> {
-        let env = spec.environment();
-        let command = command.to_string();
-        Box::pin(async move {
-            let mut cmd = tokio::process::Command::new("/bin/sh");
-            cmd.arg("-c").arg(&command).envs(env).kill_on_drop(true);
-            cmd.stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-            match tokio::time::timeout(timeout, cmd.status()).await {
-                Err(_) => Err(format!(
-                    "command timed out after {}s",
-                    timeout.as_secs_f64()
-                )),
-                Ok(Err(e)) => Err(format!("command could not run: {e}")),
-                Ok(Ok(st)) if st.success() => Ok(()),
-                Ok(Ok(st)) => Err(format!("command exited with {st}")),
-            }
-        })
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c").arg(command).envs(spec.environment());
+        Box::pin(run_check_command(cmd, timeout))
+    }
+}
+
+/// Runs a COMMAND health check's prepared `/bin/sh -c` (no stdio, killed when it times out):
+/// `Ok(())` when it exits 0, else the reason.
+pub(crate) async fn run_check_command(
+    cmd: std::process::Command,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    match tokio::time::timeout(timeout, cmd.status()).await {
+        Err(_) => Err(format!(
+            "command timed out after {}s",
+            timeout.as_secs_f64()
+        )),
+        Ok(Err(e)) => Err(format!("command could not run: {e}")),
+        Ok(Ok(st)) if st.success() => Ok(()),
+        Ok(Ok(st)) => Err(format!("command exited with {st}")),
     }
 }
