@@ -326,13 +326,6 @@ fn forward(pgid: i32, sig: i32) {
 fn spawn(spec: &ShimSpec) -> io::Result<std::process::Child> {
     let stdout = append(&spec.stdout)?;
     let stderr = append(&spec.stderr)?;
-    if let Some(u) = &spec.user {
-        // The task's sandbox is its own, as Mesos hands it over.
-        for f in [&stdout, &stderr] {
-            std::os::unix::fs::fchown(f, Some(u.uid), Some(u.gid))?;
-        }
-        std::os::unix::fs::chown(&spec.cwd, Some(u.uid), Some(u.gid))?;
-    }
     let mut cmd = Command::new(resolve(
         &spec.argv[0],
         spec.env.get("PATH").map(String::as_str),

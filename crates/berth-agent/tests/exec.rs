@@ -936,12 +936,16 @@ async fn tasks_run_as_the_apps_user() {
     let (d, mut rx) = driver(tmp.path());
     let mut s = spec(
         "as-nobody",
-        "echo \"$(id -u) $(id -g)\" > ids; echo out; touch mine; exec sleep 3600",
+        "echo \"$(id -u) $(id -g)\" > ids; echo out; touch mine; touch ../escape; \
+         exec sleep 3600",
     );
     s.app.user = Some("nobody".into());
     d.start(s.clone()).await.unwrap();
     wait_for(&mut rx, "as-nobody", TaskState::Running).await;
-    let dir = tmp.path().join("tasks/as-nobody");
+    // It works in `sandbox/`, its own; the task directory (the shim's files, the logs that
+    // root rotates) stays root's, so the task cannot swap them for links.
+    let task_dir = tmp.path().join("tasks/as-nobody");
+    let dir = task_dir.join("sandbox");
     wait_until("the task to write its ids", || {
         fs::read_to_string(dir.join("ids")).is_ok_and(|s| s.ends_with('\n'))
     })
@@ -961,7 +965,17 @@ async fn tasks_run_as_the_apps_user() {
         "{ids}"
     );
     assert_eq!(fs::metadata(dir.join("mine")).unwrap().uid(), uid);
-    assert_eq!(fs::metadata(dir.join("stdout")).unwrap().uid(), uid);
+    assert_eq!(fs::metadata(&dir).unwrap().uid(), uid);
+    assert_eq!(fs::metadata(&task_dir).unwrap().uid(), 0);
+    assert_eq!(fs::metadata(task_dir.join("stdout")).unwrap().uid(), 0);
+    assert_eq!(
+        fs::read_to_string(task_dir.join("stdout")).unwrap(),
+        "out\n"
+    );
+    assert!(
+        !task_dir.join("escape").exists(),
+        "wrote into the task directory"
+    );
     let pid = pid_record(tmp.path(), "as-nobody").pid;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();

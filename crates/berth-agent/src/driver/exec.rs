@@ -647,14 +647,19 @@ impl Inner {
         let hard_quota = spec.app.cpu_quota().map_err(DriverError::InvalidSpec)?;
         let rotation = spec.app.log_rotation().map_err(DriverError::InvalidSpec)?;
         fs::create_dir_all(dir)?;
+        let user = task_user(spec)?;
+        let sandbox = sandbox_dir(dir, user.is_some());
+        if let Some(u) = &user {
+            fs::create_dir_all(&sandbox)?;
+            std::os::unix::fs::chown(&sandbox, Some(u.uid), Some(u.gid))?;
+        }
         let mut env = BTreeMap::new();
         env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
-        env.insert("HOME".to_string(), dir.display().to_string());
+        env.insert("HOME".to_string(), sandbox.display().to_string());
         env.extend(spec.environment());
         if env.get("MESOS_SANDBOX").is_none_or(String::is_empty) {
-            env.insert("MESOS_SANDBOX".into(), dir.display().to_string());
+            env.insert("MESOS_SANDBOX".into(), sandbox.display().to_string());
         }
-        let user = task_user(spec)?;
         let cgroup = match self.cgroups() {
             None => Vec::new(),
             Some(m) => {
@@ -694,7 +699,7 @@ impl Inner {
             task_id: spec.task_id.clone(),
             argv,
             env,
-            cwd: dir.to_path_buf(),
+            cwd: sandbox,
             stdout: dir.join(STDOUT_FILE),
             stderr: dir.join(STDERR_FILE),
             cgroup: v2_cgroup,
@@ -741,6 +746,18 @@ impl Inner {
 fn remove_dirs(dirs: &[PathBuf]) {
     for d in dirs {
         let _ = fs::remove_dir(d);
+    }
+}
+
+/// Where a task works (its cwd, `HOME`, `MESOS_SANDBOX`): its directory, or for a task run as
+/// another user, `sandbox/` inside it, owned by that user. The directory itself (the shim's
+/// files, the logs the root shim rotates) stays the agent's, so the task cannot swap a file
+/// there for a link that root would then write through.
+fn sandbox_dir(task_dir: &Path, other_user: bool) -> PathBuf {
+    if other_user {
+        task_dir.join("sandbox")
+    } else {
+        task_dir.to_path_buf()
     }
 }
 
@@ -966,14 +983,14 @@ impl Driver for ExecDriver {
         cmd.arg("-c")
             .arg(command)
             .env("PATH", DEFAULT_PATH)
-            .envs(spec.environment())
-            .current_dir(self.task_dir(&spec.task_id));
+            .envs(spec.environment());
         let user = task_user(spec);
+        let task_dir = self.task_dir(&spec.task_id);
         Box::pin(async move {
-            match user {
-                Err(e) => return Err(e.to_string()),
-                Ok(Some(u)) => shim::sys::become_user_before_exec(&mut cmd, &u),
-                Ok(None) => {}
+            let user = user.map_err(|e| e.to_string())?;
+            cmd.current_dir(sandbox_dir(&task_dir, user.is_some()));
+            if let Some(u) = &user {
+                shim::sys::become_user_before_exec(&mut cmd, u);
             }
             super::run_check_command(cmd, timeout).await
         })
