@@ -1,10 +1,11 @@
 //! Serving a task's log file: the last N lines, then (with `follow`) whatever is appended,
-//! like `tail -n N -f`, ending once the task is over and the file is drained.
+//! like `tail -n N -f`, ending once the task is over and the file is drained. Last-N lines
+//! the current file lacks come from the files rotation kept (`stdout.1`, `stdout.2`, ...).
 
 use crate::driver::{DriverError, LogChunks};
 use bytes::Bytes;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -46,6 +47,40 @@ pub fn tail_offset<F: Read + Seek>(file: &mut F, n: usize) -> io::Result<u64> {
     Ok(0)
 }
 
+/// Most rotated files looked at (the agent keeps at most 100 files of a log).
+const MAX_ROTATED: u32 = 100;
+
+fn line_count(bytes: &[u8]) -> usize {
+    let newlines = bytes.iter().filter(|b| **b == b'\n').count();
+    newlines + usize::from(bytes.last().is_some_and(|b| *b != b'\n'))
+}
+
+/// The last `want` lines of the older output of `path` kept by rotation (`path.1` the
+/// newest), oldest first.
+fn rotated_tail(path: &Path, mut want: usize) -> io::Result<Vec<u8>> {
+    let mut parts = Vec::new();
+    for i in 1..=MAX_ROTATED {
+        if want == 0 {
+            break;
+        }
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{i}"));
+        let mut f = match std::fs::File::open(PathBuf::from(name)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Err(e) => return Err(e),
+        };
+        let start = tail_offset(&mut f, want)?;
+        f.seek(SeekFrom::Start(start))?;
+        let mut part = Vec::new();
+        f.read_to_end(&mut part)?;
+        want = want.saturating_sub(line_count(&part));
+        parts.push(part);
+    }
+    parts.reverse();
+    Ok(parts.concat())
+}
+
 struct Reader {
     path: PathBuf,
     tail: Option<usize>,
@@ -54,6 +89,8 @@ struct Reader {
     poll: Duration,
     file: Option<tokio::fs::File>,
     offset: u64,
+    /// Older lines from rotated files, sent before the file's own.
+    rotated: Option<Bytes>,
     /// `done()` was seen true: one more read to EOF, then the stream ends.
     draining: bool,
     finished: bool,
@@ -64,24 +101,37 @@ impl Reader {
     async fn open(&mut self) -> Result<bool, DriverError> {
         let path = self.path.clone();
         let tail = self.tail;
-        let opened =
-            tokio::task::spawn_blocking(move || -> io::Result<Option<(std::fs::File, u64)>> {
-                let mut f = match std::fs::File::open(&path) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(e),
-                };
-                let offset = match tail {
-                    Some(n) => tail_offset(&mut f, n)?,
-                    None => 0,
-                };
-                Ok(Some((f, offset)))
-            })
-            .await
-            .map_err(|e| DriverError::Other(format!("log reader: {e}")))??;
-        let Some((f, offset)) = opened else {
+        type Opened = Option<(std::fs::File, u64, Vec<u8>)>;
+        let opened = tokio::task::spawn_blocking(move || -> io::Result<Opened> {
+            let mut f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let offset = match tail {
+                Some(n) => tail_offset(&mut f, n)?,
+                None => 0,
+            };
+            // The file has fewer lines than asked for: the rest may be in rotated files.
+            // (Without a tail, only the current file: the rotated ones can be large.)
+            let older = match tail {
+                Some(n) if n > 0 && offset == 0 => {
+                    let mut own = Vec::new();
+                    f.read_to_end(&mut own)?;
+                    rotated_tail(&path, n.saturating_sub(line_count(&own)))?
+                }
+                _ => Vec::new(),
+            };
+            Ok(Some((f, offset, older)))
+        })
+        .await
+        .map_err(|e| DriverError::Other(format!("log reader: {e}")))??;
+        let Some((f, offset, older)) = opened else {
             return Ok(false);
         };
+        if !older.is_empty() {
+            self.rotated = Some(Bytes::from(older));
+        }
         let mut f = tokio::fs::File::from_std(f);
         f.seek(SeekFrom::Start(offset)).await?;
         self.file = Some(f);
@@ -115,6 +165,9 @@ impl Reader {
                         return Some(Err(e));
                     }
                 }
+            }
+            if let Some(older) = self.rotated.take() {
+                return Some(Ok(older));
             }
             let Some(file) = self.file.as_mut() else {
                 continue;
@@ -175,6 +228,7 @@ pub fn stream_file(
         poll,
         file: None,
         offset: 0,
+        rotated: None,
         draining: false,
         finished: false,
     };
@@ -217,6 +271,35 @@ mod tests {
     async fn collect(s: LogChunks) -> String {
         let chunks: Vec<Bytes> = s.map(|c| c.unwrap()).collect().await;
         String::from_utf8(chunks.concat()).unwrap()
+    }
+
+    /// Right after a rotation the current file has few lines: the tail reaches back into
+    /// the rotated files, oldest first; without a tail only the current file is read.
+    #[tokio::test]
+    async fn tail_reaches_into_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        std::fs::write(dir.path().join("stdout.2"), "1\n2\n3\n").unwrap();
+        std::fs::write(dir.path().join("stdout.1"), "4\n5\n").unwrap();
+        std::fs::write(&path, "6\n").unwrap();
+        let read = |tail: Option<usize>| {
+            collect(stream_file(
+                path.clone(),
+                tail,
+                false,
+                Box::new(|| false),
+                Duration::from_millis(10),
+            ))
+        };
+        assert_eq!(read(Some(1)).await, "6\n");
+        assert_eq!(read(Some(2)).await, "5\n6\n");
+        assert_eq!(read(Some(4)).await, "3\n4\n5\n6\n");
+        assert_eq!(read(Some(100)).await, "1\n2\n3\n4\n5\n6\n");
+        assert_eq!(read(Some(0)).await, "");
+        assert_eq!(read(None).await, "6\n");
+        // An empty current file (just truncated).
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(read(Some(3)).await, "3\n4\n5\n");
     }
 
     #[tokio::test]
