@@ -396,6 +396,26 @@ async fn main() -> Res<()> {
     println!(
         "| state changes during the API load | {revisions} | | (each one invalidates the cached /v2/apps) |"
     );
+    println!(
+        "| server store on disk | {:.0} MB | | |",
+        dir_bytes(&dir.path().join("server")) as f64 / 1e6
+    );
     drop(procs);
     Ok(())
+}
+
+/// Bytes of the files under `dir` (as allocated on disk).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
