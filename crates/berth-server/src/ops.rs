@@ -374,6 +374,30 @@ fn change_app(
     Ok(r)
 }
 
+/// The stored (canonical) fields a partial update replaces by giving their deprecated forms:
+/// the stored app was normalised, so re-sending the original marathon.json (`ports`, `uris`,
+/// `container.docker.network`, `ipAddress`) must replace the canonical fields it became, as
+/// Marathon does, not clash with them.
+fn superseded_by_deprecated(body: &serde_json::Map<String, Value>) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if body.contains_key("ports") && !body.contains_key("portDefinitions") {
+        out.push("portDefinitions");
+    }
+    if body.contains_key("uris") && !body.contains_key("fetch") {
+        out.push("fetch");
+    }
+    let legacy_network = body
+        .get("container")
+        .and_then(|c| c.get("docker"))
+        .and_then(|d| d.get("network"))
+        .is_some_and(|n| !n.is_null());
+    let legacy_ip = body.get("ipAddress").is_some_and(|ip| !ip.is_null());
+    if (legacy_network || legacy_ip) && !body.contains_key("networks") {
+        out.push("networks");
+    }
+    out
+}
+
 /// Builds the full definition a PUT/PATCH asks for, merging with the current one when partial.
 pub fn merged_definition(
     st: &Cluster,
@@ -400,6 +424,9 @@ pub fn merged_definition(
             Ok(Value::Object(mut m)) => {
                 for k in READ_ONLY_KEYS {
                     m.remove(*k);
+                }
+                for k in superseded_by_deprecated(&body) {
+                    m.remove(k);
                 }
                 m.extend(body);
                 m

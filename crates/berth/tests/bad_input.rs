@@ -485,3 +485,68 @@ fn mutate(v: &mut Value, rng: &mut SmallRng, depth: usize) {
         other => *other = random_value(rng),
     }
 }
+
+/// A marathon.json in the deprecated forms (`ports`, `uris`, `container.docker.network`,
+/// `docker.portMappings`) is stored normalised; PUTting the same file again, as a Jenkins
+/// pipeline does on every build, is an update, not a clash between the deprecated fields
+/// sent and the canonical ones stored. A changed network in the old form replaces the stored
+/// one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deprecated_marathon_json_redeploys_unchanged() {
+    // No nodes: deployments stay open, so each update forces past the last one.
+    let c = Cluster::start_server_only("redeploy").await;
+    let api = &c.api;
+    let bridge = json!({
+        "id": "/legacy/web", "cmd": "sleep 3600", "cpus": 0.1, "mem": 16, "instances": 1,
+        "container": {"type": "DOCKER", "docker": {
+            "image": "busybox", "network": "BRIDGE",
+            "portMappings": [{"containerPort": 8080, "hostPort": 0, "protocol": "tcp"}]}},
+    });
+    let r = api.post("/v2/apps", &bridge).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let networks = |app: &Value| -> Vec<Value> {
+        app["app"]["networks"]
+            .as_array()
+            .map(|n| n.iter().map(|x| x["mode"].clone()).collect())
+            .unwrap_or_default()
+    };
+    let app = api.get_ok("/v2/apps/legacy/web").await;
+    assert_eq!(networks(&app), [json!("container/bridge")], "{app}");
+    for _ in 0..2 {
+        let r = api.put("/v2/apps/legacy/web?force=true", &bridge).await;
+        assert_eq!(r.status, 200, "the same file again: {}", r.text);
+    }
+    let mut host = bridge.clone();
+    host["container"]["docker"]["network"] = json!("HOST");
+    host["container"]["docker"]
+        .as_object_mut()
+        .unwrap()
+        .remove("portMappings");
+    let r = api.put("/v2/apps/legacy/web?force=true", &host).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let app = api.get_ok("/v2/apps/legacy/web").await;
+    assert_eq!(networks(&app), [json!("host")], "{app}");
+
+    let exec = json!({
+        "id": "/legacy/exec", "cmd": "sleep 3600", "cpus": 0.1, "mem": 16,
+        "ports": [0, 0], "uris": ["http://example.invalid/a.tgz"],
+    });
+    let r = api.post("/v2/apps", &exec).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = api.put("/v2/apps/legacy/exec?force=true", &exec).await;
+    assert_eq!(r.status, 200, "the same file again: {}", r.text);
+    let mut one_port = exec.clone();
+    one_port["ports"] = json!([0]);
+    let r = api.put("/v2/apps/legacy/exec?force=true", &one_port).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let app = api.get_ok("/v2/apps/legacy/exec").await;
+    assert_eq!(
+        app["app"]["portDefinitions"].as_array().map(Vec::len),
+        Some(1),
+        "{app}"
+    );
+    assert_eq!(
+        app["app"]["fetch"][0]["uri"], "http://example.invalid/a.tgz",
+        "{app}"
+    );
+}
