@@ -343,6 +343,9 @@ fn change_app(
 ) -> ApiResult<DeploymentRef> {
     check_lock(st, ch, std::slice::from_ref(&old.id), force)?;
     let (now, version) = next_version();
+    // Service ports first: a body that leaves them 0 keeps the stored ones, and is then
+    // the same configuration (re-sending an unchanged marathon.json restarts nothing).
+    assign_service_ports(st, &mut new);
     let scale_only = same_config(&old, &new);
     let old_info = old.version_info.clone().unwrap_or_default();
     new.version = Some(version.clone());
@@ -354,7 +357,6 @@ fn change_app(
             version.clone()
         },
     });
-    assign_service_ports(st, &mut new);
     let action = if scale_only {
         ActionKind::ScaleApplication
     } else {

@@ -512,10 +512,15 @@ async fn deprecated_marathon_json_redeploys_unchanged() {
     };
     let app = api.get_ok("/v2/apps/legacy/web").await;
     assert_eq!(networks(&app), [json!("container/bridge")], "{app}");
+    let config_changed = |app: &Value| app["app"]["versionInfo"]["lastConfigChangeAt"].clone();
+    let first = config_changed(&app);
     for _ in 0..2 {
         let r = api.put("/v2/apps/legacy/web?force=true", &bridge).await;
         assert_eq!(r.status, 200, "the same file again: {}", r.text);
     }
+    // Nothing changed, so nothing restarts: the configuration's version stays.
+    let app = api.get_ok("/v2/apps/legacy/web").await;
+    assert_eq!(config_changed(&app), first, "{app}");
     let mut host = bridge.clone();
     host["container"]["docker"]["network"] = json!("HOST");
     host["container"]["docker"]
