@@ -543,34 +543,49 @@ impl AppDefinition {
 
     /// The host ports each task asks for: 0 means "any port from the node's range".
     pub fn requested_host_ports(&self) -> Vec<u16> {
+        self.host_port_requests()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// The names of the host ports, in the order of [`Self::requested_host_ports`] (a task's
+    /// `PORT_<NAME>` variables).
+    pub fn host_port_names(&self) -> Vec<Option<&str>> {
+        self.host_port_requests()
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect()
+    }
+
+    /// Each host port a task needs: the port asked for (0: any) and its name.
+    fn host_port_requests(&self) -> Vec<(u16, Option<&str>)> {
         if let Some(mappings) = self
             .container
             .as_ref()
             .and_then(|c| c.port_mappings.as_ref())
+            && self
+                .networks
+                .iter()
+                .any(|n| n.mode == "container/bridge" || n.mode == "container")
         {
-            if self.networks.iter().any(|n| n.mode == "container/bridge") {
-                return mappings
-                    .iter()
-                    .filter_map(|m| m.host_port)
-                    .map(|p| u16::try_from(p).unwrap_or(0))
-                    .collect();
-            }
-            if self.networks.iter().any(|n| n.mode == "container") {
-                return mappings
-                    .iter()
-                    .filter_map(|m| m.host_port)
-                    .map(|p| u16::try_from(p).unwrap_or(0))
-                    .collect();
-            }
+            return mappings
+                .iter()
+                .filter_map(|m| {
+                    let port = m.host_port?;
+                    Some((u16::try_from(port).unwrap_or(0), m.name.as_deref()))
+                })
+                .collect();
         }
         let defs = self.port_definitions.as_deref().unwrap_or(&[]);
         defs.iter()
             .map(|d| {
-                if self.require_ports {
+                let port = if self.require_ports {
                     u16::try_from(d.port).unwrap_or(0)
                 } else {
                     0
-                }
+                };
+                (port, d.name.as_deref())
             })
             .collect()
     }

@@ -58,14 +58,13 @@ impl TaskSpec {
                 .collect::<Vec<_>>()
                 .join(","),
         );
-        if let Some(defs) = &self.app.port_definitions {
-            for (def, port) in defs.iter().zip(&self.ports) {
-                if let Some(name) = &def.name {
-                    env.insert(
-                        format!("PORT_{}", name.to_uppercase().replace('-', "_")),
-                        port.to_string(),
-                    );
-                }
+        // By name: port definitions and (bridge, container networks) port mappings.
+        for (name, port) in self.app.host_port_names().into_iter().zip(&self.ports) {
+            if let Some(name) = name.filter(|n| !n.is_empty()) {
+                env.insert(
+                    format!("PORT_{}", name.to_uppercase().replace('-', "_")),
+                    port.to_string(),
+                );
             }
         }
         env.insert("HOST".into(), self.host.clone());
@@ -286,5 +285,69 @@ pub(crate) async fn run_check_command(
         Ok(Err(e)) => Err(format!("command could not run: {e}")),
         Ok(Ok(st)) if st.success() => Ok(()),
         Ok(Ok(st)) => Err(format!("command exited with {st}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_core::node::NodeResources;
+
+    fn spec_of(app: serde_json::Value, ports: Vec<u16>) -> TaskSpec {
+        let app = berth_core::validate::app_from_json(app).expect("valid app");
+        TaskSpec {
+            task_id: "web.1".into(),
+            app_id: app.id.clone(),
+            version: "v1".into(),
+            app,
+            ports,
+            host: "n1".into(),
+            node_id: "n1".into(),
+            resources: NodeResources::new(0.5, 64.0, 0.0),
+            cpuset: vec![],
+        }
+    }
+
+    /// Marathon names host ports by their port definition or port mapping: `PORT_<NAME>`.
+    #[test]
+    fn ports_are_in_the_environment_by_index_and_by_name() {
+        let host = spec_of(
+            serde_json::json!({"id": "/web", "cmd": "x",
+                "portDefinitions": [{"port": 0, "name": "http"}, {"port": 0}, {"port": 0, "name": "admin-api"}]}),
+            vec![31000, 31001, 31002],
+        );
+        let env = host.environment();
+        assert_eq!(env["PORT0"], "31000");
+        assert_eq!(env["PORT"], "31000");
+        assert_eq!(env["PORTS"], "31000,31001,31002");
+        assert_eq!(env["PORT_HTTP"], "31000");
+        assert_eq!(env["PORT_ADMIN_API"], "31002");
+        // Bridge: every mapping has a host port (hostPort defaults to 0: any).
+        let mappings = serde_json::json!([
+            {"containerPort": 8080, "hostPort": 0, "name": "http"},
+            {"containerPort": 9000, "name": "internal"},
+            {"containerPort": 9090, "hostPort": 0, "name": "metrics"}]);
+        let bridge = spec_of(
+            serde_json::json!({"id": "/web", "cmd": "x", "networks": [{"mode": "container/bridge"}],
+                "container": {"type": "DOCKER", "docker": {"image": "busybox"},
+                  "portMappings": mappings}}),
+            vec![31005, 31006, 31007],
+        );
+        let env = bridge.environment();
+        assert_eq!(env["PORT0"], "31005");
+        assert_eq!(env["PORT_HTTP"], "31005");
+        assert_eq!(env["PORT_INTERNAL"], "31006");
+        assert_eq!(env["PORT_METRICS"], "31007");
+        // A USER network: only the mappings that ask for a host port get one, in order.
+        let user = spec_of(
+            serde_json::json!({"id": "/web", "cmd": "x", "networks": [{"mode": "container", "name": "dev"}],
+                "container": {"type": "DOCKER", "docker": {"image": "busybox"},
+                  "portMappings": mappings}}),
+            vec![31008, 31009],
+        );
+        let env = user.environment();
+        assert_eq!(env["PORT_HTTP"], "31008");
+        assert_eq!(env["PORT_METRICS"], "31009");
+        assert!(!env.contains_key("PORT_INTERNAL"), "{env:?}");
     }
 }
