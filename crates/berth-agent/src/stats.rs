@@ -274,9 +274,19 @@ pub fn task_stats(paths: &HostPaths, pid: i32) -> Option<TaskStats> {
             .ok()
             .and_then(|t| parse_vm_rss(&t));
     }
-    if let Some((rx, tx)) = fs::read_to_string(proc_pid.join("net/dev"))
-        .ok()
-        .and_then(|t| parse_net_dev(&t))
+    // A task in the agent's own network namespace (host networking, exec tasks) sees the
+    // node's interfaces: those counters are the node's, not the task's.
+    let host_network = match (
+        fs::read_link(proc_pid.join("ns/net")),
+        fs::read_link(paths.proc_dir.join("self/ns/net")),
+    ) {
+        (Ok(task), Ok(agent)) => task == agent,
+        _ => false,
+    };
+    if !host_network
+        && let Some((rx, tx)) = fs::read_to_string(proc_pid.join("net/dev"))
+            .ok()
+            .and_then(|t| parse_net_dev(&t))
     {
         stats.network_receive_bytes = Some(rx);
         stats.network_transmit_bytes = Some(tx);
@@ -368,6 +378,22 @@ mod tests {
             (s.network_receive_bytes, s.network_transmit_bytes),
             (Some(1500), Some(2070))
         );
+        // In the agent's network namespace (host networking): the node's counters, not
+        // the task's, so none.
+        let link = |rel: &str, target: &str| {
+            let p = root.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, p).unwrap();
+        };
+        link("proc/self/ns/net", "net:[4026531992]");
+        link("proc/100/ns/net", "net:[4026531992]");
+        let s = task_stats(&paths(root), 100).unwrap();
+        assert_eq!(s.network_receive_bytes, None);
+        assert_eq!(s.cpu_seconds, Some(1.5));
+        fs::remove_file(root.join("proc/100/ns/net")).unwrap();
+        link("proc/100/ns/net", "net:[4026532871]");
+        let s = task_stats(&paths(root), 100).unwrap();
+        assert_eq!(s.network_receive_bytes, Some(1500));
         // Unlimited memory; a systemd-managed Docker container.
         write(
             root,

@@ -436,6 +436,9 @@ async fn check_metrics(d: &DockerCluster, app: &str, tasks: &BTreeMap<String, Va
         let cpu = value("berth_task_cpu_seconds_total");
         let used = value("berth_task_memory_usage_bytes");
         let limit = value("berth_task_memory_limit_bytes");
+        // Bridge networking: the container's own interfaces, which the health checks reach.
+        let received = value("berth_task_network_receive_bytes_total");
+        assert!(received > 0.0, "task {id}: {received} bytes received");
         eprintln!("metrics of {id}: cpu {cpu}s, memory {used} of {limit} bytes");
         assert!(
             cpu >= 0.0 && used > 0.0,

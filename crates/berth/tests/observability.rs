@@ -341,11 +341,7 @@ async fn task_logs_metrics_and_node_conditions() {
         .unwrap_or_else(|| panic!("no cpu metric for {task_id} in\n{metrics}"));
     let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(value >= 0.0, "{line}");
-    for name in [
-        "berth_task_memory_usage_bytes",
-        "berth_task_restarts_total",
-        "berth_task_network_receive_bytes_total",
-    ] {
+    for name in ["berth_task_memory_usage_bytes", "berth_task_restarts_total"] {
         assert!(
             metrics
                 .lines()
@@ -353,6 +349,13 @@ async fn task_logs_metrics_and_node_conditions() {
             "no {name} for {task_id} in\n{metrics}"
         );
     }
+    // An exec task shares the node's network namespace: its counters would be the node's.
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("berth_task_network_") && l.contains(&task_id)),
+        "network counters for a task on the host's network:\n{metrics}"
+    );
     assert!(metrics.contains("berth_node_condition_ok{"), "{metrics}");
 
     // A followed stream ends once the task is gone.
