@@ -1024,3 +1024,54 @@ fn running_as_root() -> bool {
             == Some("0")
     })
 }
+
+/// The driver's watcher removes a forgotten task's directory once the delay has passed.
+#[tokio::test]
+async fn forgotten_task_directories_are_swept() {
+    let tmp = DataDir::new();
+    let mut cfg = config(tmp.path());
+    cfg.sandbox_gc_delay = Duration::from_millis(200);
+    cfg.sandbox_sweep_interval = Duration::from_millis(100);
+    let (d, mut rx) = driver_with(cfg);
+    d.start(spec("done", "echo bye")).await.unwrap();
+    wait_for(&mut rx, "done", TaskState::Finished).await;
+    let dir = tmp.path().join("tasks/done");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(dir.join("stdout").exists(), "not forgotten yet: kept");
+    d.forget("done");
+    wait_until("the forgotten task's directory to go", || !dir.exists()).await;
+}
+
+/// Finished tasks' directories go once they have been forgotten for the configured delay;
+/// live ones and recently forgotten ones stay.
+#[test]
+fn old_sandboxes_are_removed() {
+    use berth_agent::driver::exec::remove_old_sandboxes;
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = tmp.path();
+    for id in ["running", "forgotten"] {
+        fs::create_dir_all(tasks.join(id)).unwrap();
+        fs::write(tasks.join(id).join("stdout"), "log\n").unwrap();
+    }
+    fs::write(tasks.join("forgotten").join("forgotten"), "").unwrap();
+    let marked = fs::metadata(tasks.join("forgotten").join("forgotten"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    assert_eq!(
+        remove_old_sandboxes(tasks, day, marked + Duration::from_secs(3600)),
+        0
+    );
+    assert!(tasks.join("forgotten").exists());
+    assert_eq!(remove_old_sandboxes(tasks, day, marked + day), 1);
+    assert!(!tasks.join("forgotten").exists());
+    assert!(
+        tasks.join("running/stdout").exists(),
+        "a live task keeps its directory"
+    );
+    assert_eq!(
+        remove_old_sandboxes(&tasks.join("missing"), day, marked + day),
+        0
+    );
+}

@@ -127,6 +127,10 @@ pub struct NodeArgs {
     /// BERTH_LOG_MAX_FILES overrides it.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub log_max_files: u32,
+    /// How long an exec task's directory (its sandbox and logs) is kept after the task ended
+    /// and the server let it go, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub sandbox_gc_delay_secs: u64,
 }
 
 fn parse_log_max_size(s: &str) -> Result<u64, String> {
@@ -252,6 +256,7 @@ pub async fn drivers(
                 cfg.pids_max = Some(args.pids_max);
                 cfg.log_max_bytes = args.log_max_size;
                 cfg.log_max_files = args.log_max_files;
+                cfg.sandbox_gc_delay = Duration::from_secs(args.sandbox_gc_delay_secs);
                 out.push(Arc::new(ExecDriver::new(cfg, tx.clone())));
             }
             "fake" => {

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// `PATH` given to tasks (the app's `env` may override it).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -68,12 +68,17 @@ pub struct ExecConfig {
     /// files of each; app labels `BERTH_LOG_MAX_SIZE` / `BERTH_LOG_MAX_FILES` override them.
     pub log_max_bytes: u64,
     pub log_max_files: u32,
+    /// How long the directory of a finished (and forgotten) task is kept, logs included,
+    /// and how often the watcher looks for such directories.
+    pub sandbox_gc_delay: Duration,
+    pub sandbox_sweep_interval: Duration,
 }
 
 impl ExecConfig {
     /// Production defaults: shim `<shim_program> __shim <task_dir>`, cgroups under
     /// `/sys/fs/cgroup`, `pids.max` 4096, polling every 250 ms, logs rotated at 10 MiB
-    /// keeping 3 files (as the Docker driver's json-file logs).
+    /// keeping 3 files (as the Docker driver's json-file logs), finished tasks' directories
+    /// kept a day.
     pub fn new(data_dir: impl Into<PathBuf>, shim_program: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -85,6 +90,8 @@ impl ExecConfig {
             poll_interval: Duration::from_millis(250),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             log_max_files: DEFAULT_LOG_MAX_FILES,
+            sandbox_gc_delay: Duration::from_secs(24 * 3600),
+            sandbox_sweep_interval: Duration::from_secs(60),
         }
     }
 
@@ -489,10 +496,21 @@ impl Inner {
         let weak: Weak<Self> = Arc::downgrade(self);
         let interval = self.config.poll_interval;
         handle.spawn(async move {
+            let mut swept = Instant::now();
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(inner) = weak.upgrade() else { break };
                 inner.poll_all();
+                if swept.elapsed() >= inner.config.sandbox_sweep_interval {
+                    swept = Instant::now();
+                    let (tasks_dir, delay) =
+                        (inner.config.tasks_dir(), inner.config.sandbox_gc_delay);
+                    drop(inner);
+                    let _ = tokio::task::spawn_blocking(move || {
+                        remove_old_sandboxes(&tasks_dir, delay, SystemTime::now())
+                    })
+                    .await;
+                }
             }
         });
     }
@@ -747,6 +765,31 @@ fn remove_dirs(dirs: &[PathBuf]) {
     for d in dirs {
         let _ = fs::remove_dir(d);
     }
+}
+
+/// Removes the directories (sandbox, logs) of tasks forgotten more than `delay` before `now`
+/// (by the time of their forgotten marker); returns how many. Keeping them a while lets
+/// people read a dead task's logs; removing them keeps a crash-looping app from filling the
+/// disk with one directory per attempt.
+pub fn remove_old_sandboxes(tasks_dir: &Path, delay: Duration, now: SystemTime) -> usize {
+    let Ok(entries) = fs::read_dir(tasks_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let forgotten_at = fs::metadata(dir.join(FORGOTTEN_MARKER)).and_then(|m| m.modified());
+        let Ok(at) = forgotten_at else { continue };
+        if now.duration_since(at).is_ok_and(|age| age >= delay) {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an old task sandbox")
+                }
+            }
+        }
+    }
+    removed
 }
 
 /// Where a task works (its cwd, `HOME`, `MESOS_SANDBOX`): its directory, or for a task run as
