@@ -49,6 +49,60 @@ pub fn task_json(t: &Task, app: Option<&AppDefinition>) -> Value {
     serde_json::to_value(TaskView::new(t, app)).unwrap_or_else(|_| json!({"id": t.id}))
 }
 
+/// One app's lines in Marathon's `text/plain` task list, the form load-balancer scripts
+/// (haproxy-marathon-bridge and its kind) read. Per service port:
+/// `app<TAB>servicePort<TAB>host:hostPort<TAB>...` over the running tasks, `app` being the id
+/// without its leading `/` and with `_` for `/`; a port mapping without a host port (a USER
+/// network) lists the tasks' `ip:containerPort` instead. An app without ports gets one line,
+/// `app<TAB> <TAB>host host ...`.
+pub fn push_endpoints_text(out: &mut String, app: &AppDefinition, tasks: &[&Task]) {
+    use std::fmt::Write as _;
+    let name = app.id.trim_start_matches('/').replace('/', "_");
+    let running: Vec<&Task> = tasks
+        .iter()
+        .copied()
+        .filter(|t| visible_state(t) == TaskState::Running)
+        .collect();
+    let service_ports = service_ports_of(app);
+    if service_ports.is_empty() {
+        let _ = write!(out, "{name}\t \t");
+        for t in &running {
+            let _ = write!(out, "{} ", t.host);
+        }
+        out.push('\n');
+        return;
+    }
+    let mappings = app
+        .container
+        .as_ref()
+        .and_then(|c| c.port_mappings.as_deref());
+    for (i, service_port) in service_ports.iter().enumerate() {
+        let _ = write!(out, "{name}\t{service_port}\t");
+        // A task's host ports exist only for the mappings that ask for one.
+        let host_port_index = match mappings {
+            Some(m) => match m.get(i) {
+                Some(mapping) if mapping.host_port.is_none() => {
+                    for t in &running {
+                        if let Some(ip) = t.ip_addresses.first() {
+                            let _ = write!(out, "{ip}:{}\t", mapping.container_port);
+                        }
+                    }
+                    None
+                }
+                _ => Some(m[..i].iter().filter(|m| m.host_port.is_some()).count()),
+            },
+            None => Some(i),
+        };
+        if let Some(index) = host_port_index {
+            for t in &running {
+                let port = t.ports.get(index).copied().unwrap_or(0);
+                let _ = write!(out, "{}:{port}\t", t.host);
+            }
+        }
+        out.push('\n');
+    }
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IpAddressView<'a> {
@@ -297,4 +351,70 @@ pub fn group_json(st: &Cluster, id: &str, embed: Embed) -> Value {
         .max()
         .unwrap_or_else(|| format_millis(0));
     json!({"id": id, "apps": apps, "groups": groups, "dependencies": [], "pods": [], "version": version})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_core::validate::parse_app_value;
+
+    fn task(app_id: &str, host: &str, ports: &[u16], ip: Option<&str>, state: &str) -> Task {
+        serde_json::from_value(json!({
+            "id": format!("{}.{host}", app_id.trim_start_matches('/')),
+            "appId": app_id, "version": "v", "configVersion": "v",
+            "nodeId": host, "host": host, "ports": ports, "state": state,
+            "resources": {"cpus": 0.1, "mem": 32.0, "disk": 0.0},
+            "driver": "docker", "stagedAt": 0,
+            "ipAddresses": ip.into_iter().collect::<Vec<_>>(),
+        }))
+        .expect("task json")
+    }
+
+    fn text(app: Value, tasks: &[Task]) -> String {
+        let app = parse_app_value(app).expect("valid app");
+        let mut out = String::new();
+        push_endpoints_text(&mut out, &app, &tasks.iter().collect::<Vec<_>>());
+        out
+    }
+
+    #[test]
+    fn endpoints_text_lists_running_tasks_per_service_port() {
+        let app = json!({"id": "/shop/web", "cmd": "x", "portDefinitions": [
+            {"port": 10000}, {"port": 10001}]});
+        let tasks = [
+            task("/shop/web", "a", &[31000, 31001], None, "TASK_RUNNING"),
+            task("/shop/web", "b", &[31002, 31003], None, "TASK_RUNNING"),
+            task("/shop/web", "c", &[31004, 31005], None, "TASK_STAGING"),
+        ];
+        assert_eq!(
+            text(app, &tasks),
+            "shop_web\t10000\ta:31000\tb:31002\t\nshop_web\t10001\ta:31001\tb:31003\t\n"
+        );
+    }
+
+    #[test]
+    fn endpoints_text_without_ports_lists_hosts() {
+        let app = json!({"id": "/worker", "cmd": "x", "portDefinitions": []});
+        let tasks = [task("/worker", "a", &[], None, "TASK_RUNNING")];
+        assert_eq!(text(app, &tasks), "worker\t \ta \n");
+    }
+
+    #[test]
+    fn endpoints_text_user_network_mappings_without_host_port_list_container_addresses() {
+        let app = json!({"id": "/db", "networks": [{"mode": "container", "name": "backend"}],
+            "container": {"type": "DOCKER", "docker": {"image": "busybox"}, "portMappings": [
+                {"containerPort": 5432, "servicePort": 10100},
+                {"containerPort": 8080, "hostPort": 0, "servicePort": 10101}]}});
+        let tasks = [task(
+            "/db",
+            "a",
+            &[31500],
+            Some("172.18.0.5"),
+            "TASK_RUNNING",
+        )];
+        assert_eq!(
+            text(app, &tasks),
+            "db\t10100\t172.18.0.5:5432\t\ndb\t10101\ta:31500\t\n"
+        );
+    }
 }

@@ -149,3 +149,83 @@ async fn deploy_kill_scale_replace_delete() {
     })
     .await;
 }
+
+/// Marathon's `text/plain` task list, which haproxy-marathon-bridge and similar scripts read
+/// (`curl -H 'Accept: text/plain' $MARATHON/v2/tasks`): a line per app and service port with
+/// the running tasks' `host:port`, and one line of hosts for an app without ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_task_list_for_load_balancer_scripts() {
+    let c = Cluster::start("tasks-text").await;
+    let api = &c.api;
+    let mut web = cmd_app("/lb/web", "sleep 3600", 2);
+    web["portDefinitions"] = serde_json::json!([{"port": 0}, {"port": 0}]);
+    let mut worker = cmd_app("/lb/worker", "sleep 3600", 1);
+    worker["portDefinitions"] = serde_json::json!([]);
+    for app in [&web, &worker] {
+        let r = api.post("/v2/apps", app).await;
+        assert_eq!(r.status, 201, "POST {}: {}", app["id"], r.text);
+    }
+    api.wait_running("/lb/web", 2, T).await;
+    api.wait_running("/lb/worker", 1, T).await;
+
+    let service_ports: Vec<u64> = api.get_ok("/v2/apps/lb/web").await["app"]["portDefinitions"]
+        .as_array()
+        .expect("portDefinitions")
+        .iter()
+        .map(|d| d["port"].as_u64().expect("assigned service port"))
+        .collect();
+    assert_eq!(service_ports.len(), 2);
+    let web_tasks = api.tasks("/lb/web").await;
+    let mut web_text = String::new();
+    for (i, service_port) in service_ports.iter().enumerate() {
+        web_text.push_str(&format!("lb_web\t{service_port}\t"));
+        for t in &web_tasks {
+            let host = t["host"].as_str().expect("host");
+            let port = t["ports"][i].as_u64().expect("host port");
+            web_text.push_str(&format!("{host}:{port}\t"));
+        }
+        web_text.push('\n');
+    }
+    let worker_host = api.tasks("/lb/worker").await[0]["host"]
+        .as_str()
+        .expect("host")
+        .to_string();
+    let worker_text = format!("lb_worker\t \t{worker_host} \n");
+
+    let plain = |path: &'static str| async move {
+        let r = api
+            .http
+            .get(api.url(path))
+            .header("Accept", "text/plain")
+            .send()
+            .await
+            .expect("GET text/plain");
+        assert_eq!(r.status(), 200, "{path}");
+        let content_type = r.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            content_type.starts_with("text/plain"),
+            "{path}: {content_type}"
+        );
+        r.text().await.expect("body")
+    };
+    assert_eq!(plain("/v2/tasks").await, format!("{web_text}{worker_text}"));
+    assert_eq!(plain("/v2/apps/lb/web/tasks").await, web_text);
+
+    // Without asking for text (curl's `*/*`), the JSON list as before.
+    let r = api
+        .http
+        .get(api.url("/v2/tasks"))
+        .header("Accept", "*/*")
+        .send()
+        .await
+        .expect("GET */*");
+    let listed: serde_json::Value = r.json().await.expect("JSON task list");
+    assert_eq!(
+        listed["tasks"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+}

@@ -5,10 +5,10 @@ use super::{Params, ctx, json_body, ok};
 use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::ops::{self, AppUpdate};
-use crate::render::{AppSnapshot, Embed, app_json, task_json};
+use crate::render::{AppSnapshot, Embed, app_json, push_endpoints_text, task_json};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use berth_core::path;
 use serde_json::{Value, json};
@@ -253,6 +253,7 @@ pub async fn patch_one(
 pub async fn get_sub(
     State(s): State<Shared>,
     uri: Uri,
+    headers: HeaderMap,
     Path(rest): Path<String>,
 ) -> ApiResult<Response> {
     let p = Params::from_uri(&uri);
@@ -295,8 +296,12 @@ pub async fn get_sub(
                 .apps
                 .get(&id)
                 .ok_or_else(|| ApiError::app_not_found(&id))?;
-            let mut tasks: Vec<_> = st.app_tasks(&id).collect();
-            tasks.sort_by(|a, b| a.staged_at.cmp(&b.staged_at).then(a.id.cmp(&b.id)));
+            let tasks = super::tasks::sorted_app_tasks(&st, &id);
+            if super::wants_plain_text(&headers) {
+                let mut out = String::new();
+                push_endpoints_text(&mut out, app, &tasks);
+                return Ok(super::ok_text(out));
+            }
             Ok(ok(
                 json!({"tasks": tasks.into_iter().map(|t| task_json(t, Some(app))).collect::<Vec<_>>()}),
             ))

@@ -16,7 +16,7 @@ use crate::ops::RequestCtx;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::{Value, json};
@@ -187,4 +187,19 @@ pub fn ctx(addr: &ConnectInfo<SocketAddr>, uri: &Uri) -> RequestCtx {
 /// 200 with a JSON body.
 pub fn ok(v: Value) -> Response {
     axum::Json(v).into_response()
+}
+
+/// True when the client asks for `text/plain` and not for JSON (Marathon's negotiation: JSON
+/// unless plain text is what the client wants).
+pub fn wants_plain_text(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    accept.contains("text/plain") && !accept.contains("application/json")
+}
+
+/// 200 with a `text/plain` body.
+pub fn ok_text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }

@@ -71,8 +71,8 @@ fn wants_prometheus(headers: &HeaderMap) -> bool {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    !accept.contains("application/json")
-        && (accept.contains("text/plain") || accept.contains("openmetrics"))
+    super::wants_plain_text(headers)
+        || (accept.contains("openmetrics") && !accept.contains("application/json"))
 }
 
 pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {

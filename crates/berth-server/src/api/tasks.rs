@@ -1,19 +1,22 @@
 //! `/v2/tasks`: list every task, kill many.
 
-use super::{Params, ctx, json_body, ok};
+use super::{Params, ctx, json_body, ok, ok_text, wants_plain_text};
 use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::ops;
-use crate::render::{task_json, visible_state};
+use crate::render::{push_endpoints_text, task_json, visible_state};
+use crate::state::Cluster;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::Uri;
+use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use berth_core::task::TaskState;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 
-pub async fn list(State(s): State<Shared>, uri: Uri) -> ApiResult<Response> {
+/// `GET /v2/tasks`: JSON, or with `Accept: text/plain` Marathon's script-friendly list of
+/// every app's running tasks (which ignores `status`, as Marathon's does).
+pub async fn list(State(s): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult<Response> {
     let p = Params::from_uri(&uri);
     let wanted: Vec<TaskState> = p
         .all("status")
@@ -26,6 +29,17 @@ pub async fn list(State(s): State<Shared>, uri: Uri) -> ApiResult<Response> {
             ))),
         })
         .collect::<Result<_, _>>()?;
+    if wants_plain_text(&headers) {
+        let st = s.state.read();
+        let mut apps: Vec<_> = st.apps.values().collect();
+        apps.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut out = String::new();
+        for app in apps {
+            let tasks = sorted_app_tasks(&st, &app.id);
+            push_endpoints_text(&mut out, app, &tasks);
+        }
+        return Ok(ok_text(out));
+    }
     let st = s.state.read();
     let mut tasks: Vec<_> = st
         .tasks
@@ -90,4 +104,11 @@ pub async fn delete_many(
     Ok(ok(
         json!({"tasks": r.tasks.iter().map(|t| task_json(t, st.apps.get(&t.app_id).map(|a| a.as_ref()))).collect::<Vec<_>>()}),
     ))
+}
+
+/// An app's tasks, oldest first.
+pub fn sorted_app_tasks<'a>(st: &'a Cluster, app_id: &str) -> Vec<&'a berth_core::task::Task> {
+    let mut tasks: Vec<_> = st.app_tasks(app_id).collect();
+    tasks.sort_by(|a, b| a.staged_at.cmp(&b.staged_at).then(a.id.cmp(&b.id)));
+    tasks
 }
