@@ -69,9 +69,21 @@ pub fn is_within(id: &str, group: &str) -> bool {
     group == "/" || id == group || id.starts_with(&format!("{group}/"))
 }
 
+/// Marathon's flat form of an id (its `safePath`), used in task ids and the `text/plain`
+/// task list: no leading `/`, `_` for each `/`. `/shop/web` -> `shop_web`.
+pub fn flat_name(id: &str) -> String {
+    id.trim_start_matches('/').replace('/', "_")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flat_name_joins_segments_with_underscores() {
+        assert_eq!(flat_name("/shop/web"), "shop_web");
+        assert_eq!(flat_name("/web"), "web");
+    }
 
     #[test]
     fn normalizes_slashes() {

@@ -122,8 +122,11 @@ pub struct Task {
 impl Task {
     /// Marathon's task id form: the app path with `/` as `_`, a dot, then a UUID.
     pub fn new_id(app_id: &str) -> String {
-        let prefix = app_id.trim_start_matches('/').replace('/', "_");
-        format!("{prefix}.{}", uuid::Uuid::new_v4())
+        format!(
+            "{}.{}",
+            crate::path::flat_name(app_id),
+            uuid::Uuid::new_v4()
+        )
     }
 
     /// True while the task counts toward the app's instances.

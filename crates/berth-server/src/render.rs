@@ -57,7 +57,7 @@ pub fn task_json(t: &Task, app: Option<&AppDefinition>) -> Value {
 /// `app<TAB> <TAB>host host ...`.
 pub fn push_endpoints_text(out: &mut String, app: &AppDefinition, tasks: &[&Task]) {
     use std::fmt::Write as _;
-    let name = app.id.trim_start_matches('/').replace('/', "_");
+    let name = path::flat_name(&app.id);
     let running: Vec<&Task> = tasks
         .iter()
         .copied()

@@ -192,11 +192,16 @@ pub fn ok(v: Value) -> Response {
 /// True when the client asks for `text/plain` and not for JSON (Marathon's negotiation: JSON
 /// unless plain text is what the client wants).
 pub fn wants_plain_text(headers: &HeaderMap) -> bool {
-    let accept = headers
+    let accept = accept(headers);
+    accept.contains("text/plain") && !accept.contains("application/json")
+}
+
+/// The request's `Accept` header ("" when absent or not text).
+pub fn accept(headers: &HeaderMap) -> &str {
+    headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    accept.contains("text/plain") && !accept.contains("application/json")
+        .unwrap_or("")
 }
 
 /// 200 with a `text/plain` body.

@@ -67,12 +67,9 @@ pub async fn abdicate() -> Response {
 }
 
 fn wants_prometheus(headers: &HeaderMap) -> bool {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    super::wants_plain_text(headers)
-        || (accept.contains("openmetrics") && !accept.contains("application/json"))
+    let accept = super::accept(headers);
+    !accept.contains("application/json")
+        && (accept.contains("text/plain") || accept.contains("openmetrics"))
 }
 
 pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
