@@ -139,3 +139,13 @@ async fn many_tasks_are_cheap() {
     assert_eq!(running, 20_000);
     assert_eq!(d.len(), 20_000);
 }
+
+#[tokio::test]
+async fn standing_in_for_exec_answers_as_exec_and_runs_nothing() {
+    let (d, mut rx) = driver(FakeConfig::default());
+    let d = d.standing_in_for(DriverKind::Exec);
+    assert_eq!(d.kind(), DriverKind::Exec);
+    d.start(spec("a")).await.unwrap();
+    let states: Vec<_> = drain(&mut rx).into_iter().map(|s| s.state).collect();
+    assert_eq!(states, [TaskState::Starting, TaskState::Running]);
+}

@@ -39,6 +39,8 @@ pub const SIMULATED_FAILURE: &str = "simulated failure (fake driver)";
 #[derive(Clone)]
 pub struct FakeDriver {
     inner: Arc<Inner>,
+    /// The driver it answers as: `fake`, or `exec`/`docker` when it stands in for them.
+    kind: DriverKind,
 }
 
 struct Inner {
@@ -63,7 +65,16 @@ impl FakeDriver {
                     tasks: HashMap::new(),
                 }),
             }),
+            kind: DriverKind::Fake,
         }
+    }
+
+    /// The same simulation answering as driver `kind`: a simulated node offering `exec` or
+    /// `docker` takes the apps that ask for them (apps without a `BERTH_DRIVER=fake` label)
+    /// and runs nothing for them either.
+    pub fn standing_in_for(mut self, kind: DriverKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// Number of tasks the driver knows (running or not yet forgotten).
@@ -110,7 +121,7 @@ impl Inner {
 
 impl Driver for FakeDriver {
     fn kind(&self) -> DriverKind {
-        DriverKind::Fake
+        self.kind
     }
 
     fn start(&self, spec: TaskSpec) -> BoxFuture<'_, Result<(), DriverError>> {
