@@ -1,5 +1,7 @@
 //! `berth sim` against a real `berth server`: 200 simulated nodes, 20 apps x 100 instances
-//! (fake driver) all reach TASK_RUNNING, and deleting the apps removes every task. A
+//! (half labelled for the fake driver, half plain exec apps with a hostname MAX_PER
+//! constraint, simulated all the same) all reach TASK_RUNNING, and deleting the apps removes
+//! every task. A
 //! correctness test: the timeouts are generous and nothing is timed.
 
 use std::process::{Child, Command, Stdio};
@@ -112,7 +114,7 @@ async fn simulated_nodes_run_and_remove_2000_tasks() {
     );
 
     for i in 0..APPS {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "id": format!("/sim/app-{i:02}"),
             "cmd": "sleep 1",
             "cpus": 0.01,
@@ -120,6 +122,18 @@ async fn simulated_nodes_run_and_remove_2000_tasks() {
             "instances": INSTANCES,
             "labels": {"BERTH_DRIVER": "fake"},
         });
+        if i % 2 == 1 {
+            // As a new user posts it (issue #11): no BERTH_DRIVER label, so the app asks for
+            // `exec`, which simulated nodes offer (simulated too); at most 5 per host.
+            body = serde_json::json!({
+                "id": format!("/sim/app-{i:02}"),
+                "cmd": "sleep 3600",
+                "cpus": 0.01,
+                "mem": 8,
+                "instances": INSTANCES,
+                "constraints": [["hostname", "MAX_PER", "5"]],
+            });
+        }
         let r = http
             .post(format!("{base}/v2/apps"))
             .json(&body)
