@@ -6,6 +6,10 @@
 #   bench/control_plane.sh            # full run
 #   bench/control_plane.sh --quick    # 200 nodes, 20 apps x 100 instances
 #   bench/control_plane.sh --nodes 10000 --apps 100 --instances 100
+#   bench/control_plane.sh --mem 8 --constraint hostname:MAX_PER:5 --no-driver-label
+#
+# Exits 1, saying how many tasks run and why the rest wait (GET /v2/queue), when not all
+# run within --timeout seconds (600) or none more starts for --stall seconds (60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"

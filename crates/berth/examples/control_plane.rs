@@ -3,7 +3,12 @@
 //! TASK_RUNNING, then API latency under that load. Run through `bench/control_plane.sh`.
 //!
 //! `control_plane [--quick] [--nodes N] [--apps A] [--instances I] [--clients C]
-//!  [--seconds S] [--berth PATH]`
+//!  [--seconds S] [--timeout S] [--stall S] [--mem MB] [--constraint FIELD:OP[:VALUE]]...
+//!  [--no-driver-label] [--berth PATH]`
+//!
+//! When not every task runs within `--timeout` seconds (or none more starts for `--stall`
+//! seconds), it says how many run and why the rest wait (the
+//! queue's reasons) and exits with status 1.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -20,6 +25,12 @@ struct Opts {
     seconds: u64,
     berth: std::path::PathBuf,
     timeout: u64,
+    stall: u64,
+    mem: f64,
+    /// Marathon's form: `["hostname", "MAX_PER", "5"]`.
+    constraints: Vec<Vec<String>>,
+    /// Post apps as a new user would, without `BERTH_DRIVER=fake` (they ask for `exec`).
+    driver_label: bool,
 }
 
 fn opts() -> Res<Opts> {
@@ -35,6 +46,10 @@ fn opts() -> Res<Opts> {
             .ok_or("cannot locate the target dir")?
             .join("berth"),
         timeout: 600,
+        stall: 60,
+        mem: 1.0,
+        constraints: Vec::new(),
+        driver_label: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -52,12 +67,28 @@ fn opts() -> Res<Opts> {
                 i += 1;
                 continue;
             }
+            "--no-driver-label" => {
+                o.driver_label = false;
+                i += 1;
+                continue;
+            }
             "--nodes" => o.nodes = val(i)?.parse()?,
             "--apps" => o.apps = val(i)?.parse()?,
             "--instances" => o.instances = val(i)?.parse()?,
             "--clients" => o.clients = val(i)?.parse()?,
             "--seconds" => o.seconds = val(i)?.parse()?,
             "--timeout" => o.timeout = val(i)?.parse()?,
+            "--stall" => o.stall = val(i)?.parse()?,
+            "--mem" => o.mem = val(i)?.parse()?,
+            "--constraint" => {
+                let c: Vec<String> = val(i)?.split(':').map(str::to_string).collect();
+                if !(2..=3).contains(&c.len()) {
+                    return Err(
+                        format!("--constraint {}: expected FIELD:OP[:VALUE]", c.join(":")).into(),
+                    );
+                }
+                o.constraints.push(c);
+            }
             "--berth" => o.berth = val(i)?.into(),
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -118,15 +149,85 @@ async fn counter(http: &reqwest::Client, base: &str, name: &str) -> Res<u64> {
         .unwrap_or(0))
 }
 
-fn app_body(i: usize, instances: usize) -> serde_json::Value {
-    serde_json::json!({
+fn app_body(i: usize, o: &Opts) -> serde_json::Value {
+    let mut app = serde_json::json!({
         "id": format!("/bench/app-{i:04}"),
         "cmd": "sleep 1",
         "cpus": 0.01,
-        "mem": 1,
-        "instances": instances,
-        "labels": {"BERTH_DRIVER": "fake"},
-    })
+        "mem": o.mem,
+        "instances": o.instances,
+        "constraints": o.constraints,
+    });
+    if o.driver_label {
+        app["labels"] = serde_json::json!({"BERTH_DRIVER": "fake"});
+    }
+    app
+}
+
+/// Sum of `tasksRunning` over `GET /v2/apps` (what a user adds up).
+async fn apps_running(http: &reqwest::Client, base: &str) -> Res<u64> {
+    let v: serde_json::Value = http
+        .get(format!("{base}/v2/apps"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(v["apps"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["tasksRunning"].as_u64()).sum())
+        .unwrap_or(0))
+}
+
+/// Why instances wait, from `GET /v2/queue`: (reason, apps, instances), most instances first.
+async fn queue_reasons(http: &reqwest::Client, base: &str) -> Res<Vec<(String, usize, u64)>> {
+    let v: serde_json::Value = http
+        .get(format!("{base}/v2/queue"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut by: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+    for q in v["queue"].as_array().into_iter().flatten() {
+        let left = q["delay"]["timeLeftSeconds"].as_f64().unwrap_or(0.0);
+        let reason = match q["processedOffersSummary"]["reason"].as_str() {
+            Some(r) => r.to_string(),
+            None if left > 0.0 => "launch back-off".to_string(),
+            None => "waiting (no placement attempt reported yet)".to_string(),
+        };
+        let e = by.entry(reason).or_default();
+        e.0 += 1;
+        e.1 += q["count"].as_u64().unwrap_or(0);
+    }
+    let mut out: Vec<(String, usize, u64)> = by.into_iter().map(|(r, (a, n))| (r, a, n)).collect();
+    out.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    Ok(out)
+}
+
+/// Not every task runs: say how many do and why the others wait, and exit with status 1.
+async fn fail_not_running(http: &reqwest::Client, base: &str, why: String, total: usize) -> ! {
+    let running = apps_running(http, base).await;
+    let queue = queue_reasons(http, base).await;
+    eprintln!();
+    eprintln!("FAILED: {why}");
+    match running {
+        Ok(r) => eprintln!("  sum of tasksRunning over GET /v2/apps: {r} of {total}"),
+        Err(e) => eprintln!("  GET /v2/apps failed: {e}"),
+    }
+    match queue {
+        Ok(q) if q.is_empty() => eprintln!("  GET /v2/queue: empty"),
+        Ok(q) => {
+            eprintln!("  GET /v2/queue, why instances wait:");
+            for (reason, apps, n) in q.iter().take(10) {
+                eprintln!("    {n} instances of {apps} apps: {reason}");
+            }
+            if q.len() > 10 {
+                eprintln!("    ... and {} more reasons", q.len() - 10);
+            }
+        }
+        Err(e) => eprintln!("  GET /v2/queue failed: {e}"),
+    }
+    eprintln!("  (no time is reported: the rollout did not complete)");
+    std::process::exit(1);
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -266,6 +367,8 @@ async fn main() -> Res<()> {
     let sim_cpu0 = cpu_secs(sim_pid);
 
     // Post every app, 32 requests in flight.
+    let bodies: Arc<Vec<serde_json::Value>> =
+        Arc::new((0..o.apps).map(|i| app_body(i, &o)).collect());
     let t0 = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut posters = Vec::new();
@@ -273,16 +376,16 @@ async fn main() -> Res<()> {
         let http = http.clone();
         let base = base.clone();
         let next = next.clone();
-        let (apps, instances) = (o.apps, o.instances);
+        let bodies = bodies.clone();
         posters.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= apps {
+                if i >= bodies.len() {
                     return Ok::<(), String>(());
                 }
                 let r = http
                     .post(format!("{base}/v2/apps"))
-                    .json(&app_body(i, instances))
+                    .json(&bodies[i])
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
@@ -302,12 +405,17 @@ async fn main() -> Res<()> {
     let post_secs = t0.elapsed().as_secs_f64();
     eprintln!("{} apps posted in {post_secs:.2} s", o.apps);
     let mut last_print = Instant::now();
+    // The last time the running count grew.
+    let (mut best, mut progressed) = (0u64, Instant::now());
     let running_secs = loop {
         let running = gauge(&http, &base, "berth.tasks.TASK_RUNNING")
             .await
             .unwrap_or(0);
         if running as usize >= total {
             break t0.elapsed().as_secs_f64();
+        }
+        if running > best {
+            (best, progressed) = (running, Instant::now());
         }
         if last_print.elapsed() > Duration::from_secs(2) {
             eprintln!(
@@ -318,14 +426,29 @@ async fn main() -> Res<()> {
             last_print = Instant::now();
         }
         if t0.elapsed() > Duration::from_secs(o.timeout) {
-            return Err(format!(
-                "only {running} of {total} tasks running after {} s",
+            let why = format!(
+                "only {running} of {total} tasks TASK_RUNNING {} s after the first POST (--timeout)",
                 o.timeout
-            )
-            .into());
+            );
+            fail_not_running(&http, &base, why, total).await;
+        }
+        if progressed.elapsed() > Duration::from_secs(o.stall) {
+            let why = format!(
+                "{running} of {total} tasks TASK_RUNNING, and none more for {} s (--stall)",
+                o.stall
+            );
+            fail_not_running(&http, &base, why, total).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // The gauge counts tasks by state; check the apps' own counts add up too.
+    let per_app = apps_running(&http, &base).await?;
+    if per_app < total as u64 {
+        let why = format!(
+            "the TASK_RUNNING gauge reached {total}, but tasksRunning over GET /v2/apps adds up to {per_app}"
+        );
+        fail_not_running(&http, &base, why, total).await;
+    }
     let server_cpu = cpu_secs(server_pid) - server_cpu0;
     let sim_cpu = cpu_secs(sim_pid) - sim_cpu0;
     let server_rss = rss_mb(server_pid);
@@ -358,6 +481,17 @@ async fn main() -> Res<()> {
     println!(
         "Berth control plane: {} simulated nodes, {} apps x {} instances = {total} tasks (fake driver), 2 cores",
         o.nodes, o.apps, o.instances
+    );
+    let cons: Vec<String> = o.constraints.iter().map(|c| c.join(":")).collect();
+    println!(
+        "apps: cpus 0.01, mem {}, constraints [{}], {}",
+        o.mem,
+        cons.join(", "),
+        if o.driver_label {
+            "label BERTH_DRIVER=fake"
+        } else {
+            "no driver label (exec, simulated)"
+        }
     );
     println!("| metric | Berth | target | anchor |");
     println!("|---|---|---|---|");
