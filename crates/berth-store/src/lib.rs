@@ -33,7 +33,7 @@ mod types;
 mod watch;
 
 pub use error::StoreError;
-pub use redb_store::{RedbStore, StoreOptions};
+pub use redb_store::{RedbStore, StoreOptions, StoreStats};
 pub use types::{Compare, EventKind, KeyValue, Op, Revision, Txn, TxnResponse, WatchEvent};
 pub use watch::WatchStream;
 
@@ -71,6 +71,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest committed revision.
     fn revision(&self) -> Revision;
+
+    /// Size on disk and revisions, for monitoring; `None` if the backend cannot tell.
+    fn stats(&self) -> Option<StoreStats> {
+        None
+    }
 }
 
 impl<S: Store + ?Sized> Store for Arc<S> {
@@ -92,6 +97,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn revision(&self) -> Revision {
         (**self).revision()
+    }
+    fn stats(&self) -> Option<StoreStats> {
+        (**self).stats()
     }
 }
 

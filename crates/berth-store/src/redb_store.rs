@@ -5,6 +5,14 @@
 //! txn gets its own revision and sees the effects of the earlier ones), commits once
 //! with `Durability::Immediate`, then answers each caller and broadcasts the events.
 //! One fsync thus serves a whole burst of writers.
+//!
+//! The change log (`revision -> events`, read by watches that resume from a revision) is
+//! compacted by the same writer, inside the same write transactions: it keeps at most
+//! [`StoreOptions::retain_revisions`] revisions and nothing older than
+//! [`StoreOptions::retain_age`], but never drops a revision a live watch has yet to read
+//! unless that watch is more than [`StoreOptions::watch_retain_max`] revisions behind. At
+//! most [`StoreOptions::compact_batch`] revisions are removed per commit. redb reuses the
+//! freed pages, so under steady churn the file levels off instead of growing.
 
 use crate::Store;
 use crate::codec;
@@ -13,10 +21,12 @@ use crate::types::{Compare, EventKind, KeyValue, Op, Revision, Txn, TxnResponse,
 use crate::watch::{self, Committed, WatchStream};
 use futures::future::BoxFuture;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -31,8 +41,24 @@ const META_COMPACTED: &str = "compacted";
 pub struct StoreOptions {
     /// File name inside the store directory.
     pub file_name: String,
-    /// How many recent revisions the change log keeps for resuming watches.
+    /// Most revisions the change log keeps for resuming watches (older ones are compacted
+    /// away). Default 10,000.
     pub retain_revisions: u64,
+    /// Change-log entries older than this are compacted away even when fewer than
+    /// `retain_revisions` are kept; `None` keeps them regardless of age. Default 10 minutes.
+    /// Ages are measured from commit time, to within `retain_age / 64` (at most 10 s); the
+    /// entries found in the file at open count as written at open.
+    pub retain_age: Option<Duration>,
+    /// A live watch holds back compaction at the revision it has delivered, so it never
+    /// loses history it has not read yet. But once it is more than this many revisions
+    /// behind the current one, the log is compacted past it regardless, and the watch ends
+    /// with [`StoreError::Compacted`] when it next needs the log (it must re-list).
+    /// Never less than `retain_revisions`. Default 100,000.
+    pub watch_retain_max: u64,
+    /// Most change-log revisions deleted in one commit, so compacting a large backlog
+    /// (e.g. after the limits were lowered) is spread over several commits. Keep it at
+    /// least `max_batch` so compaction keeps up with writes. Default 10,000.
+    pub compact_batch: u64,
     /// Most txns folded into one commit.
     pub max_batch: usize,
     /// Pending txn requests before callers wait (back-pressure).
@@ -49,7 +75,10 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             file_name: "berth.redb".to_owned(),
-            retain_revisions: 100_000,
+            retain_revisions: 10_000,
+            retain_age: Some(Duration::from_secs(600)),
+            watch_retain_max: 100_000,
+            compact_batch: 10_000,
             max_batch: 1_000,
             queue_depth: 10_000,
             broadcast_capacity: 1_024,
@@ -67,6 +96,64 @@ pub(crate) struct Shared {
     /// Separate Arc so watch tasks can count without upgrading their Weak<Shared>.
     pub(crate) lag_recoveries: Arc<AtomicU64>,
     pub(crate) events: broadcast::Sender<Arc<Committed>>,
+    /// Positions of the live watches, which hold back compaction.
+    watchers: Mutex<Watchers>,
+}
+
+/// Live watches' positions: each cursor is the last revision its watch delivered.
+#[derive(Default)]
+pub(crate) struct Watchers {
+    cursors: Vec<Weak<AtomicU64>>,
+    /// Revision the writer is compacting through (at least the committed `compacted`): a
+    /// watch registering after it must start at or after it.
+    floor: Revision,
+}
+
+impl Watchers {
+    /// Registers a watch that has delivered everything through `after`. The returned
+    /// cursor must be advanced as the watch delivers; dropping it unregisters the watch.
+    pub(crate) fn register(
+        &mut self,
+        after: Revision,
+        compacted: Revision,
+    ) -> Result<Arc<AtomicU64>, StoreError> {
+        let oldest = self.floor.max(compacted);
+        if after < oldest {
+            return Err(StoreError::Compacted {
+                requested: after + 1,
+                oldest: oldest + 1,
+            });
+        }
+        let cursor = Arc::new(AtomicU64::new(after));
+        self.cursors.push(Arc::downgrade(&cursor));
+        Ok(cursor)
+    }
+
+    /// The oldest position among live watches (forgetting the ended ones).
+    fn oldest(&mut self) -> Option<Revision> {
+        let mut oldest = None::<Revision>;
+        self.cursors.retain(|c| match c.upgrade() {
+            Some(c) => {
+                let at = c.load(Ordering::Acquire);
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                true
+            }
+            None => false,
+        });
+        oldest
+    }
+}
+
+/// Size and revisions of a store, for monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes the store takes on disk (for redb, the length of its one file).
+    pub size_bytes: u64,
+    /// The latest committed revision.
+    pub revision: Revision,
+    /// Highest revision removed from the change log: watches can resume from
+    /// `after >= compacted_revision`, i.e. the oldest retained revision is one more.
+    pub compacted_revision: Revision,
 }
 
 struct Request {
@@ -132,15 +219,30 @@ impl RedbStore {
             commits: AtomicU64::new(0),
             lag_recoveries: Arc::new(AtomicU64::new(0)),
             events,
+            watchers: Mutex::new(Watchers {
+                cursors: Vec::new(),
+                floor: compacted,
+            }),
         });
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
-        let writer = Writer {
+        let retain = options.retain_revisions.max(1);
+        let retain_age = options.retain_age.filter(|a| !a.is_zero());
+        let mut writer = Writer {
             shared: shared.clone(),
             revision,
             compacted,
-            retain: options.retain_revisions.max(1),
+            retain,
+            retain_age,
+            stamp_every: retain_age
+                .map(|a| (a / 64).clamp(Duration::from_millis(1), Duration::from_secs(10)))
+                .unwrap_or_default(),
+            stamps: VecDeque::new(),
+            watch_retain_max: options.watch_retain_max.max(retain),
+            compact_batch: options.compact_batch.max(1),
             max_batch: options.max_batch.max(1),
         };
+        // What the file holds already counts as written now (its age is not recorded).
+        writer.stamp(Instant::now());
         let handle = std::thread::Builder::new()
             .name("berth-store-writer".to_owned())
             .spawn(move || writer.run(rx))
@@ -174,6 +276,11 @@ impl RedbStore {
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Length of the database file in bytes (0 if it cannot be read).
+    pub fn file_size(&self) -> u64 {
+        std::fs::metadata(&self.inner.path).map_or(0, |m| m.len())
     }
 }
 
@@ -240,11 +347,26 @@ impl Store for RedbStore {
     fn revision(&self) -> Revision {
         self.inner.shared.revision.load(Ordering::Acquire)
     }
+
+    fn stats(&self) -> Option<StoreStats> {
+        // Two separate loads may straddle a commit: keep the pair consistent.
+        let revision = self.revision();
+        Some(StoreStats {
+            size_bytes: self.file_size(),
+            revision,
+            compacted_revision: self.compacted_revision().min(revision),
+        })
+    }
 }
 
 impl Shared {
     pub(crate) fn compacted(&self) -> Revision {
         self.compacted.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn watchers(&self) -> MutexGuard<'_, Watchers> {
+        // The guarded data stays consistent even if a holder panicked.
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -347,7 +469,24 @@ struct Writer {
     revision: Revision,
     compacted: Revision,
     retain: u64,
+    retain_age: Option<Duration>,
+    /// How long one stamp covers (see `stamps`).
+    stamp_every: Duration,
+    /// Commit times of the retained revisions, oldest first, coarsened: every revision
+    /// `<= through` of a stamp was committed at or before its `at`. Empty without an age
+    /// limit.
+    stamps: VecDeque<Stamp>,
+    watch_retain_max: u64,
+    compact_batch: u64,
     max_batch: usize,
+}
+
+struct Stamp {
+    /// When this stamp started covering commits.
+    opened: Instant,
+    /// Time of the last commit it covers.
+    at: Instant,
+    through: Revision,
 }
 
 /// Result of applying a batch inside one write transaction.
@@ -401,6 +540,7 @@ impl Writer {
             self.revision = applied.revision;
             self.compacted = applied.compacted;
             self.shared.commits.fetch_add(1, Ordering::AcqRel);
+            self.stamp(Instant::now());
             self.shared
                 .compacted
                 .store(applied.compacted, Ordering::Release);
@@ -417,6 +557,70 @@ impl Writer {
         for (req, resp) in batch.into_iter().zip(applied.responses) {
             let _ = req.reply.send(Ok(resp));
         }
+    }
+
+    /// Records that everything through `self.revision` was committed by `now`, and
+    /// forgets stamps that compaction has passed or that a newer old-enough one replaces.
+    fn stamp(&mut self, now: Instant) {
+        let Some(age) = self.retain_age else {
+            return;
+        };
+        match self.stamps.back_mut() {
+            Some(s) if now.duration_since(s.opened) < self.stamp_every => {
+                s.at = now;
+                s.through = self.revision;
+            }
+            _ => self.stamps.push_back(Stamp {
+                opened: now,
+                at: now,
+                through: self.revision,
+            }),
+        }
+        while self
+            .stamps
+            .front()
+            .is_some_and(|s| s.through <= self.compacted)
+        {
+            self.stamps.pop_front();
+        }
+        // Only the newest stamp past the age limit matters (while a watch holds it back).
+        while self
+            .stamps
+            .get(1)
+            .is_some_and(|s| now.duration_since(s.at) >= age)
+        {
+            self.stamps.pop_front();
+        }
+    }
+
+    /// The revision to compact the change log through in a commit that ends at
+    /// `revision`; `<= self.compacted` means nothing to do.
+    fn compact_target(&self, revision: Revision, now: Instant) -> Revision {
+        let mut target = revision.saturating_sub(self.retain);
+        if let Some(age) = self.retain_age {
+            for s in &self.stamps {
+                if now.duration_since(s.at) < age {
+                    break;
+                }
+                target = target.max(s.through);
+            }
+        }
+        // The writer's own view: compacted + 1 is the oldest entry left.
+        target = target.min(self.compacted.saturating_add(self.compact_batch));
+        if target <= self.compacted {
+            return self.compacted;
+        }
+        let mut watchers = self.shared.watchers();
+        if let Some(oldest) = watchers.oldest() {
+            // Hold back for live watches, unless they are hopelessly behind.
+            let hard = revision.saturating_sub(self.watch_retain_max);
+            target = target.min(oldest.max(hard));
+        }
+        if target > watchers.floor {
+            // Under the lock: a watch registering from now on sees the new floor.
+            watchers.floor = target;
+        }
+        target
     }
 
     fn apply(&self, txns: &[&Txn]) -> Result<Applied, StoreError> {
@@ -464,7 +668,7 @@ impl Writer {
                 let mut meta = wtx.open_table(META).map_err(StoreError::backend)?;
                 meta.insert(META_REVISION, revision)
                     .map_err(StoreError::backend)?;
-                let cutoff = revision.saturating_sub(self.retain);
+                let cutoff = self.compact_target(revision, Instant::now());
                 if cutoff > compacted {
                     log.retain_in((compacted + 1)..=cutoff, |_, _| false)
                         .map_err(StoreError::backend)?;

@@ -379,3 +379,226 @@ async fn json_helpers_and_dyn_store() {
     assert!(s.create("lock", "me").await.unwrap());
     assert!(!s.create("lock", "you").await.unwrap());
 }
+
+fn opts(retain_revisions: u64) -> StoreOptions {
+    StoreOptions {
+        retain_revisions,
+        retain_age: None,
+        ..StoreOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn change_log_is_compacted_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RedbStore::open_with(
+        dir.path(),
+        StoreOptions {
+            retain_revisions: 1_000_000,
+            retain_age: Some(Duration::from_millis(300)),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    for i in 0..10 {
+        s.put(format!("k/{i}"), "v").await.unwrap();
+    }
+    assert_eq!(s.compacted_revision(), 0, "young entries are kept");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Compaction runs with the next write.
+    assert_eq!(s.put("k/x", "v").await.unwrap(), 11);
+    assert_eq!(s.compacted_revision(), 10);
+    let stats = s.stats().unwrap();
+    assert_eq!((stats.revision, stats.compacted_revision), (11, 10));
+    assert!(stats.size_bytes > 0);
+    match s.watch("k/", 9).await {
+        Err(StoreError::Compacted { requested, oldest }) => {
+            assert_eq!((requested, oldest), (10, 11))
+        }
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    let mut w = s.watch("k/", 10).await.unwrap();
+    assert_eq!(next_event(&mut w).await.revision(), 11);
+    // The age of what a reopened file holds is unknown: it counts from the open.
+    drop(w);
+    drop(s);
+    let s = RedbStore::open_with(
+        dir.path(),
+        StoreOptions {
+            retain_revisions: 1_000_000,
+            retain_age: Some(Duration::from_millis(300)),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.compacted_revision(), 10, "compacted revision is durable");
+    s.put("k/y", "v").await.unwrap();
+    assert_eq!(s.compacted_revision(), 10);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.put("k/z", "v").await.unwrap();
+    assert_eq!(s.compacted_revision(), 12);
+}
+
+#[tokio::test]
+async fn compaction_of_a_backlog_is_spread_over_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = RedbStore::open_with(dir.path(), opts(1_000)).unwrap();
+        for i in 0..100 {
+            s.put(format!("k/{i}"), "v").await.unwrap();
+        }
+        assert_eq!(s.compacted_revision(), 0);
+    }
+    // Lower limits on reopen: the 95-revision backlog goes 40 revisions per commit.
+    let s = RedbStore::open_with(
+        dir.path(),
+        StoreOptions {
+            compact_batch: 40,
+            ..opts(5)
+        },
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        s.put("k/again", "v").await.unwrap();
+        seen.push(s.compacted_revision());
+    }
+    assert_eq!(seen, [40, 80, 98, 99]);
+    // Every revision after the compacted one is still there.
+    let mut w = s.watch("k/", 99).await.unwrap();
+    for rev in 100..=104 {
+        assert_eq!(next_event(&mut w).await.revision(), rev);
+    }
+}
+
+/// A watch that does not read: its channel fills after a few dozen revisions and the
+/// broadcast (capacity 1) lags, so resuming it needs the change log from there on.
+async fn stalled_watch(s: &RedbStore, writes: u64) -> WatchStream {
+    let w = s.watch("k/", 0).await.unwrap();
+    for i in 1..=writes {
+        s.put(format!("k/{i}"), "v").await.unwrap();
+    }
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_watch_holds_back_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RedbStore::open_with(
+        dir.path(),
+        StoreOptions {
+            broadcast_capacity: 1,
+            ..opts(5)
+        },
+    )
+    .unwrap();
+    let mut w = stalled_watch(&s, 600).await;
+    let held = s.compacted_revision();
+    assert!(held < 500, "compaction must wait for the watch, got {held}");
+    // Without the hold the log would keep 5 revisions and this would end in Compacted.
+    for rev in 1..=600 {
+        assert_eq!(next_event(&mut w).await.revision(), rev);
+    }
+    assert!(
+        s.watch_lag_recoveries() > 0,
+        "the watch must have re-read the log"
+    );
+    // Caught up: the log shrinks to the limit again.
+    s.put("k/next", "v").await.unwrap();
+    assert_eq!(s.compacted_revision(), 596);
+    assert_eq!(next_event(&mut w).await.revision(), 601);
+    // An ended watch holds nothing back.
+    drop(w);
+    for _ in 0..100 {
+        s.put("k/more", "v").await.unwrap();
+    }
+    assert_eq!(s.compacted_revision(), 696);
+    let mut w = s.watch("k/", 696).await.unwrap();
+    assert_eq!(next_event(&mut w).await.revision(), 697);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopelessly_behind_watch_gets_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RedbStore::open_with(
+        dir.path(),
+        StoreOptions {
+            broadcast_capacity: 1,
+            watch_retain_max: 50,
+            ..opts(5)
+        },
+    )
+    .unwrap();
+    let mut w = stalled_watch(&s, 600).await;
+    assert_eq!(s.compacted_revision(), 550);
+    // What it had buffered arrives in order, then the gap is reported.
+    let mut expect = 1;
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("watch timed out")
+            .expect("watch ended without an error");
+        match r {
+            Ok(e) => {
+                assert_eq!(e.revision(), expect);
+                expect += 1;
+            }
+            Err(StoreError::Compacted { requested, oldest }) => {
+                assert_eq!((requested, oldest), (expect, 551));
+                break;
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(expect < 550);
+    assert_eq!(w.next().await, None);
+}
+
+/// Sizes of the store file after each round of `rounds` overwriting `keys` keys with
+/// 500-byte values (one put per txn, many writers so commits group).
+async fn churn_sizes(options: StoreOptions, keys: u64, rounds: usize) -> Vec<u64> {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(RedbStore::open_with(dir.path(), options).unwrap());
+    let mut sizes = Vec::new();
+    for round in 0..rounds {
+        let writers: Vec<_> = (0..32)
+            .map(|w| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    for k in (w..keys).step_by(32) {
+                        let value = vec![b'a' + ((k as usize + round) % 26) as u8; 500];
+                        s.put(format!("churn/{k:06}"), value).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in writers {
+            h.await.unwrap();
+        }
+        sizes.push(s.stats().unwrap().size_bytes);
+    }
+    assert_eq!(s.revision(), keys * rounds as u64);
+    sizes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_size_levels_off_under_churn() {
+    const KEYS: u64 = 2_000;
+    const ROUNDS: usize = 8;
+    let bounded = churn_sizes(opts(KEYS), KEYS, ROUNDS).await;
+    // The same churn with the retention the store had before (100,000 revisions, no age
+    // limit): the log, hence the file, keeps growing for 50 rounds.
+    let unbounded = churn_sizes(opts(100_000), KEYS, ROUNDS).await;
+    eprintln!("file sizes per round: bounded {bounded:?}, old retention {unbounded:?}");
+    let half = ROUNDS / 2 - 1;
+    let last = ROUNDS - 1;
+    assert!(
+        bounded[last] as f64 <= bounded[half] as f64 * 1.25,
+        "file keeps growing under churn: {bounded:?}"
+    );
+    assert!(
+        unbounded[last] as f64 >= unbounded[half] as f64 * 1.5,
+        "the old retention should have grown the file (is the test churning enough?): {unbounded:?}"
+    );
+    assert!(bounded[last] * 2 < unbounded[last]);
+}

@@ -114,15 +114,11 @@ pub(crate) fn start(
     // Subscribe before reading history: anything committed after the history snapshot
     // is then guaranteed to arrive on the broadcast (duplicates are skipped by revision).
     let live = shared.events.subscribe();
-    let compacted = shared.compacted();
-    if after < compacted {
-        return Err(StoreError::Compacted {
-            requested: after + 1,
-            oldest: compacted + 1,
-        });
-    }
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|_| StoreError::Backend("watch needs a tokio runtime".to_owned()))?;
+    // Registered before reading history: from here on compaction waits for this watch
+    // (unless it falls hopelessly behind, see `StoreOptions::watch_retain_max`).
+    let cursor = shared.watchers().register(after, shared.compacted())?;
     let (tx, rx) = mpsc::channel(STREAM_DEPTH);
     // Weak: an open watch must not keep the database file open after the store drops.
     let task = runtime.spawn(run(
@@ -130,7 +126,10 @@ pub(crate) fn start(
         shared.lag_recoveries.clone(),
         live,
         prefix,
-        after,
+        Position {
+            delivered: after,
+            cursor,
+        },
         tx,
     ));
     Ok(WatchStream::new(rx).abort_on_drop(task.abort_handle()))
@@ -138,19 +137,29 @@ pub(crate) fn start(
 
 type Sink = mpsc::Sender<Result<Vec<WatchEvent>, StoreError>>;
 
+/// The last revision a watch delivered, mirrored into its cursor, which the writer reads
+/// to hold back compaction. Dropping it (the watch task ends) unregisters the watch.
+struct Position {
+    delivered: Revision,
+    cursor: Arc<AtomicU64>,
+}
+
+impl Position {
+    fn set(&mut self, delivered: Revision) {
+        self.delivered = delivered;
+        self.cursor.store(delivered, Ordering::Release);
+    }
+}
+
 async fn run(
     shared: Weak<Shared>,
     lag_recoveries: Arc<AtomicU64>,
     mut live: broadcast::Receiver<Arc<Committed>>,
     prefix: String,
-    after: Revision,
+    mut pos: Position,
     tx: Sink,
 ) {
-    let mut delivered = after;
-    if catch_up(&shared, &prefix, &mut delivered, &tx)
-        .await
-        .is_err()
-    {
+    if catch_up(&shared, &prefix, &mut pos, &tx).await.is_err() {
         return;
     }
     loop {
@@ -159,26 +168,26 @@ async fn run(
             msg = live.recv() => msg,
         };
         let result = match msg {
-            Ok(batch) if batch.last <= delivered => Ok(()),
+            Ok(batch) if batch.last <= pos.delivered => Ok(()),
             // A hole between what we delivered and this batch cannot happen without a
             // Lagged first, but the log is the source of truth if it ever does.
-            Ok(batch) if batch.first > delivered.saturating_add(1) => {
-                catch_up(&shared, &prefix, &mut delivered, &tx).await
+            Ok(batch) if batch.first > pos.delivered.saturating_add(1) => {
+                catch_up(&shared, &prefix, &mut pos, &tx).await
             }
             Ok(batch) => {
                 let events: Vec<WatchEvent> = batch
                     .events
                     .iter()
-                    .filter(|e| e.kv.mod_revision > delivered && e.kv.key.starts_with(&prefix))
+                    .filter(|e| e.kv.mod_revision > pos.delivered && e.kv.key.starts_with(&prefix))
                     .cloned()
                     .collect();
-                delivered = batch.last;
+                pos.set(batch.last);
                 send(&tx, events).await
             }
             // Too slow to keep up with the broadcast: re-read the gap from the log.
             Err(RecvError::Lagged(_)) => {
                 lag_recoveries.fetch_add(1, Ordering::Relaxed);
-                catch_up(&shared, &prefix, &mut delivered, &tx).await
+                catch_up(&shared, &prefix, &mut pos, &tx).await
             }
             Err(RecvError::Closed) => {
                 let _ = tx.send(Err(StoreError::Closed)).await;
@@ -191,18 +200,18 @@ async fn run(
     }
 }
 
-/// Delivers everything in the change log after `delivered`, up to the current revision.
+/// Delivers everything in the change log after `pos`, up to the current revision.
 /// `Err` means the stream is finished (consumer gone, or an error was sent to it).
 async fn catch_up(
     shared: &Weak<Shared>,
     prefix: &str,
-    delivered: &mut Revision,
+    pos: &mut Position,
     tx: &Sink,
 ) -> Result<(), ()> {
     loop {
         let weak = shared.clone();
         let p = prefix.to_owned();
-        let after = *delivered;
+        let after = pos.delivered;
         let chunk = redb_store::blocking(move || {
             let shared = weak.upgrade().ok_or(StoreError::Closed)?;
             redb_store::read_log(&shared.db, &p, after, LOG_CHUNK)
@@ -210,7 +219,7 @@ async fn catch_up(
         .await;
         match chunk {
             Ok(chunk) => {
-                *delivered = chunk.through;
+                pos.set(chunk.through);
                 send(tx, chunk.events).await?;
                 if chunk.caught_up {
                     return Ok(());
