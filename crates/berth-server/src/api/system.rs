@@ -102,6 +102,7 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
         )
     };
     let uptime = (berth_core::time::now_millis() - s.started_at) as f64 / 1000.0;
+    let store = s.store.stats();
     if wants_prometheus(&headers) {
         let mut out = String::new();
         let _ = writeln!(
@@ -140,6 +141,15 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
             out,
             "# TYPE berth_uptime_seconds gauge\nberth_uptime_seconds {uptime}"
         );
+        if let Some(st) = store {
+            let _ = writeln!(
+                out,
+                "# HELP berth_store_size_bytes Size of the store on disk.\n# TYPE berth_store_size_bytes gauge\nberth_store_size_bytes {}\n\
+                 # HELP berth_store_revision Latest committed store revision.\n# TYPE berth_store_revision gauge\nberth_store_revision {}\n\
+                 # HELP berth_store_compacted_revision Highest revision compacted out of the store's change log.\n# TYPE berth_store_compacted_revision gauge\nberth_store_compacted_revision {}",
+                st.size_bytes, st.revision, st.compacted_revision
+            );
+        }
         return (
             [(
                 header::CONTENT_TYPE,
@@ -157,6 +167,17 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
         json!({"value": unplaced}),
     );
     gauges.insert("berth.uptime.seconds".into(), json!({"value": uptime}));
+    if let Some(st) = store {
+        gauges.insert(
+            "berth.store.size_bytes".into(),
+            json!({"value": st.size_bytes}),
+        );
+        gauges.insert("berth.store.revision".into(), json!({"value": st.revision}));
+        gauges.insert(
+            "berth.store.compacted_revision".into(),
+            json!({"value": st.compacted_revision}),
+        );
+    }
     for (state, n) in &by_state {
         gauges.insert(format!("berth.tasks.{state}"), json!({"value": n}));
     }
