@@ -590,6 +590,24 @@ impl AppDefinition {
             .collect()
     }
 
+    /// The app's service ports: its port mappings' when it has a container with port
+    /// mappings, its port definitions' otherwise (0: not assigned yet).
+    pub fn service_ports(&self) -> Vec<i64> {
+        if let Some(m) = self
+            .container
+            .as_ref()
+            .and_then(|c| c.port_mappings.as_ref())
+        {
+            return m.iter().map(|m| m.service_port).collect();
+        }
+        self.port_definitions
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .map(|d| d.port)
+            .collect()
+    }
+
     /// The version of the configuration (ignoring scaling): tasks launched from an older
     /// config version are replaced by a deployment.
     pub fn config_version(&self) -> &str {

@@ -24,6 +24,9 @@ use std::sync::OnceLock;
 
 /// Most instances an app may ask for.
 pub const MAX_INSTANCES: i64 = 1_000_000;
+/// Most apps one request may create or change (`PUT /v2/apps`, a group): each is one
+/// deployment, whose plan every deployment event carries.
+pub const MAX_APPS_PER_REQUEST: usize = 10_000;
 /// Most entries in health checks, port definitions, port mappings, volumes, constraints, fetch.
 pub const MAX_LIST_ITEMS: usize = 100;
 /// Most networks an app may join.

@@ -762,7 +762,8 @@ fn blocked_reason(st: &Cluster, app_id: &str, target: Option<&AppDefinition>) ->
     }
 }
 
-/// Moves forward the deployments that touch an app `looked_at` selects.
+/// Moves forward the deployments that touch an app `looked_at` selects. Linear in the
+/// deployment's apps: a plan is never cloned, and its `plan` JSON is rendered once.
 fn progress_deployments(st: &mut Cluster, ch: &mut Changes, looked_at: impl Fn(&str) -> bool) {
     let ids: Vec<String> = st
         .deployments
@@ -771,54 +772,66 @@ fn progress_deployments(st: &mut Cluster, ch: &mut Changes, looked_at: impl Fn(&
         .map(|d| d.id.clone())
         .collect();
     for id in ids {
-        let Some(d) = st.deployments.get(&id).cloned() else {
+        let Some(d) = st.deployments.get(&id) else {
             continue;
         };
-        let mut d2 = d.clone();
         // StartApplication steps complete as soon as the app exists.
-        while d2.current_step < d2.steps.len()
-            && d2.steps[d2.current_step - 1]
+        let mut step = d.current_step;
+        while step < d.steps.len()
+            && d.steps[step - 1]
                 .actions
                 .iter()
                 .all(|a| a.action == berth_core::deployment::ActionKind::StartApplication)
         {
-            ch.event(Event::new("deployment_step_success", json!({"plan": d2.plan_json(), "currentStep": {"actions": d2.steps[d2.current_step - 1].actions}})));
-            d2.current_step += 1;
+            ch.event(step_success(d, step));
+            step += 1;
         }
-        let done = d2
+        let done = d
             .target
             .iter()
-            .all(|(app_id, target)| converged(st, app_id, target.as_ref(), &d2.version));
+            .all(|(app_id, target)| converged(st, app_id, target.as_ref(), &d.version));
         if done {
-            if let Some(step) = d2.steps.get(d2.current_step.saturating_sub(1)) {
-                ch.event(Event::new(
-                    "deployment_step_success",
-                    json!({"plan": d2.plan_json(), "currentStep": {"actions": step.actions}}),
-                ));
+            if step >= 1 && step <= d.steps.len() {
+                ch.event(step_success(d, step));
             }
-            ch.event(Event::new(
+            ch.event(Event::with_plan(
                 "deployment_success",
-                json!({"id": d2.id, "plan": d2.plan_json()}),
+                json!({"id": d.id}),
+                &d.plan_json(),
             ));
             st.deployments.remove(&id);
             ch.delete(format!("{K_DEPLOYMENTS}{id}"));
             continue;
         }
-        let reasons: Vec<String> = d2
+        let reasons: Vec<String> = d
             .target
             .iter()
             .filter_map(|(app_id, target)| blocked_reason(st, app_id, target.as_ref()))
             .collect();
-        d2.blocked = if reasons.is_empty() {
-            None
-        } else {
-            Some(reasons.join("; "))
-        };
-        if d2 != d {
-            ch.put(format!("{K_DEPLOYMENTS}{id}"), &d2);
-            st.deployments.insert(id, d2);
+        let blocked = (!reasons.is_empty()).then(|| reasons.join("; "));
+        let moved = step != d.current_step;
+        if let Some(d) = st.deployments.get_mut(&id) {
+            d.blocked = blocked;
+            if moved {
+                d.current_step = step;
+                ch.put(format!("{K_DEPLOYMENTS}{id}"), &*d);
+            }
         }
     }
+}
+
+/// `deployment_step_success` for the 1-based `step` of `d`.
+fn step_success(d: &berth_core::deployment::Deployment, step: usize) -> Event {
+    let actions = d
+        .steps
+        .get(step.saturating_sub(1))
+        .map(|s| s.actions.as_slice())
+        .unwrap_or_default();
+    Event::with_plan(
+        "deployment_step_success",
+        json!({"currentStep": {"actions": actions}}),
+        &d.plan_json(),
+    )
 }
 
 #[cfg(test)]

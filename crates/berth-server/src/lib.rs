@@ -5,6 +5,7 @@
 pub mod api;
 pub mod controller;
 pub mod error;
+pub mod event_hub;
 pub mod ops;
 pub mod render;
 pub mod state;
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use error::{ApiError, ApiResult};
 
@@ -34,6 +35,8 @@ pub struct ServerConfig {
     pub seed: u64,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Event stream subscribers and their queues.
+    pub events: event_hub::EventLimits,
 }
 
 impl ServerConfig {
@@ -45,6 +48,7 @@ impl ServerConfig {
             reconcile_interval: Duration::from_millis(500),
             seed: 0x5eed,
             max_body_bytes: 2 * 1024 * 1024,
+            events: event_hub::EventLimits::default(),
         }
     }
 }
@@ -54,7 +58,7 @@ pub struct Inner {
     pub state: RwLock<Cluster>,
     pub store: Arc<dyn Store>,
     persist: mpsc::UnboundedSender<PersistRequest>,
-    pub events: broadcast::Sender<Arc<Event>>,
+    pub events: event_hub::EventHub,
     /// Wakes the controller after a change.
     pub wake: Notify,
     pub config: ServerConfig,
@@ -172,7 +176,7 @@ impl Inner {
             self.state.write().committed(&ch);
         }
         for e in std::mem::take(&mut ch.events) {
-            let _ = self.events.send(Arc::new(e));
+            self.events.publish(e);
         }
         if changed {
             self.wake.notify_one();
@@ -199,7 +203,7 @@ impl Inner {
     }
 
     pub fn emit(&self, e: Event) {
-        let _ = self.events.send(Arc::new(e));
+        self.events.publish(e);
     }
 }
 
@@ -270,7 +274,7 @@ impl Server {
             .map_err(|e| StartError::Store(e.to_string()))?;
         let (ptx, prx) = mpsc::unbounded_channel();
         tokio::spawn(state::run_persister(store.clone(), prx));
-        let (events, _) = broadcast::channel(16384);
+        let events = event_hub::EventHub::new(config.events);
         let shared = Arc::new(Inner {
             state: RwLock::new(cluster),
             store,

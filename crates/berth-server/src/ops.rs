@@ -7,7 +7,9 @@ use crate::state::{
     Changes, Cluster, K_APPS, K_DELAYS, K_DEPLOYMENTS, K_FAILURES, K_GROUPS, version_key,
 };
 use berth_core::app::{AppDefinition, VersionInfo};
-use berth_core::deployment::{ActionKind, Deployment, DeploymentAction, DeploymentStep};
+use berth_core::deployment::{
+    ActionKind, Deployment, DeploymentAction, DeploymentStep, steps_by_dependencies,
+};
 use berth_core::event::Event;
 use berth_core::path;
 use berth_core::task::{Task, TaskGoal};
@@ -76,9 +78,10 @@ fn check_lock(
     for id in locking {
         if let Some(d) = st.deployments.remove(&id) {
             ch.delete(format!("{K_DEPLOYMENTS}{id}"));
-            ch.event(Event::new(
+            ch.event(Event::with_plan(
                 "deployment_failed",
-                json!({"id": d.id, "plan": d.plan_json()}),
+                json!({"id": d.id}),
+                &d.plan_json(),
             ));
         }
     }
@@ -86,38 +89,28 @@ fn check_lock(
 }
 
 /// Gives every `port: 0` port definition / `servicePort: 0` mapping a free service port,
-/// keeping the ports the app already had.
-fn assign_service_ports(st: &Cluster, app: &mut AppDefinition) {
-    let mut used: BTreeSet<i64> = BTreeSet::new();
-    for (id, other) in &st.apps {
-        if *id == app.id {
-            continue;
-        }
-        for p in service_ports_of(other) {
-            used.insert(p);
-        }
-    }
+/// keeping the ports the app already had. Uses the cluster's port index: a bulk request of
+/// thousands of apps once spent seconds here scanning every other app for each one.
+fn assign_service_ports(st: &mut Cluster, app: &mut AppDefinition) {
     let previous: Vec<i64> = st
         .apps
         .get(&app.id)
-        .map(|a| service_ports_of(a))
+        .map(|a| a.service_ports())
         .unwrap_or_default();
-    let pick = |idx: usize, used: &mut BTreeSet<i64>| -> i64 {
-        if let Some(p) = previous
-            .get(idx)
-            .copied()
-            .filter(|p| *p != 0 && !used.contains(p))
-        {
-            used.insert(p);
-            return p;
-        }
-        let mut p = SERVICE_PORT_MIN;
-        while used.contains(&p) && p < SERVICE_PORT_MAX {
-            p += 1;
-        }
-        used.insert(p);
-        p
-    };
+    let app_id = app.id.clone();
+    let mut mine: BTreeSet<i64> = BTreeSet::new();
+    let pick =
+        |idx: usize, mine: &mut BTreeSet<i64>, st: &mut Cluster| -> i64 {
+            if let Some(p) = previous.get(idx).copied().filter(|p| {
+                *p != 0 && !mine.contains(p) && !st.service_port_held_by_other(*p, &app_id)
+            }) {
+                mine.insert(p);
+                return p;
+            }
+            let p = st.free_service_port(SERVICE_PORT_MIN, SERVICE_PORT_MAX, &app_id, mine);
+            mine.insert(p);
+            p
+        };
     if let Some(mappings) = app
         .container
         .as_mut()
@@ -125,9 +118,9 @@ fn assign_service_ports(st: &Cluster, app: &mut AppDefinition) {
     {
         for (i, m) in mappings.iter_mut().enumerate() {
             if m.service_port == 0 {
-                m.service_port = pick(i, &mut used);
+                m.service_port = pick(i, &mut mine, st);
             } else {
-                used.insert(m.service_port);
+                mine.insert(m.service_port);
             }
         }
         return;
@@ -135,28 +128,12 @@ fn assign_service_ports(st: &Cluster, app: &mut AppDefinition) {
     if let Some(defs) = app.port_definitions.as_mut() {
         for (i, d) in defs.iter_mut().enumerate() {
             if d.port == 0 {
-                d.port = pick(i, &mut used);
+                d.port = pick(i, &mut mine, st);
             } else {
-                used.insert(d.port);
+                mine.insert(d.port);
             }
         }
     }
-}
-
-pub fn service_ports_of(app: &AppDefinition) -> Vec<i64> {
-    if let Some(m) = app
-        .container
-        .as_ref()
-        .and_then(|c| c.port_mappings.as_ref())
-    {
-        return m.iter().map(|m| m.service_port).collect();
-    }
-    app.port_definitions
-        .as_deref()
-        .unwrap_or(&[])
-        .iter()
-        .map(|d| d.port)
-        .collect()
 }
 
 /// Stores the app as current, records the version, emits the change events.
@@ -171,7 +148,7 @@ fn save_app(st: &mut Cluster, ch: &mut Changes, app: Arc<AppDefinition>, ctx: &R
         "api_post_event",
         json!({"clientIp": ctx.client_ip, "uri": ctx.uri, "appDefinition": app.as_ref()}),
     ));
-    st.apps.insert(app.id.clone(), app);
+    st.put_app(app);
 }
 
 /// Creates and records a deployment; returns its reference.
@@ -191,9 +168,10 @@ fn start_deployment(
         .first()
         .map(|s| json!({"actions": s.actions}))
         .unwrap_or(json!({"actions": []}));
-    ch.event(Event::new(
+    ch.event(Event::with_plan(
         "deployment_info",
-        json!({"plan": d.plan_json(), "currentStep": current}),
+        json!({"currentStep": current}),
+        &d.plan_json(),
     ));
     ch.event(Event::new(
         "group_change_success",
@@ -226,7 +204,7 @@ fn step(action: ActionKind, app: &str) -> DeploymentStep {
 }
 
 /// Prepares a validated new app (version stamps, service ports).
-fn stamp_new(st: &Cluster, mut app: AppDefinition, version: &str) -> AppDefinition {
+fn stamp_new(st: &mut Cluster, mut app: AppDefinition, version: &str) -> AppDefinition {
     app.version = Some(version.to_string());
     app.version_info = Some(VersionInfo {
         last_scaling_at: version.to_string(),
@@ -492,6 +470,16 @@ pub fn put_apps(
     force: bool,
     ctx: &RequestCtx,
 ) -> ApiResult<DeploymentRef> {
+    if bodies.len() > validate::MAX_APPS_PER_REQUEST {
+        return Err(ApiError::invalid(
+            "/",
+            format!(
+                "{} apps in one request; at most {} are accepted",
+                bodies.len(),
+                validate::MAX_APPS_PER_REQUEST
+            ),
+        ));
+    }
     let mut news = Vec::new();
     let mut errs = berth_core::error::ValidationErrors::new();
     for (i, body) in bodies.into_iter().enumerate() {
@@ -521,11 +509,23 @@ pub fn put_apps(
             "the same app id appears more than once",
         ));
     }
+    let changes = news
+        .iter()
+        .map(|app| {
+            let action = match st.apps.get(&app.id) {
+                None => ActionKind::StartApplication,
+                Some(o) if same_config(o, app) => ActionKind::ScaleApplication,
+                Some(_) => ActionKind::RestartApplication,
+            };
+            (action, app.id.clone(), app.dependencies.clone())
+        })
+        .collect();
+    // One step for independent apps, so a plan is linear in the number of apps.
+    let steps = steps_by_dependencies(changes).map_err(|e| ApiError::invalid("/", e))?;
     check_lock(st, ch, &ids, force)?;
     let (now, version) = next_version();
     let mut original = BTreeMap::new();
     let mut target = BTreeMap::new();
-    let mut steps = Vec::new();
     for mut app in news {
         let old = st.apps.get(&app.id).cloned();
         let info = match &old {
@@ -542,15 +542,9 @@ pub fn put_apps(
                 last_config_change_at: version.clone(),
             },
         };
-        let action = match &old {
-            None => ActionKind::StartApplication,
-            Some(o) if same_config(o, &app) => ActionKind::ScaleApplication,
-            Some(_) => ActionKind::RestartApplication,
-        };
         app.version = Some(version.clone());
         app.version_info = Some(info);
         assign_service_ports(st, &mut app);
-        steps.push(step(action, &app.id));
         original.insert(app.id.clone(), old.map(|o| o.as_ref().clone()));
         target.insert(app.id.clone(), Some(app.clone()));
         save_app(st, ch, Arc::new(app), ctx);
@@ -575,7 +569,7 @@ fn kill_all_tasks(st: &mut Cluster, ch: &mut Changes, app_id: &str) {
 
 /// Removes an app's record and everything keyed by it (its tasks are killed separately).
 fn forget_app(st: &mut Cluster, ch: &mut Changes, app_id: &str) {
-    st.apps.remove(app_id);
+    st.remove_app(app_id);
     ch.delete(format!("{K_APPS}{app_id}"));
     if let Some(versions) = st.versions.remove(app_id) {
         for v in versions.keys() {
@@ -699,7 +693,7 @@ pub fn kill_tasks(
         let (now, version) = next_version();
         let mut original = BTreeMap::new();
         let mut target = BTreeMap::new();
-        let mut steps = Vec::new();
+        let mut actions = Vec::new();
         for (app_id, n) in per_app {
             let Some(old) = st.apps.get(&app_id).cloned() else {
                 continue;
@@ -711,13 +705,22 @@ pub fn kill_tasks(
                 last_scaling_at: version.clone(),
                 last_config_change_at: old.config_version().to_string(),
             });
-            steps.push(step(ActionKind::ScaleApplication, &app_id));
+            actions.push(DeploymentAction {
+                action: ActionKind::ScaleApplication,
+                app: app_id.clone(),
+            });
             original.insert(app_id.clone(), Some(old.as_ref().clone()));
             target.insert(app_id.clone(), Some(new.clone()));
             save_app(st, ch, Arc::new(new), ctx);
         }
         deployment = Some(start_deployment(
-            st, ch, &version, now, steps, original, target,
+            st,
+            ch,
+            &version,
+            now,
+            one_step(actions),
+            original,
+            target,
         ));
     }
     Ok(KillResult {
@@ -825,6 +828,17 @@ pub fn create_group(
     let mut errs = berth_core::error::ValidationErrors::new();
     collect_group_apps(&id, &body, "", &mut apps, &mut groups, &mut errs);
     errs.into_result()?;
+    if apps.len() + groups.len() > validate::MAX_APPS_PER_REQUEST {
+        return Err(ApiError::invalid(
+            "/",
+            format!(
+                "{} apps and {} groups in one request; at most {} in all are accepted",
+                apps.len(),
+                groups.len(),
+                validate::MAX_APPS_PER_REQUEST
+            ),
+        ));
+    }
     for a in &apps {
         if st.apps.contains_key(&a.id) {
             return Err(ApiError::Conflict {
@@ -833,6 +847,18 @@ pub fn create_group(
             });
         }
     }
+    let steps = steps_by_dependencies(
+        apps.iter()
+            .map(|a| {
+                (
+                    ActionKind::StartApplication,
+                    a.id.clone(),
+                    a.dependencies.clone(),
+                )
+            })
+            .collect(),
+    )
+    .map_err(|e| ApiError::invalid("/", e))?;
     let (now, version) = next_version();
     for g in &groups {
         st.groups.insert(g.clone());
@@ -843,18 +869,12 @@ pub fn create_group(
     }
     let mut original = BTreeMap::new();
     let mut target = BTreeMap::new();
-    let mut actions = Vec::new();
     for app in apps {
         let app = stamp_new(st, app, &version);
-        actions.push(DeploymentAction {
-            action: ActionKind::StartApplication,
-            app: app.id.clone(),
-        });
         original.insert(app.id.clone(), None);
         target.insert(app.id.clone(), Some(app.clone()));
         save_app(st, ch, Arc::new(app), ctx);
     }
-    let steps = one_step(actions);
     Ok(start_deployment(
         st, ch, &version, now, steps, original, target,
     ))
@@ -980,9 +1000,10 @@ pub fn cancel_deployment(
     };
     st.deployments.remove(id);
     ch.delete(format!("{K_DEPLOYMENTS}{id}"));
-    ch.event(Event::new(
+    ch.event(Event::with_plan(
         "deployment_failed",
-        json!({"id": d.id, "plan": d.plan_json()}),
+        json!({"id": d.id}),
+        &d.plan_json(),
     ));
     if force {
         return Ok(None);
@@ -1096,4 +1117,64 @@ pub fn node_action(
     ch.put(format!("{}{id}", crate::state::K_NODES), &*n);
     st.sync_sched_node(id);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(n: usize, prefix: &str) -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"id": format!("/{prefix}/a{i}"), "cmd": "sleep 1", "instances": 0, "portDefinitions": [{"port": 0}, {"port": 0}]}))
+            .collect()
+    }
+
+    #[test]
+    fn a_bulk_put_is_one_step_with_distinct_service_ports() {
+        let mut st = Cluster::new(1);
+        let mut ch = Changes::default();
+        let ctx = RequestCtx::default();
+        put_apps(&mut st, &mut ch, bulk(3000, "x"), false, false, &ctx).unwrap();
+        let d = st.deployments.values().next().unwrap();
+        assert_eq!(d.steps.len(), 1);
+        assert_eq!(d.steps[0].actions.len(), 3000);
+        let mut ports: Vec<i64> = st.apps.values().flat_map(|a| a.service_ports()).collect();
+        ports.sort();
+        let expected: Vec<i64> = (SERVICE_PORT_MIN..SERVICE_PORT_MIN + 6000).collect();
+        assert_eq!(ports, expected);
+        // A freed port is handed out again; an updated app keeps its own.
+        delete_app(&mut st, &mut ch, "/x/a7", true).unwrap();
+        put_apps(&mut st, &mut ch, bulk(1, "y"), false, true, &ctx).unwrap();
+        assert_eq!(st.apps["/y/a0"].service_ports(), vec![10014, 10015]);
+        let again = vec![json!({"id": "/x/a8", "cmd": "sleep 2"})];
+        put_apps(&mut st, &mut ch, again, true, true, &ctx).unwrap();
+        assert_eq!(st.apps["/x/a8"].service_ports(), vec![10016, 10017]);
+        // The next new app goes past all of them.
+        put_apps(&mut st, &mut ch, bulk(1, "z"), false, true, &ctx).unwrap();
+        assert_eq!(st.apps["/z/a0"].service_ports(), vec![16000, 16001]);
+    }
+
+    #[test]
+    fn too_many_apps_or_a_dependency_cycle_change_nothing() {
+        let mut st = Cluster::new(1);
+        let mut ch = Changes::default();
+        let ctx = RequestCtx::default();
+        let err = put_apps(
+            &mut st,
+            &mut ch,
+            bulk(validate::MAX_APPS_PER_REQUEST + 1, "x"),
+            false,
+            false,
+            &ctx,
+        )
+        .unwrap_err();
+        assert_eq!(err.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        let cycle = vec![
+            json!({"id": "/a", "cmd": "sleep 1", "dependencies": ["/b"]}),
+            json!({"id": "/b", "cmd": "sleep 1", "dependencies": ["/a"]}),
+        ];
+        let err = put_apps(&mut st, &mut ch, cycle, false, false, &ctx).unwrap_err();
+        assert!(err.body().to_string().contains("cycle"), "{}", err.body());
+        assert!(st.apps.is_empty() && st.deployments.is_empty() && ch.ops.is_empty());
+    }
 }

@@ -1,7 +1,6 @@
 //! Marathon-shaped JSON for apps, tasks, the queue and groups. Only keys marathon-python
 //! 0.13 accepts are emitted (it raises on unknown keys).
 
-use crate::ops::service_ports_of;
 use crate::state::Cluster;
 use berth_core::app::AppDefinition;
 use berth_core::path;
@@ -63,7 +62,7 @@ pub fn push_endpoints_text(out: &mut String, app: &AppDefinition, tasks: &[&Task
         .copied()
         .filter(|t| visible_state(t) == TaskState::Running)
         .collect();
-    let service_ports = service_ports_of(app);
+    let service_ports = app.service_ports();
     if service_ports.is_empty() {
         let _ = write!(out, "{name}\t \t");
         for t in &running {
@@ -137,7 +136,7 @@ impl<'a> TaskView<'a> {
             id: &t.id,
             host: &t.host,
             ports: &t.ports,
-            service_ports: app.map(service_ports_of).unwrap_or_default(),
+            service_ports: app.map(|a| a.service_ports()).unwrap_or_default(),
             slave_id: &t.node_id,
             staged_at: format_millis(t.staged_at),
             started_at: t.started_at.map(format_millis),

@@ -229,6 +229,10 @@ pub struct Cluster {
     pub scheduler: Scheduler,
     /// Count of launches, kills, failures since start (for /metrics).
     pub counters: BTreeMap<&'static str, u64>,
+    /// Service port -> the apps holding it (two apps may name the same port explicitly).
+    pub service_ports: HashMap<i64, Vec<String>>,
+    /// Every service port below this one is held: where the search for a free one starts.
+    pub service_port_floor: i64,
 }
 
 impl Cluster {
@@ -257,7 +261,75 @@ impl Cluster {
             ghosts_reported: HashSet::new(),
             scheduler: Scheduler::new(seed),
             counters: BTreeMap::new(),
+            service_ports: HashMap::new(),
+            service_port_floor: 0,
         }
+    }
+
+    /// Makes `app` the current definition of its id, keeping the service port index true.
+    pub fn put_app(&mut self, app: Arc<AppDefinition>) {
+        if let Some(old) = self.apps.insert(app.id.clone(), app.clone()) {
+            self.release_service_ports(&old);
+        }
+        for p in app.service_ports() {
+            if p != 0 {
+                self.service_ports
+                    .entry(p)
+                    .or_default()
+                    .push(app.id.clone());
+            }
+        }
+    }
+
+    /// Forgets the app's current definition and frees its service ports.
+    pub fn remove_app(&mut self, id: &str) -> Option<Arc<AppDefinition>> {
+        let old = self.apps.remove(id)?;
+        self.release_service_ports(&old);
+        Some(old)
+    }
+
+    fn release_service_ports(&mut self, app: &AppDefinition) {
+        for p in app.service_ports() {
+            if let Some(holders) = self.service_ports.get_mut(&p) {
+                holders.retain(|h| *h != app.id);
+                if holders.is_empty() {
+                    self.service_ports.remove(&p);
+                    self.service_port_floor = self.service_port_floor.min(p);
+                }
+            }
+        }
+    }
+
+    /// Is service port `p` held by an app other than `app_id`?
+    pub fn service_port_held_by_other(&self, p: i64, app_id: &str) -> bool {
+        self.service_ports
+            .get(&p)
+            .is_some_and(|h| h.iter().any(|a| a != app_id))
+    }
+
+    /// The lowest port in `[min, max)` held by no app but `app_id` and not in `taken`;
+    /// `max` when the range is full. Amortised constant time: ports below the floor are
+    /// known to be held.
+    pub fn free_service_port(
+        &mut self,
+        min: i64,
+        max: i64,
+        app_id: &str,
+        taken: &BTreeSet<i64>,
+    ) -> i64 {
+        let mut p = self.service_port_floor.max(min);
+        let mut all_held_so_far = true;
+        while p < max && (self.service_port_held_by_other(p, app_id) || taken.contains(&p)) {
+            if all_held_so_far && !self.service_ports.contains_key(&p) {
+                // Free for this app only (its own, or taken in this call): not held.
+                all_held_so_far = false;
+            }
+            if all_held_so_far {
+                self.service_port_floor = p + 1;
+            }
+            p += 1;
+        }
+        p
     }
 
     pub fn count(&mut self, name: &'static str, n: u64) {
@@ -281,9 +353,9 @@ impl Cluster {
                 }
             };
             let Some(v) = decode("record") else { continue };
-            if let Some(id) = key.strip_prefix(K_APPS) {
+            if key.starts_with(K_APPS) {
                 if let Ok(app) = decode_as(key, v) {
-                    c.apps.insert(id.to_string(), Arc::new(app));
+                    c.put_app(Arc::new(app));
                 }
             } else if let Some(rest) = key.strip_prefix(K_VERSIONS) {
                 if let (Some((id, ver)), Ok(app)) = (rest.rsplit_once('|'), decode_as(key, v)) {

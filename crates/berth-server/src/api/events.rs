@@ -13,14 +13,12 @@ use futures::StreamExt;
 use serde_json::json;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio_stream::wrappers::BroadcastStream;
 
 fn frame(e: &Event) -> SseEvent {
     SseEvent::default()
         .event(e.event_type.clone())
-        .data(e.data.to_string())
+        .data(&*e.json)
 }
 
 pub async fn stream(
@@ -35,7 +33,10 @@ pub async fn stream(
             return Err(ApiError::BadRequest(format!("unknown event_type '{f}'")));
         }
     }
-    let rx = s.events.subscribe();
+    let sub = s
+        .events
+        .subscribe()
+        .map_err(|e| ApiError::TooManyRequests(e.to_string()))?;
     let attached = Event::new(
         "event_stream_attached",
         json!({"remoteAddress": addr.0.ip().to_string()}),
@@ -45,19 +46,15 @@ pub async fn stream(
     } else {
         None
     };
-    let live = BroadcastStream::new(rx).filter_map(move |item| {
-        let out = match item {
-            Ok(e) => {
-                let e: Arc<Event> = e;
-                if filter.is_empty() || filter.iter().any(|f| *f == e.event_type) {
-                    Some(Ok(frame(&e)))
-                } else {
-                    None
-                }
-            }
-            // A client too slow to keep up misses events rather than stalling the server.
-            Err(_) => None,
-        };
+    // Ends when the hub drops a subscriber too far behind: the client reconnects, as
+    // Marathon clients do after any disconnect, instead of the server buffering for it.
+    let live = futures::stream::unfold(sub, |mut sub| async move {
+        let e = sub.recv().await?;
+        Some((e, sub))
+    })
+    .filter_map(move |e| {
+        let out =
+            (filter.is_empty() || filter.iter().any(|f| *f == e.event_type)).then(|| Ok(frame(&e)));
         futures::future::ready(out)
     });
     let stream = futures::stream::iter(first).chain(live);
