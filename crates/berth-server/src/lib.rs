@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Event stream subscribers and their queues.
     pub events: event_hub::EventLimits,
+    /// Agent long-polls held open at once; one more is refused with 429.
+    pub max_long_polls: usize,
 }
 
 impl ServerConfig {
@@ -49,6 +51,7 @@ impl ServerConfig {
             seed: 0x5eed,
             max_body_bytes: 2 * 1024 * 1024,
             events: event_hub::EventLimits::default(),
+            max_long_polls: 20_000,
         }
     }
 }
@@ -67,6 +70,8 @@ pub struct Inner {
     pub render_cache: RenderCache,
     /// Renderings of single apps, reused while the app is unchanged.
     pub app_cache: AppCache,
+    /// Agent long-polls waiting now.
+    pub long_polls: std::sync::atomic::AtomicUsize,
 }
 
 pub type Shared = Arc<Inner>;
@@ -285,6 +290,7 @@ impl Server {
             started_at: berth_core::time::now_millis(),
             render_cache: RenderCache::default(),
             app_cache: AppCache::default(),
+            long_polls: Default::default(),
         });
         let app = api::router(shared.clone());
         tokio::spawn(async move {

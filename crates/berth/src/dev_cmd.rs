@@ -18,6 +18,8 @@ pub struct DevArgs {
     pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub node: NodeArgs,
+    #[command(flatten)]
+    pub limits: crate::server_cmd::LimitArgs,
 }
 
 pub async fn run(mut args: DevArgs) -> Result<()> {
@@ -41,7 +43,14 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
         .clone()
         .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()))
         .context("no data dir")?;
-    let server = crate::server_cmd::start(args.listen, &data_dir.join("server"), 20, None).await?;
+    let server = crate::server_cmd::start(
+        args.listen,
+        &data_dir.join("server"),
+        20,
+        None,
+        &args.limits,
+    )
+    .await?;
     let url = format!("http://{}", server.addr);
     if args.node.address.is_none() {
         args.node.address = Some("127.0.0.1".into());

@@ -22,14 +22,42 @@ pub struct ServerArgs {
     /// host:port other parties use to reach this server (defaults to --listen).
     #[arg(long)]
     pub advertise: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
-pub fn config(listen: SocketAddr, node_timeout: u64, advertise: Option<String>) -> ServerConfig {
+/// What one client may make the server hold (docs/api.md, "Limits").
+#[derive(clap::Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Largest request body accepted, in bytes (413 past it).
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Event stream (/v2/events) subscribers at once (429 past it).
+    #[arg(long, default_value_t = 256)]
+    pub max_event_subscribers: usize,
+    /// Bytes of events queued for one subscriber before it is dropped as too slow.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub event_queue_bytes: usize,
+    /// Agent long-polls held open at once (429 past it).
+    #[arg(long, default_value_t = 20_000)]
+    pub max_long_polls: usize,
+}
+
+pub fn config(
+    listen: SocketAddr,
+    node_timeout: u64,
+    advertise: Option<String>,
+    limits: &LimitArgs,
+) -> ServerConfig {
     let mut c = ServerConfig::new(listen);
     c.node_timeout = Duration::from_secs(node_timeout.max(1));
     if let Some(a) = advertise {
         c.advertise = a;
     }
+    c.max_body_bytes = limits.max_body_bytes.max(1024);
+    c.events.max_subscribers = limits.max_event_subscribers;
+    c.events.max_queued_bytes = limits.event_queue_bytes;
+    c.max_long_polls = limits.max_long_polls;
     c
 }
 
@@ -38,12 +66,17 @@ pub async fn start(
     data_dir: &std::path::Path,
     node_timeout: u64,
     advertise: Option<String>,
+    limits: &LimitArgs,
 ) -> Result<Server> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let store = RedbStore::open(data_dir)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    let server = Server::start(config(listen, node_timeout, advertise), Arc::new(store)).await?;
+    let server = Server::start(
+        config(listen, node_timeout, advertise, limits),
+        Arc::new(store),
+    )
+    .await?;
     Ok(server)
 }
 
@@ -53,6 +86,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         &args.data_dir,
         args.node_timeout,
         args.advertise,
+        &args.limits,
     )
     .await?;
     tracing::info!(addr = %server.addr, data_dir = %args.data_dir.display(), "berth server listening");

@@ -203,6 +203,30 @@ fn build_assignments(s: &Shared, node_id: &str, after: u64) -> ApiResult<Assignm
     Ok(out)
 }
 
+/// One waiting long-poll, counted against `max_long_polls` while it lives.
+struct LongPoll<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> LongPoll<'a> {
+    fn enter(s: &'a Shared) -> ApiResult<Self> {
+        use std::sync::atomic::Ordering;
+        let max = s.config.max_long_polls;
+        let held = s.long_polls.fetch_add(1, Ordering::AcqRel);
+        if held >= max {
+            s.long_polls.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::TooManyRequests(format!(
+                "{held} long-polls are open (at most {max}); poll again without wait or later"
+            )));
+        }
+        Ok(Self(&s.long_polls))
+    }
+}
+
+impl Drop for LongPoll<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 pub async fn assignments(
     State(s): State<Shared>,
     Path(node): Path<String>,
@@ -225,6 +249,7 @@ pub async fn assignments(
         st.node_gen(&node).subscribe()
     };
     if *rx.borrow_and_update() == after && !wait.is_zero() {
+        let _held = LongPoll::enter(&s)?;
         let _ = tokio::time::timeout(wait.min(MAX_WAIT), rx.changed()).await;
     }
     let a = build_assignments(&s, &node, after)?;

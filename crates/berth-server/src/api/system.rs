@@ -141,6 +141,19 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
             out,
             "# TYPE berth_uptime_seconds gauge\nberth_uptime_seconds {uptime}"
         );
+        let _ = writeln!(
+            out,
+            "# HELP berth_event_subscribers Event stream subscribers attached.\n# TYPE berth_event_subscribers gauge\nberth_event_subscribers {}\n\
+             # HELP berth_event_queued_bytes Most bytes of events queued for one subscriber.\n# TYPE berth_event_queued_bytes gauge\nberth_event_queued_bytes {}\n\
+             # HELP berth_event_subscribers_dropped_total Subscribers dropped for falling too far behind.\n# TYPE berth_event_subscribers_dropped_total counter\nberth_event_subscribers_dropped_total {}\n\
+             # HELP berth_events_published_total Events published.\n# TYPE berth_events_published_total counter\nberth_events_published_total {}\n\
+             # HELP berth_long_polls Agent long-polls waiting.\n# TYPE berth_long_polls gauge\nberth_long_polls {}",
+            s.events.subscribers(),
+            s.events.queued_bytes(),
+            s.events.dropped(),
+            s.events.published(),
+            s.long_polls.load(std::sync::atomic::Ordering::Relaxed),
+        );
         if let Some(st) = store {
             let _ = writeln!(
                 out,
@@ -167,6 +180,14 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
         json!({"value": unplaced}),
     );
     gauges.insert("berth.uptime.seconds".into(), json!({"value": uptime}));
+    gauges.insert(
+        "berth.events.subscribers".into(),
+        json!({"value": s.events.subscribers()}),
+    );
+    gauges.insert(
+        "berth.long_polls".into(),
+        json!({"value": s.long_polls.load(std::sync::atomic::Ordering::Relaxed)}),
+    );
     if let Some(st) = store {
         gauges.insert(
             "berth.store.size_bytes".into(),

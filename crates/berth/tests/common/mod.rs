@@ -312,6 +312,8 @@ pub struct Cluster {
     server: Option<Child>,
     agent: Option<Child>,
     ports: (u16, u16),
+    /// Extra `berth server` flags (limits).
+    pub server_args: Vec<String>,
 }
 
 impl Cluster {
@@ -324,6 +326,11 @@ impl Cluster {
 
     /// Starts a server only (no node: tasks cannot be placed).
     pub async fn start_server_only(name: &str) -> Cluster {
+        Cluster::start_server_with(name, &[]).await
+    }
+
+    /// Starts a server only, with extra `berth server` flags.
+    pub async fn start_server_with(name: &str, args: &[&str]) -> Cluster {
         reap_stale_clusters();
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{name}-"))
@@ -340,6 +347,7 @@ impl Cluster {
             server: None,
             agent: None,
             ports: agent_port_range(),
+            server_args: args.iter().map(|a| a.to_string()).collect(),
         };
         c.start_server().await;
         c
@@ -379,6 +387,7 @@ impl Cluster {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")
             .arg(self.path().join("server"))
+            .args(&self.server_args)
             .env("BERTH_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log)
