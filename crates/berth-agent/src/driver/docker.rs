@@ -1835,12 +1835,13 @@ fn build_plan(spec: &TaskSpec, config: &DockerConfig) -> Result<Plan, String> {
         None => spec.cpuset.clone(),
     };
 
-    // User: an explicit `user` parameter wins, then BERTH_UID=auto, then the app's `user`.
+    // User: an explicit `user` parameter, else BERTH_UID=auto, else the image's USER. The
+    // app's `user` is not passed on, as Mesos's Docker containerizer never did: it names a
+    // user of the host (Marathon's `--mesos_user` default fills it in), which the image
+    // usually lacks, so `docker create` would fail ("no matching entries in passwd file")
+    // for a marathon.json that ran fine under Marathon.
     let auto_uid = app.auto_uid()? && params.user.is_none();
-    let user = params
-        .user
-        .clone()
-        .or_else(|| app.user.clone().filter(|u| !u.is_empty()));
+    let user = params.user.clone();
 
     // Logs: json-file with rotation unless the operator picks another driver.
     let log_driver = params
@@ -2527,6 +2528,24 @@ mod tests {
         assert_eq!(labels[LABEL_TASK_ID], "web.1");
         assert_eq!(labels[LABEL_NODE_ID], "n1");
         assert_eq!(plan.info.port_mappings.len(), 2);
+        assert_eq!(plan.body.user, None, "the image's USER");
+        // The app's `user` (a host user under Marathon) is not the container's...
+        let mut s3 = s.clone();
+        s3.app.user = Some("deploy".into());
+        assert_eq!(build_plan(&s3, &cfg).unwrap().body.user, None);
+        // ...a `user` docker parameter is.
+        s3.app
+            .container
+            .as_mut()
+            .unwrap()
+            .docker
+            .as_mut()
+            .unwrap()
+            .parameters = vec![param("user", "1000:1000")];
+        assert_eq!(
+            build_plan(&s3, &cfg).unwrap().body.user.as_deref(),
+            Some("1000:1000")
+        );
         assert_eq!(image_with_tag("busybox"), "busybox:latest");
         assert_eq!(image_with_tag("reg:5000/a/b"), "reg:5000/a/b:latest");
         assert_eq!(image_with_tag("reg:5000/a/b:1"), "reg:5000/a/b:1");
