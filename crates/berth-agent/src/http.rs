@@ -3,17 +3,23 @@
 //!
 //! - `GET /v1/tasks/{task_id}/logs?stream=stdout|stderr&tail=N&follow=true`: the task's output
 //!   as `text/plain`, streamed; with `follow` the response stays open like `tail -f` and ends
-//!   once the task is over and everything it wrote was sent. 404 for an unknown task.
+//!   once the task is over and everything it wrote was sent. 404 for an unknown task, and for
+//!   a task whose driver keeps no logs (the fake driver).
 //! - `GET /metrics`: Prometheus text: per running task (labels `app_id`, `task_id`, `node`)
 //!   CPU, memory, memory limit, network bytes, restarts and health, read from cgroups and
 //!   `/proc` directly (see [`crate::stats`]); per node condition `berth_node_condition_ok`.
 //! - `GET /ping`: `pong`.
+//!
+//! Every client error is a 4xx with a JSON body `{"message": ...}`: unknown routes (404), other
+//! methods (405), and what axum's extractors refuse (400: a task id that is not UTF-8 once
+//! percent-decoded, a repeated query parameter).
 
 use crate::driver::{Driver, DriverError, LogStream};
 use crate::runtime::{AgentView, TaskView};
 use crate::stats::{self, HostPaths, TaskStats};
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -39,6 +45,12 @@ pub fn router(view: AgentView, paths: HostPaths) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/tasks/{task_id}/logs", get(logs))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route".into(),
+            )
+        })
         .with_state(AppState {
             view,
             paths: Arc::new(paths),
@@ -97,9 +109,15 @@ fn parse_log_query(q: &LogQuery) -> Result<(LogStream, Option<usize>, bool), Str
 
 async fn logs(
     State(st): State<AppState>,
-    Path(task_id): Path<String>,
-    Query(q): Query<LogQuery>,
+    task_id: Result<Path<String>, PathRejection>,
+    q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Response {
+    // axum's own rejections are plain text: every error here is JSON.
+    let (task_id, q) = match (task_id, q) {
+        (Ok(Path(t)), Ok(Query(q))) => (t, q),
+        (Err(e), _) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     let (stream, tail, follow) = match parse_log_query(&q) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -137,7 +155,11 @@ async fn logs(
         }
     }
     match unsupported {
-        Some(m) => error(StatusCode::NOT_IMPLEMENTED, m),
+        // Not a server failure: this task simply has no logs to serve.
+        Some(m) => error(
+            StatusCode::NOT_FOUND,
+            format!("task {task_id} has no logs: {m}"),
+        ),
         None => error(
             StatusCode::NOT_FOUND,
             format!("task {task_id} is not known to this agent"),
