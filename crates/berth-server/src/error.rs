@@ -104,3 +104,39 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Response middleware: a 4xx that is not JSON (axum's own extractor rejections are
+/// `text/plain`, e.g. "Invalid URL: Invalid UTF-8 in \`rest\`" for `/v2/apps/%ff`) becomes
+/// `{"message": <its text>}` with the same status and headers, like every other client error.
+pub async fn json_client_errors(resp: Response) -> Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !resp.status().is_client_error() || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("client error")
+            .to_string()
+    } else {
+        text
+    };
+    let mut out = (parts.status, axum::Json(json!({ "message": message }))).into_response();
+    for (k, v) in &parts.headers {
+        if k != CONTENT_TYPE && k != CONTENT_LENGTH {
+            out.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    out
+}

@@ -292,7 +292,8 @@ impl Server {
             app_cache: AppCache::default(),
             long_polls: Default::default(),
         });
-        let app = api::router(shared.clone());
+        let app = api::router(shared.clone())
+            .layer(axum::middleware::map_response(error::json_client_errors));
         tokio::spawn(async move {
             let svc = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, svc).await {
