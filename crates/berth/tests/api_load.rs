@@ -180,7 +180,12 @@ async fn readers_and_writers_for_a_minute_without_an_error() {
             s.errors.get(route).map_or(0, Vec::len)
         );
     }
-    for route in ["GET /v2/apps", "GET /v2/apps/{id}", "GET /v2/tasks", "PUT /v2/apps"] {
+    for route in [
+        "GET /v2/apps",
+        "GET /v2/apps/{id}",
+        "GET /v2/tasks",
+        "PUT /v2/apps",
+    ] {
         assert!(
             s.ms.get(route).is_some_and(|m| m.len() > 10),
             "{route} was exercised"
