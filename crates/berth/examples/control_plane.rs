@@ -203,8 +203,14 @@ async fn queue_reasons(http: &reqwest::Client, base: &str) -> Res<Vec<(String, u
     Ok(out)
 }
 
-/// Not every task runs: say how many do and why the others wait, and exit with status 1.
-async fn fail_not_running(http: &reqwest::Client, base: &str, why: String, total: usize) -> ! {
+/// Not every task runs: says how many do and why the others wait; the error to return from
+/// `main` (which then exits with status 1, once `Procs` has stopped the server and the sim).
+async fn not_running(
+    http: &reqwest::Client,
+    base: &str,
+    why: String,
+    total: usize,
+) -> Box<dyn std::error::Error + Send + Sync> {
     let running = apps_running(http, base).await;
     let queue = queue_reasons(http, base).await;
     eprintln!();
@@ -227,7 +233,7 @@ async fn fail_not_running(http: &reqwest::Client, base: &str, why: String, total
         Err(e) => eprintln!("  GET /v2/queue failed: {e}"),
     }
     eprintln!("  (no time is reported: the rollout did not complete)");
-    std::process::exit(1);
+    format!("FAILED: {why}").into()
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -430,14 +436,14 @@ async fn main() -> Res<()> {
                 "only {running} of {total} tasks TASK_RUNNING {} s after the first POST (--timeout)",
                 o.timeout
             );
-            fail_not_running(&http, &base, why, total).await;
+            return Err(not_running(&http, &base, why, total).await);
         }
         if progressed.elapsed() > Duration::from_secs(o.stall) {
             let why = format!(
                 "{running} of {total} tasks TASK_RUNNING, and none more for {} s (--stall)",
                 o.stall
             );
-            fail_not_running(&http, &base, why, total).await;
+            return Err(not_running(&http, &base, why, total).await);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -447,7 +453,7 @@ async fn main() -> Res<()> {
         let why = format!(
             "the TASK_RUNNING gauge reached {total}, but tasksRunning over GET /v2/apps adds up to {per_app}"
         );
-        fail_not_running(&http, &base, why, total).await;
+        return Err(not_running(&http, &base, why, total).await);
     }
     let server_cpu = cpu_secs(server_pid) - server_cpu0;
     let sim_cpu = cpu_secs(sim_pid) - sim_cpu0;
