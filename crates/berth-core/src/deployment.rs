@@ -52,6 +52,14 @@ pub struct Deployment {
     /// current step is not part of it), and with thousands of apps it is megabytes.
     #[serde(skip)]
     pub rendered_plan: std::sync::OnceLock<std::sync::Arc<str>>,
+    /// Apps of `target` not converged yet as of the controller's last look at each (memory
+    /// only; `None` until a look at all of them): a pass looks again only at the apps that
+    /// changed, so a deployment of thousands of apps is not re-checked whole per chunk.
+    #[serde(skip)]
+    pub unconverged: Option<std::collections::BTreeSet<String>>,
+    /// Per app of `target`: why it holds the deployment up (what `blocked` joins).
+    #[serde(skip)]
+    pub blocked_by_app: BTreeMap<String, String>,
 }
 
 impl Deployment {
@@ -77,6 +85,8 @@ impl Deployment {
             blocked: None,
             rollback_of: None,
             rendered_plan: Default::default(),
+            unconverged: None,
+            blocked_by_app: BTreeMap::new(),
         }
     }
 

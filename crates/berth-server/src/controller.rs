@@ -131,7 +131,7 @@ pub fn reconcile_chunk(st: &mut Cluster, ch: &mut Changes, now: i64, task_budget
         kill_orphans(st, ch);
     }
     let full = st.full_pass && !more;
-    progress_deployments(st, ch, |app| full || done.contains(app));
+    progress_deployments(st, ch, |app| done.contains(app), full);
     if full {
         st.full_pass = false;
     }

@@ -99,17 +99,19 @@ fn blocked_reason(st: &Cluster, app_id: &str, target: Option<&AppDefinition>) ->
     }
 }
 
-/// Moves forward the deployments that touch an app `looked_at` selects. Linear in the
-/// deployment's apps: a plan is never cloned, and its `plan` JSON is rendered once.
+/// Moves forward the deployments that touch an app `looked_at` selects, looking again only
+/// at those apps (at all of a deployment's apps on a `full` pass and on the first look).
+/// Linear in what changed: a plan is never cloned, and its `plan` JSON is rendered once.
 pub(super) fn progress_deployments(
     st: &mut Cluster,
     ch: &mut Changes,
     looked_at: impl Fn(&str) -> bool,
+    full: bool,
 ) {
     let ids: Vec<String> = st
         .deployments
         .values()
-        .filter(|d| d.affected_apps.iter().any(|a| looked_at(a)))
+        .filter(|d| full || d.affected_apps.iter().any(|a| looked_at(a)))
         .map(|d| d.id.clone())
         .collect();
     for id in ids {
@@ -127,11 +129,49 @@ pub(super) fn progress_deployments(
             ch.event(step_success(d, step));
             step += 1;
         }
-        let done = d
+        let check_all = full || d.unconverged.is_none();
+        let verdicts: Vec<(String, bool, Option<String>)> = d
             .target
             .iter()
-            .all(|(app_id, target)| converged(st, app_id, target.as_ref(), &d.version));
-        if done {
+            .filter(|(app_id, _)| check_all || looked_at(app_id))
+            .map(|(app_id, target)| {
+                let ok = converged(st, app_id, target.as_ref(), &d.version);
+                let why = if ok {
+                    None
+                } else {
+                    blocked_reason(st, app_id, target.as_ref())
+                };
+                (app_id.clone(), ok, why)
+            })
+            .collect();
+        let Some(d) = st.deployments.get_mut(&id) else {
+            continue;
+        };
+        let unconverged = d.unconverged.get_or_insert_with(Default::default);
+        if check_all {
+            unconverged.clear();
+        }
+        let mut reasons_changed = check_all && !d.blocked_by_app.is_empty();
+        if check_all {
+            d.blocked_by_app.clear();
+        }
+        for (app_id, ok, why) in verdicts {
+            if ok {
+                unconverged.remove(&app_id);
+            } else {
+                unconverged.insert(app_id.clone());
+            }
+            match why {
+                Some(w) => {
+                    if d.blocked_by_app.get(&app_id) != Some(&w) {
+                        d.blocked_by_app.insert(app_id, w);
+                        reasons_changed = true;
+                    }
+                }
+                None => reasons_changed |= d.blocked_by_app.remove(&app_id).is_some(),
+            }
+        }
+        if unconverged.is_empty() {
             if step >= 1 && step <= d.steps.len() {
                 ch.event(step_success(d, step));
             }
@@ -144,19 +184,13 @@ pub(super) fn progress_deployments(
             ch.delete(format!("{K_DEPLOYMENTS}{id}"));
             continue;
         }
-        let reasons: Vec<String> = d
-            .target
-            .iter()
-            .filter_map(|(app_id, target)| blocked_reason(st, app_id, target.as_ref()))
-            .collect();
-        let blocked = (!reasons.is_empty()).then(|| reasons.join("; "));
-        let moved = step != d.current_step;
-        if let Some(d) = st.deployments.get_mut(&id) {
-            d.blocked = blocked;
-            if moved {
-                d.current_step = step;
-                ch.put(format!("{K_DEPLOYMENTS}{id}"), &*d);
-            }
+        if reasons_changed {
+            let reasons: Vec<&str> = d.blocked_by_app.values().map(String::as_str).collect();
+            d.blocked = (!reasons.is_empty()).then(|| reasons.join("; "));
+        }
+        if step != d.current_step {
+            d.current_step = step;
+            ch.put(format!("{K_DEPLOYMENTS}{id}"), &*d);
         }
     }
 }

@@ -81,6 +81,8 @@ fn agents_step(st: &mut Cluster, healthy_config: &dyn Fn(&str) -> bool) {
         apply_statuses(st, &mut ch, &node, &[s], false, 0);
     }
     st.committed(&ch);
+    // As the server does after a mutation: the apps whose tasks changed are looked at next.
+    st.dirty_apps.extend(ch.apps.iter().cloned());
 }
 
 fn counts(st: &Cluster, app: &str) -> (usize, usize) {
@@ -443,4 +445,37 @@ fn backoff_grows_and_resets() {
         1,
         "relaunched at once after the reset"
     );
+}
+
+#[test]
+fn a_deployment_of_many_apps_completes_looking_only_at_what_changed() {
+    let mut st = cluster(4);
+    let mut ch = Changes::default();
+    let apps: Vec<serde_json::Value> = (0..1000)
+        .map(|i| json!({"id": format!("/many/a{i}"), "cmd": "sleep 1", "instances": 2, "cpus": 0.01, "mem": 4}))
+        .collect();
+    ops::put_apps(&mut st, &mut ch, apps, false, false, &RequestCtx::default()).unwrap();
+    st.dirty_apps.extend(st.apps.keys().cloned());
+    let id = st.deployments.keys().next().unwrap().clone();
+    let mut looks = 0;
+    while st.deployments.contains_key(&id) {
+        looks += 1;
+        assert!(looks < 50, "the deployment never completed");
+        let mut ch = Changes::default();
+        // Chunks only, never a full pass: progress must come from the apps that changed.
+        while reconcile_chunk(&mut st, &mut ch, 0, 500) {}
+        st.committed(&ch);
+        st.dirty_apps.extend(ch.apps.iter().cloned());
+        if let Some(d) = st.deployments.get(&id) {
+            let pending = d.unconverged.as_ref().map_or(0, |u| u.len());
+            assert!(pending <= 1000, "{pending}");
+        }
+        agents_step(&mut st, &|_| true);
+    }
+    let running = st
+        .tasks
+        .values()
+        .filter(|t| t.state == TaskState::Running)
+        .count();
+    assert_eq!(running, 2000);
 }
