@@ -6,6 +6,7 @@ pub mod api;
 pub mod controller;
 pub mod error;
 pub mod event_hub;
+mod keepalive;
 pub mod ops;
 pub mod render;
 pub mod state;
@@ -293,7 +294,8 @@ impl Server {
             long_polls: Default::default(),
         });
         let app = api::router(shared.clone())
-            .layer(axum::middleware::map_response(error::json_client_errors));
+            .layer(axum::middleware::map_response(error::json_client_errors))
+            .layer(axum::middleware::from_fn(keepalive::close_if_body_unread));
         tokio::spawn(async move {
             let svc = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, svc).await {
