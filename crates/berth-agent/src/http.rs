@@ -55,6 +55,43 @@ pub fn router(view: AgentView, paths: HostPaths) -> Router {
             view,
             paths: Arc::new(paths),
         })
+        .layer(axum::middleware::from_fn(close_if_body_unread))
+}
+
+/// `Connection: close` on the reply to a request whose body was not read to its end (a body
+/// sent to a route that takes none): hyper closes such a connection after the reply, which
+/// must say so, or a keep-alive client's next request on it fails. (The server has the same
+/// layer, `berth_server`'s `keepalive`.)
+async fn close_if_body_unread(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let headers = req.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if !has_body {
+        return next.run(req).await;
+    }
+    let read = Arc::new(AtomicBool::new(false));
+    let flag = read.clone();
+    let (parts, body) = req.into_parts();
+    // Polled only once the body's own stream has ended.
+    let end = futures::stream::poll_fn(move |_| {
+        flag.store(true, Ordering::Release);
+        std::task::Poll::Ready(None)
+    });
+    let body = Body::from_stream(body.into_data_stream().chain(end));
+    let mut resp = next.run(axum::extract::Request::from_parts(parts, body)).await;
+    if !read.load(Ordering::Acquire) {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// Binds the listener (so the caller learns the port of `127.0.0.1:0` before advertising it).
