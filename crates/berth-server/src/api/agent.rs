@@ -21,6 +21,10 @@ use std::time::Duration;
 /// Longest a long-poll is held open.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// Most CPUs a node may offer. The scheduler keeps per-core state for pinning (`0..cpus`): a
+/// node that claimed 1e308 CPUs made it allocate and scan 2^32 cores under the state lock.
+const MAX_NODE_CPUS: f64 = 65_536.0;
+
 fn check_info(info: &NodeInfo) -> ApiResult<()> {
     let mut errs = berth_core::error::ValidationErrors::new();
     if info.id.is_empty() || info.id.len() > 200 || info.id.contains('/') {
@@ -40,6 +44,12 @@ fn check_info(info: &NodeInfo) -> ApiResult<()> {
                 "must be a non-negative number",
             );
         }
+    }
+    if info.resources.cpus > MAX_NODE_CPUS {
+        errs.add(
+            "/resources/cpus",
+            format!("must be at most {MAX_NODE_CPUS}"),
+        );
     }
     for (i, r) in info.port_ranges.iter().enumerate() {
         if r.begin > r.end {
