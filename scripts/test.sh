@@ -59,3 +59,35 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "cargo test"
 cargo test --workspace 2>&1 | tee /tmp/berth-test-output.log
+
+# 5. cargo-fuzz targets of berth-core's parsers (fuzz/: app JSON and validation, constraints,
+#    timestamps, the BERTH_* labels), BERTH_FUZZ_SECONDS (20) each from the seeds in
+#    fuzz/seeds/; a crash fails the run and leaves its input in fuzz/artifacts/<target>/.
+#    libFuzzer needs -Z flags: the nightly toolchain when it is installed, else the stable one
+#    with RUSTC_BOOTSTRAP=1 (a new machine has no other toolchain, and none can be fetched).
+if ! cargo fuzz --version 2>/dev/null | grep -q ' 0\.13\.2$'; then
+  log "installing cargo-fuzz 0.13.2"
+  cargo install --locked --quiet cargo-fuzz@0.13.2
+fi
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  fuzz_cargo=(cargo +nightly)
+else
+  fuzz_cargo=(env RUSTC_BOOTSTRAP=1 cargo)
+fi
+fuzz_secs="${BERTH_FUZZ_SECONDS:-20}"
+fuzz_targets=$(cd fuzz && cargo fuzz list)
+for target in $fuzz_targets; do
+  log "cargo fuzz run $target (${fuzz_secs} s)"
+  corpus="$(mktemp -d)"
+  dict=()
+  [ -f "fuzz/$target.dict" ] && dict=("-dict=$PWD/fuzz/$target.dict")
+  if ! "${fuzz_cargo[@]}" fuzz run "$target" "$corpus" "$PWD/fuzz/seeds/$target" -- \
+    -max_total_time="$fuzz_secs" "${dict[@]}" >"$corpus.log" 2>&1; then
+    cat "$corpus.log"
+    echo "cargo fuzz run $target failed (the input is in fuzz/artifacts/$target/)"
+    exit 1
+  fi
+  grep -E '^Done [0-9]+ runs' "$corpus.log" || tail -n 5 "$corpus.log"
+  rm -rf "$corpus" "$corpus.log"
+done
+echo "fuzz: $(echo "$fuzz_targets" | wc -w) passed, 0 failed"
