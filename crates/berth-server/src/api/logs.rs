@@ -1,6 +1,7 @@
 //! `GET /api/v1/tasks/{task_id}/logs?stream=stdout|stderr&tail=N&follow=true`: a task's output,
 //! streamed from the agent of the task's node (its advertised `agentUrl`). 404 for an unknown
-//! task, 502 when the node's agent cannot be reached; the agent's own errors are passed on.
+//! task or one whose node serves no logs (no `agentUrl`), 502 when the node's agent cannot be
+//! reached; the agent's own errors are passed on.
 
 use super::Params;
 use crate::Shared;
@@ -66,16 +67,21 @@ pub async fn task_logs(State(s): State<Shared>, Path(task_id): Path<String>, uri
                 format!("Task '{task_id}' does not exist"),
             )),
             Some(t) => match st.nodes.get(&t.node_id) {
+                // Not a failure of the server nor of an agent: these logs are not to be had.
                 None => Err(error(
-                    StatusCode::BAD_GATEWAY,
-                    format!("node '{}' of task '{task_id}' is not known", t.node_id),
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "task '{task_id}' has no logs: its node '{}' is not known",
+                        t.node_id
+                    ),
                 )),
                 Some(n) => match &n.info.agent_url {
                     Some(url) => Ok((url.clone(), t.node_id.clone())),
                     None => Err(error(
-                        StatusCode::BAD_GATEWAY,
+                        StatusCode::NOT_FOUND,
                         format!(
-                            "the agent of node '{}' serves no logs (it advertises no agent URL)",
+                            "task '{task_id}' has no logs: the agent of node '{}' serves none \
+                             (it advertises no agent URL)",
                             t.node_id
                         ),
                     )),
