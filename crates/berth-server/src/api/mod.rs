@@ -7,6 +7,7 @@ mod berth;
 mod events;
 mod groups;
 mod logs;
+mod openapi;
 mod system;
 mod tasks;
 
@@ -18,54 +19,89 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodFilter, on};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 
+/// One route of the router: its method, its axum path, and the OpenAPI paths it serves. A
+/// `{*rest}` route lists each sub-resource its handler tells apart (`/v2/apps/{appId}/tasks`,
+/// ...); any other route serves its own path (an empty list). `openapi.json` documents exactly
+/// these operations, and a test holds the two to each other.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub documented: &'static [&'static str],
+}
+
+/// Declares [`ROUTES`] and the router built from the same list, so they cannot drift.
+macro_rules! routes {
+    ($( $method:ident $path:literal $([$($doc:literal),+ $(,)?])? => $handler:expr; )*) => {
+        /// Every route of [`router`], in order.
+        pub const ROUTES: &[Route] = &[$(Route {
+            method: stringify!($method),
+            path: $path,
+            documented: &[$($($doc),+)?],
+        }),*];
+
+        fn add_routes(r: Router<Shared>) -> Router<Shared> {
+            r$(.route($path, on(MethodFilter::$method, $handler)))*
+        }
+    };
+}
+
+routes! {
+    GET "/ping" => system::ping;
+    GET "/metrics" => system::metrics;
+    GET "/openapi.json" => openapi::document;
+    GET "/v2/info" => system::info;
+    GET "/v2/leader" => system::leader;
+    DELETE "/v2/leader" => system::abdicate;
+    GET "/v2/queue" => system::queue;
+    DELETE "/v2/queue/{*rest}" ["/v2/queue/{appId}/delay"] => system::reset_delay;
+    GET "/v2/events" => events::stream;
+    GET "/v2/apps" => apps::list;
+    POST "/v2/apps" => apps::create;
+    PUT "/v2/apps" => apps::put_many;
+    GET "/v2/apps/{*rest}" [
+        "/v2/apps/{appId}",
+        "/v2/apps/{appId}/tasks",
+        "/v2/apps/{appId}/versions",
+        "/v2/apps/{appId}/versions/{version}",
+    ] => apps::get_sub;
+    PUT "/v2/apps/{*rest}" ["/v2/apps/{appId}"] => apps::put_one;
+    PATCH "/v2/apps/{*rest}" ["/v2/apps/{appId}"] => apps::patch_one;
+    DELETE "/v2/apps/{*rest}" [
+        "/v2/apps/{appId}",
+        "/v2/apps/{appId}/tasks",
+        "/v2/apps/{appId}/tasks/{taskId}",
+    ] => apps::delete_sub;
+    POST "/v2/apps/{*rest}" ["/v2/apps/{appId}/restart"] => apps::post_sub;
+    GET "/v2/tasks" => tasks::list;
+    POST "/v2/tasks/delete" => tasks::delete_many;
+    GET "/v2/groups" => groups::root;
+    POST "/v2/groups" => groups::create;
+    GET "/v2/groups/{*rest}" ["/v2/groups/{groupId}", "/v2/groups/{groupId}/versions"] => groups::get;
+    PUT "/v2/groups/{*rest}" ["/v2/groups/{groupId}"] => groups::put;
+    DELETE "/v2/groups/{*rest}" ["/v2/groups/{groupId}"] => groups::delete;
+    POST "/v2/groups/{*rest}" ["/v2/groups/{groupId}"] => groups::create_under;
+    GET "/v2/deployments" => system::deployments;
+    DELETE "/v2/deployments/{id}" => system::cancel_deployment;
+    POST "/api/v1/agent/register" => agent::register;
+    GET "/api/v1/agent/{node}/assignments" => agent::assignments;
+    POST "/api/v1/agent/{node}/status" => agent::status;
+    GET "/api/v1/nodes" => berth::nodes;
+    GET "/api/v1/nodes/{id}" => berth::node;
+    POST "/api/v1/nodes/{id}/cordon" => berth::cordon;
+    POST "/api/v1/nodes/{id}/uncordon" => berth::uncordon;
+    POST "/api/v1/nodes/{id}/drain" => berth::drain;
+    GET "/api/v1/tasks/{task_id}/logs" => logs::task_logs;
+    GET "/api/v1/deployments" => berth::deployments;
+    GET "/api/v1/deployments/{id}" => berth::deployment;
+}
+
 pub fn router(shared: Shared) -> Router {
-    Router::new()
-        .route("/ping", get(system::ping))
-        .route("/metrics", get(system::metrics))
-        .route("/v2/info", get(system::info))
-        .route("/v2/leader", get(system::leader).delete(system::abdicate))
-        .route("/v2/queue", get(system::queue))
-        .route("/v2/queue/{*rest}", delete(system::reset_delay))
-        .route("/v2/events", get(events::stream))
-        .route(
-            "/v2/apps",
-            get(apps::list).post(apps::create).put(apps::put_many),
-        )
-        .route(
-            "/v2/apps/{*rest}",
-            get(apps::get_sub)
-                .put(apps::put_one)
-                .patch(apps::patch_one)
-                .delete(apps::delete_sub)
-                .post(apps::post_sub),
-        )
-        .route("/v2/tasks", get(tasks::list))
-        .route("/v2/tasks/delete", post(tasks::delete_many))
-        .route("/v2/groups", get(groups::root).post(groups::create))
-        .route(
-            "/v2/groups/{*rest}",
-            get(groups::get)
-                .put(groups::put)
-                .delete(groups::delete)
-                .post(groups::create_under),
-        )
-        .route("/v2/deployments", get(system::deployments))
-        .route("/v2/deployments/{id}", delete(system::cancel_deployment))
-        .route("/api/v1/agent/register", post(agent::register))
-        .route("/api/v1/agent/{node}/assignments", get(agent::assignments))
-        .route("/api/v1/agent/{node}/status", post(agent::status))
-        .route("/api/v1/nodes", get(berth::nodes))
-        .route("/api/v1/nodes/{id}", get(berth::node))
-        .route("/api/v1/nodes/{id}/cordon", post(berth::cordon))
-        .route("/api/v1/nodes/{id}/uncordon", post(berth::uncordon))
-        .route("/api/v1/nodes/{id}/drain", post(berth::drain))
-        .route("/api/v1/tasks/{task_id}/logs", get(logs::task_logs))
-        .route("/api/v1/deployments", get(berth::deployments))
-        .route("/api/v1/deployments/{id}", get(berth::deployment))
+    add_routes(Router::new())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
