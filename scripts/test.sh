@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Berth's one test command: installs and starts what the tests need when it is missing
-# (Debian packages, dockerd, lxcfs, the busybox test image, marathon-python), then runs formatting,
-# lints and every test. Safe to run again: each step is skipped when already done.
+# (Debian packages, dockerd, lxcfs, the busybox test image, marathon-python, schemathesis), then
+# runs formatting, lints and every test. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,13 +44,20 @@ if [ -x scripts/test-image.sh ]; then
   scripts/test-image.sh
 fi
 
-# 3. marathon-python for the client compatibility test.
+# 3. marathon-python for the client compatibility test, schemathesis for the OpenAPI one.
 if ! .venv-compat/bin/python -c 'import marathon' >/dev/null 2>&1; then
   log "installing marathon-python 0.13.0 into .venv-compat"
   python3 -m venv .venv-compat
   .venv-compat/bin/pip install -q 'marathon==0.13.0'
 fi
 export BERTH_PYTHON="$PWD/.venv-compat/bin/python"
+# schemathesis for the OpenAPI conformance test (crates/berth/tests/openapi_schemathesis.rs).
+if ! .venv-schemathesis/bin/st --version 2>/dev/null | grep -q ' 4\.32\.5$'; then
+  log "installing schemathesis 4.32.5 into .venv-schemathesis"
+  python3 -m venv .venv-schemathesis
+  .venv-schemathesis/bin/pip install -q 'schemathesis==4.32.5'
+fi
+export BERTH_SCHEMATHESIS="$PWD/.venv-schemathesis/bin/st"
 
 # 4. Format, lints, tests.
 log "cargo fmt --check"
