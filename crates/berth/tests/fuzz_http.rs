@@ -1198,6 +1198,24 @@ fn node_info(rng: &mut SmallRng) -> Value {
         "drivers": [],
         "agentUrl": "http://127.0.0.1:1",
     });
+    match rng.random_range(0..8) {
+        0 => info["resources"] = json!({"cpus": 65536, "mem": 1e300, "disk": 1e300}),
+        1 => info["overcommit"] = json!({"cpu": 1e308, "mem": 1e308}),
+        2 => info["reserved"] = json!({"cpus": -1, "mem": 1e308, "disk": "x"}),
+        3 => {
+            let ranges: Vec<Value> = (0..2000)
+                .map(|i| json!({"begin": i * 30, "end": 65535}))
+                .collect();
+            info["portRanges"] = Value::Array(ranges);
+        }
+        4 => {
+            let attrs: Map<String, Value> = (0..2000)
+                .map(|i| (format!("a{i}"), json!("x".repeat(100))))
+                .collect();
+            info["attributes"] = Value::Object(attrs);
+        }
+        _ => {}
+    }
     for _ in 0..rng.random_range(0..3) {
         mutate(&mut info, rng, 0);
     }
@@ -1663,7 +1681,7 @@ impl Gen {
             // Reads.
             33..=44 => {
                 let id = url_id(r);
-                let t = match r.random_range(0..16) {
+                let t = match r.random_range(0..17) {
                     0 => "/v2/apps".to_string(),
                     1 => format!("/v2/apps/{id}"),
                     2 => format!("/v2/apps/{id}/tasks"),
@@ -1679,7 +1697,8 @@ impl Gen {
                     12 => "/v2/leader".into(),
                     13 => "/ping".into(),
                     14 => "/metrics".into(),
-                    _ => "/api/v1/deployments".into(),
+                    15 => "/api/v1/deployments".into(),
+                    _ => "/openapi.json".into(),
                 };
                 let mut req = Req::new(s, "GET reads", "GET", format!("{t}{}", query(r)));
                 if r.random_bool(0.2) {
