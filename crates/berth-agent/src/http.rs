@@ -84,7 +84,9 @@ async fn close_if_body_unread(
         std::task::Poll::Ready(None)
     });
     let body = Body::from_stream(body.into_data_stream().chain(end));
-    let mut resp = next.run(axum::extract::Request::from_parts(parts, body)).await;
+    let mut resp = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
     if !read.load(Ordering::Acquire) {
         resp.headers_mut().insert(
             header::CONNECTION,
