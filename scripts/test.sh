@@ -72,11 +72,11 @@ cargo test --workspace 2>&1 | tee /tmp/berth-test-output.log
 #    fuzz/seeds/; a crash fails the run and leaves its input in fuzz/artifacts/<target>/.
 #    libFuzzer needs -Z flags: the nightly toolchain when it is installed, else the stable one
 #    with RUSTC_BOOTSTRAP=1 (a new machine has no other toolchain, and none can be fetched).
-if ! cargo fuzz --version 2>/dev/null | grep -q ' 0\.13\.2$'; then
+if ! cargo fuzz --version 2>/dev/null | grep ' 0\.13\.2$' >/dev/null; then
   log "installing cargo-fuzz 0.13.2"
   cargo install --locked --quiet cargo-fuzz@0.13.2
 fi
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+if rustup toolchain list 2>/dev/null | grep '^nightly' >/dev/null; then
   fuzz_cargo=(cargo +nightly)
 else
   fuzz_cargo=(env RUSTC_BOOTSTRAP=1 cargo)
