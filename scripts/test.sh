@@ -69,7 +69,8 @@ cargo test --workspace 2>&1 | tee /tmp/berth-test-output.log
 
 # 5. cargo-fuzz targets of berth-core's parsers (fuzz/: app JSON and validation, constraints,
 #    timestamps, the BERTH_* labels), BERTH_FUZZ_SECONDS (20) each from the seeds in
-#    fuzz/seeds/; a crash fails the run and leaves its input in fuzz/artifacts/<target>/.
+#    fuzz/seeds/; a crash (a panic, or one input taking over 10 s) fails the run and leaves its
+#    input in fuzz/artifacts/<target>/.
 #    libFuzzer needs -Z flags: the nightly toolchain when it is installed, else the stable one
 #    with RUSTC_BOOTSTRAP=1 (a new machine has no other toolchain, and none can be fetched).
 if ! cargo fuzz --version 2>/dev/null | grep ' 0\.13\.2$' >/dev/null; then
@@ -89,7 +90,7 @@ for target in $fuzz_targets; do
   dict=()
   [ -f "fuzz/$target.dict" ] && dict=("-dict=$PWD/fuzz/$target.dict")
   if ! "${fuzz_cargo[@]}" fuzz run "$target" "$corpus" "$PWD/fuzz/seeds/$target" -- \
-    -max_total_time="$fuzz_secs" "${dict[@]}" >"$corpus.log" 2>&1; then
+    -max_total_time="$fuzz_secs" -timeout=10 "${dict[@]}" >"$corpus.log" 2>&1; then
     cat "$corpus.log"
     echo "cargo fuzz run $target failed (the input is in fuzz/artifacts/$target/)"
     exit 1
