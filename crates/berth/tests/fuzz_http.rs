@@ -15,7 +15,8 @@
 //! the process stays up with RSS under a bound; nothing panicked (its log). At the end the
 //! stored apps are exactly those whose creation was acknowledged (2xx) and not acknowledged as
 //! deleted later: every request's effect on the set of apps is modelled from what was sent and
-//! what came back (group requests, bulk updates and deployment rollbacks included).
+//! what came back (group requests, bulk updates and deployment rollbacks included), and they
+//! are still exactly those after a `kill -9` and a restart on the same data dir.
 //!
 //! `BERTH_FUZZ_SEED` and `BERTH_FUZZ_REQUESTS` override the seed and the request count; the
 //! seed is printed, with the count and a status histogram. `BERTH_FUZZ_PAUSE_ON_NO_REPLY=<s>`
@@ -66,14 +67,24 @@ impl Dev {
         std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
             .expect("owner file");
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("dev.log")).expect("log file");
+        let child = Dev::spawn(dir.path(), port);
+        Dev { dir, port, child }
+    }
+
+    /// `berth dev` on `port` with its data in `dir` (the log appended to `dir/dev.log`).
+    fn spawn(dir: &std::path::Path, port: u16) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("dev.log"))
+            .expect("log file");
         let base = 20000 + (std::process::id() % 400) * 50;
-        let child = Command::new(BERTH)
+        Command::new(BERTH)
             .arg("dev")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
             .args([
                 "--node-id",
                 "n1",
@@ -91,8 +102,16 @@ impl Dev {
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
-            .expect("spawning berth dev");
-        Dev { dir, port, child }
+            .expect("spawning berth dev")
+    }
+
+    /// `kill -9`, then the same data dir again on a new port: what was acknowledged must have
+    /// been persisted.
+    fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port = free_port();
+        self.child = Dev::spawn(self.dir.path(), self.port);
     }
 
     /// Waits until the server answers and node n1 is ready; returns the port of the agent's
@@ -2304,6 +2323,27 @@ async fn http_fuzz_never_5xx_never_hangs_and_keeps_exactly_the_acknowledged_apps
     }
     let max_rss_kb = rss.max_kb();
     drop(rss);
+    // Acknowledged means persisted: after a kill -9 the same apps come back.
+    let mut after_restart = None;
+    if dev.alive() {
+        dev.crash_and_restart();
+        dev.wait_ready().await;
+        let apps = get_json(dev.port, "/v2/apps").await;
+        after_restart = Some(
+            apps["apps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["id"].as_str().map(str::to_string))
+                .collect::<BTreeSet<String>>(),
+        );
+    }
+    if let Some(after) = &after_restart {
+        eprintln!(
+            "fuzz_http: after kill -9 and a restart: {} apps stored",
+            after.len()
+        );
+    }
     let log = dev.log();
     let panics: Vec<&str> = log
         .lines()
@@ -2344,6 +2384,15 @@ async fn http_fuzz_never_5xx_never_hangs_and_keeps_exactly_the_acknowledged_apps
     if !missing.is_empty() || !extra.is_empty() {
         problems.push(format!(
             "stored apps differ from the acknowledged ones: missing {missing:?}, not acknowledged {extra:?}"
+        ));
+    }
+    if let Some(after) = &after_restart
+        && *after != model.apps
+    {
+        let missing: Vec<&String> = model.apps.difference(after).collect();
+        let extra: Vec<&String> = after.difference(&model.apps).collect();
+        problems.push(format!(
+            "after kill -9 and a restart the apps differ: missing {missing:?}, not acknowledged {extra:?}"
         ));
     }
     if max_rss_kb >= RSS_LIMIT_KB {
