@@ -2078,6 +2078,22 @@ fn check(req: &Req, resp: &Resp) -> Result<(), String> {
     if resp.status >= 500 {
         return Err(format!("{} {}", resp.status, preview(&resp.body)));
     }
+    let json_ct = resp
+        .header("content-type")
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    let whole = req.method != "HEAD" && !(req.kind == Kind::Stream && resp.status == 200);
+    if (200..300).contains(&resp.status)
+        && json_ct
+        && whole
+        && resp.status != 204
+        && serde_json::from_slice::<Value>(&resp.body).is_err()
+    {
+        return Err(format!(
+            "{} says JSON but its body is not: {:?}",
+            resp.status,
+            preview(&resp.body)
+        ));
+    }
     if (400..500).contains(&resp.status) && req.method != "HEAD" {
         let ct = resp.header("content-type").unwrap_or("");
         let garbage_400 = req.kind == Kind::Garbage && resp.body.is_empty();
