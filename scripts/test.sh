@@ -98,4 +98,9 @@ for target in $fuzz_targets; do
   grep -E '^Done [0-9]+ runs' "$corpus.log" || tail -n 5 "$corpus.log"
   rm -rf "$corpus" "$corpus.log"
 done
-echo "fuzz: $(echo "$fuzz_targets" | wc -w) passed, 0 failed"
+fuzz_count=$(echo "$fuzz_targets" | wc -w)
+echo "fuzz: $fuzz_count targets ran clean"
+
+# The closing line counts everything that ran: the cargo tests and the fuzz targets.
+read -r tests_passed tests_failed < <(awk '/^test result:/ {p += $4; f += $6} END {print p + 0, f + 0}' /tmp/berth-test-output.log)
+echo "$((tests_passed + fuzz_count)) passed, $tests_failed failed"
