@@ -6,6 +6,8 @@
 //! Without it the test is skipped with a notice, unless `BERTH_REQUIRE_COMPAT=1` or `CI` is set,
 //! in which case it fails.
 
+mod bounded;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -206,42 +208,12 @@ fn marathon_python_client_against_berth_dev() {
     assert!(script.exists(), "{} is missing", script.display());
 
     let dev = DevCluster::start();
-    let mut child = Command::new(&python)
-        .arg(&script)
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
         .env("BERTH_URL", &dev.url)
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running the compat script");
-    // Drain both pipes in threads so a chatty script never blocks on a full pipe.
-    let mut out_pipe = child.stdout.take().expect("stdout");
-    let mut err_pipe = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("waiting for the script") {
-            break Some(st);
-        }
-        if start.elapsed() > SCRIPT_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let stdout = out_reader.join().unwrap_or_default();
-    let stderr = err_reader.join().unwrap_or_default();
+        .env("PYTHONUNBUFFERED", "1");
+    let done = bounded::run_bounded(cmd, SCRIPT_TIMEOUT);
+    let (status, stdout, stderr) = (done.status, done.stdout, done.stderr);
     println!("{stdout}");
     if !stderr.trim().is_empty() {
         println!("--- stderr ---\n{stderr}");

@@ -16,6 +16,8 @@
 //! `BERTH_SCHEMATHESIS_EXAMPLES` (default 20) and `BERTH_SCHEMATHESIS_SEED` (default a fixed
 //! seed, so CI runs are repeatable; `random` for a new one each run) tune the run.
 
+mod bounded;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -76,44 +78,14 @@ fn schemathesis() -> Result<PathBuf, String> {
 }
 
 /// Runs `cmd` to completion or until `timeout`, returning (success, stdout + stderr).
-fn run_bounded(mut cmd: Command, timeout: Duration) -> (Option<bool>, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running schemathesis");
-    let mut out_pipe = child.stdout.take().expect("stdout");
-    let mut err_pipe = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("waiting for schemathesis") {
-            break Some(st.success());
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut text = out_reader.join().unwrap_or_default();
-    let err = err_reader.join().unwrap_or_default();
-    if !err.trim().is_empty() {
+fn run_bounded(cmd: Command, timeout: Duration) -> (Option<bool>, String) {
+    let done = bounded::run_bounded(cmd, timeout);
+    let mut text = done.stdout;
+    if !done.stderr.trim().is_empty() {
         text.push_str("\n--- stderr ---\n");
-        text.push_str(&err);
+        text.push_str(&done.stderr);
     }
-    (status, text)
+    (done.status.map(|s| s.success()), text)
 }
 
 fn free_port() -> u16 {
