@@ -200,7 +200,7 @@ impl Inner {
                 st.feeds = feeds;
                 st.revision = revision + 1;
                 // Every app's cached rendering is stale now.
-                st.deployments_revision = st.revision;
+                st.all_apps_revision = st.revision;
                 st.reset_feeds();
                 tracing::warn!("state reloaded from the store after a failed write");
             }
@@ -238,8 +238,17 @@ fn note_changes(st: &mut Cluster, ch: &Changes) {
             st.app_revisions.insert(app.to_string(), revision);
         } else if let Some(app) = key.strip_prefix(state::K_FAILURES) {
             st.app_revisions.insert(app.to_string(), revision);
-        } else if key.starts_with(state::K_DEPLOYMENTS) {
-            st.deployments_revision = revision;
+        } else if let Some(id) = key.strip_prefix(state::K_DEPLOYMENTS) {
+            // Only the apps the deployment affects (now, or when last written) show it.
+            let mut apps = st.deployment_apps.remove(id).unwrap_or_default();
+            if let Some(d) = st.deployments.get(id) {
+                let now = d.affected_apps.clone();
+                apps.extend(now.iter().cloned());
+                st.deployment_apps.insert(id.to_string(), now);
+            }
+            for app in apps {
+                st.app_revisions.insert(app, revision);
+            }
         } else if let Some(node) = key.strip_prefix(state::K_NODES) {
             st.node_changed(node);
         } else if key.starts_with(state::K_TASKS)

@@ -222,8 +222,11 @@ pub struct Cluster {
     pub revision: u64,
     /// Per app: the revision of the last change to it, its tasks or its last failure.
     pub app_revisions: HashMap<String, u64>,
-    /// The revision of the last change to any deployment (apps show their deployments).
-    pub deployments_revision: u64,
+    /// Bumped when every app's cached rendering must be redone (a reload from the store).
+    pub all_apps_revision: u64,
+    /// Per stored deployment: the apps it affects, as of its last write. Apps show the ids
+    /// of their deployments, so a deployment's creation and end re-render only these.
+    pub deployment_apps: HashMap<String, Vec<String>>,
     /// Tasks agents reported that the server does not know (ghosts), already announced.
     pub ghosts_reported: HashSet<String>,
     pub scheduler: Scheduler,
@@ -257,7 +260,8 @@ impl Cluster {
             delays_checked_at: 0,
             revision: 0,
             app_revisions: HashMap::new(),
-            deployments_revision: 0,
+            all_apps_revision: 0,
+            deployment_apps: HashMap::new(),
             ghosts_reported: HashSet::new(),
             scheduler: Scheduler::new(seed),
             counters: BTreeMap::new(),
@@ -373,7 +377,9 @@ impl Cluster {
                     c.nodes.insert(id.to_string(), n);
                 }
             } else if let Some(id) = key.strip_prefix(K_DEPLOYMENTS) {
-                if let Ok(d) = decode_as(key, v) {
+                if let Ok(d) = decode_as::<Deployment>(key, v) {
+                    c.deployment_apps
+                        .insert(id.to_string(), d.affected_apps.clone());
                     c.deployments.insert(id.to_string(), d);
                 }
             } else if let Some(id) = key.strip_prefix(K_GROUPS) {
@@ -559,7 +565,7 @@ impl Cluster {
             .get(app_id)
             .copied()
             .unwrap_or(0)
-            .max(self.deployments_revision)
+            .max(self.all_apps_revision)
     }
 
     /// The feed of a node, created on first use.

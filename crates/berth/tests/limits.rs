@@ -118,6 +118,34 @@ async fn a_bulk_put_of_5000_apps_is_one_step_and_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_stops_showing_a_deployment_once_it_is_gone() {
+    // No node: the deployment cannot finish until it is cancelled.
+    let c = Cluster::start_server_only("depcache").await;
+    let api = &c.api;
+    let r = api
+        .post(
+            "/v2/apps",
+            &json!({"id": "/stuck/a", "cmd": "sleep 1", "instances": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["deployments"][0]["id"]
+        .as_str()
+        .expect("deployment")
+        .to_string();
+    // Rendered (and cached) while the deployment runs...
+    let during = api.get_ok("/v2/apps/stuck/a").await;
+    assert_eq!(during["app"]["deployments"], json!([{"id": id}]));
+    let r = api
+        .delete(&format!("/v2/deployments/{id}?force=true"))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    // ...and not shown once the deployment is gone, though the app itself did not change.
+    let after = api.get_ok("/v2/apps/stuck/a").await;
+    assert_eq!(after["app"]["deployments"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_event_client_is_dropped_and_readers_keep_everything() {
     let c = Cluster::start_server_with(
         "stall",
