@@ -391,15 +391,19 @@ fn opts(retain_revisions: u64) -> StoreOptions {
 #[tokio::test]
 async fn change_log_is_compacted_by_age() {
     let dir = tempfile::tempdir().unwrap();
-    let s = RedbStore::open_with(
-        dir.path(),
-        StoreOptions {
-            retain_revisions: 1_000_000,
-            retain_age: Some(Duration::from_millis(300)),
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+    // Keeps every revision by count: only age compacts.
+    let open = || {
+        RedbStore::open_with(
+            dir.path(),
+            StoreOptions {
+                retain_revisions: 1_000_000,
+                retain_age: Some(Duration::from_millis(300)),
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let s = open();
     for i in 0..10 {
         s.put(format!("k/{i}"), "v").await.unwrap();
     }
@@ -422,15 +426,7 @@ async fn change_log_is_compacted_by_age() {
     // The age of what a reopened file holds is unknown: it counts from the open.
     drop(w);
     drop(s);
-    let s = RedbStore::open_with(
-        dir.path(),
-        StoreOptions {
-            retain_revisions: 1_000_000,
-            retain_age: Some(Duration::from_millis(300)),
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+    let s = open();
     assert_eq!(s.compacted_revision(), 10, "compacted revision is durable");
     s.put("k/y", "v").await.unwrap();
     assert_eq!(s.compacted_revision(), 10);
