@@ -49,7 +49,11 @@ HEALTHY = f"/compat-{RUN}/healthy"
 GROUP = f"/compat-{RUN}-grp"
 GROUP_APP = f"{GROUP}/worker"
 
-client = MarathonClient(URL)
+# With BERTH_USER/BERTH_PASSWORD the client authenticates with HTTP basic auth, as
+# marathon-python does against Marathon's --http_credentials.
+USER = os.environ.get("BERTH_USER")
+PASSWORD = os.environ.get("BERTH_PASSWORD")
+client = MarathonClient(URL, username=USER, password=PASSWORD)
 results = {"passed": 0, "failed": 0}
 ctx = {}
 

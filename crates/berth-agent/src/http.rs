@@ -52,10 +52,47 @@ pub fn router(view: AgentView, paths: HostPaths) -> Router {
             )
         })
         .with_state(AppState {
-            view,
+            view: view.clone(),
             paths: Arc::new(paths),
         })
+        .layer(axum::middleware::from_fn_with_state(view, only_the_server))
         .layer(axum::middleware::from_fn(close_if_body_unread))
+}
+
+/// Once the node has joined, only the server (presenting the node's credential) may read
+/// logs and metrics; Prometheus may read `/metrics` with the scrape token. `/ping` is open.
+async fn only_the_server(
+    State(view): State<AgentView>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if path == "/ping" {
+        return next.run(req).await;
+    }
+    let metrics = path == "/metrics";
+    let allowed = match view.credentials() {
+        None => true,
+        Some(c) => c.allows(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+            metrics,
+        ),
+    };
+    if allowed {
+        next.run(req).await
+    } else {
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "this agent answers only its server (and, on /metrics, the scrape token)".into(),
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        resp
+    }
 }
 
 /// `Connection: close` on the reply to a request whose body was not read to its end (a body

@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod conditions;
+pub mod credentials;
 pub mod driver;
 pub mod health;
 pub mod http;

@@ -30,6 +30,8 @@ pub struct AgentConfig {
     /// stops it: long enough to ride out a server restore, short enough that ghosts do not
     /// pile up (seed 000: ghost containers after a daemon upgrade).
     pub ghost_grace: Duration,
+    /// Join token and node credential (empty: the server has authentication off).
+    pub credentials: Arc<crate::credentials::Credentials>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +240,9 @@ impl Shared {
     ) -> Result<T, AgentError> {
         let url = format!("{}{}", self.server().trim_end_matches('/'), path);
         let mut req = self.http.request(method, &url).timeout(timeout);
+        if let Some(bearer) = self.config.credentials.bearer() {
+            req = req.bearer_auth(bearer);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -250,6 +255,15 @@ impl Shared {
         })?;
         let status = resp.status();
         if status.as_u16() == 404 {
+            return Err(AgentError::NotRegistered);
+        }
+        if status.as_u16() == 401
+            && self.config.credentials.has_credential()
+            && self.config.credentials.can_rejoin()
+        {
+            // The server no longer knows this credential: join again with the join token.
+            tracing::warn!("the server refused this node's credential; joining again");
+            self.config.credentials.forget();
             return Err(AgentError::NotRegistered);
         }
         if !status.is_success() {
@@ -279,6 +293,16 @@ impl Shared {
             )
             .await?;
         *self.heartbeat.lock() = Duration::from_millis(r.heartbeat_interval_ms.max(100));
+        if let Some(credential) = r.credential {
+            self.config
+                .credentials
+                .store(credential)
+                .map_err(|e| AgentError::Http {
+                    url: "/api/v1/agent/register".into(),
+                    message: format!("keeping the node credential: {e}"),
+                })?;
+            tracing::info!(node = %r.node_id, "joined: node credential kept");
+        }
         tracing::info!(node = %r.node_id, server = %self.server(), "registered");
         Ok(())
     }
@@ -821,6 +845,11 @@ impl AgentView {
 
     fn shared(&self) -> Option<Arc<Shared>> {
         self.inner.shared.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// The agent's credentials, once it runs.
+    pub fn credentials(&self) -> Option<Arc<crate::credentials::Credentials>> {
+        self.shared().map(|s| s.config.credentials.clone())
     }
 
     /// The node id, once the agent runs.

@@ -27,6 +27,11 @@ pub struct Reply {
 impl Client {
     /// `base` is the server address, e.g. `http://127.0.0.1:8080` (a trailing `/` is ignored).
     pub fn new(base: &str) -> Result<Self, CliError> {
+        Self::with_token(base, None)
+    }
+
+    /// A client that sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(base: &str, token: Option<&str>) -> Result<Self, CliError> {
         let base = base.trim().trim_end_matches('/').to_string();
         let url = reqwest::Url::parse(&base)
             .map_err(|e| CliError::Input(format!("invalid server address '{base}': {e}")))?;
@@ -35,7 +40,17 @@ impl Client {
                 "invalid server address '{base}': scheme must be http or https"
             )));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
+            let mut v =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                    CliError::Input("the token holds characters a header cannot".into())
+                })?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
             .build()

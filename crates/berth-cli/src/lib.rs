@@ -5,8 +5,10 @@
 //! variants to its subcommands and calls [`run`]. On error it prints [`CliError::report`]
 //! to stderr and exits with [`CliError::exit_code`].
 
+mod access;
 mod app;
 mod client;
+pub mod config;
 mod deployment;
 mod error;
 mod events;
@@ -17,6 +19,7 @@ mod task;
 mod view;
 mod watch;
 
+pub use access::{LoginArgs, TokenCmd, TokenSubcommand};
 pub use app::{AppCmd, AppSubcommand, DeployArgs, DeployWaitArgs, WaitArgs};
 pub use client::{Client, Reply, encode, normalize_id, query};
 pub use deployment::{DeploymentCmd, DeploymentSubcommand};
@@ -42,6 +45,10 @@ pub enum ClientCommand {
     Events(EventsArgs),
     /// Inspect, cordon and drain the cluster's nodes.
     Node(NodeCmd),
+    /// Create, list and revoke API tokens (cluster-admin).
+    Token(TokenCmd),
+    /// Check a token against a server and keep both in the config file.
+    Login(LoginArgs),
 }
 
 /// Options shared by every client subcommand.
@@ -58,6 +65,9 @@ pub struct ClientOpts {
     /// Output format: aligned tables for people, the server's JSON for scripts.
     #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
     pub output: OutputFormat,
+    /// API token (BERTH_TOKEN; default: the one `berth login` kept).
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,7 +101,7 @@ async fn run_inner(
     out: &mut (dyn Write + Send),
     tty: bool,
 ) -> Result<(), CliError> {
-    let client = Client::new(&opts.server)?;
+    let client = Client::with_token(&opts.server, opts.token.as_deref())?;
     let mut ctx = Ctx {
         client,
         format: opts.output,
@@ -104,6 +114,8 @@ async fn run_inner(
         ClientCommand::Deployment(c) => deployment::run(&mut ctx, c.command).await,
         ClientCommand::Events(a) => events::run(&mut ctx, a).await,
         ClientCommand::Node(c) => node::run(&mut ctx, c.command).await,
+        ClientCommand::Token(c) => access::run_token(&mut ctx, c.command).await,
+        ClientCommand::Login(a) => access::login(&mut ctx, a).await,
     };
     match result {
         Err(CliError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {

@@ -21,6 +21,12 @@ use std::sync::Arc;
 pub struct RegisterResponse {
     pub node_id: String,
     pub heartbeat_interval_ms: u64,
+    /// A new credential for this node, issued to an agent that joined with the join token:
+    /// it authenticates every later call of the agent protocol, and the server presents it
+    /// when it calls the agent. Absent when authentication is off or the agent already
+    /// presented its credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// One task the node must run (goal `running`) or stop (goal `killed`).

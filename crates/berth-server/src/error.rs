@@ -26,6 +26,12 @@ pub enum ApiError {
     /// A limit on concurrent use (event streams, long polls) is reached: try again later.
     #[error("{0}")]
     TooManyRequests(String),
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials without the permission.
+    #[error("{0}")]
+    Forbidden(String),
     /// The store failed to persist: nothing was acknowledged.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -56,6 +62,8 @@ impl ApiError {
             Self::InvalidJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -3,6 +3,8 @@
 //! converge observed state (tasks reported by agents) to desired state (apps).
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod controller;
 pub mod error;
 pub mod event_hub;
@@ -40,6 +42,8 @@ pub struct ServerConfig {
     pub events: event_hub::EventLimits,
     /// Agent long-polls held open at once; one more is refused with 429.
     pub max_long_polls: usize,
+    /// Authentication (on for `berth server`), and where its files and the audit log live.
+    pub auth: auth::AuthConfig,
 }
 
 impl ServerConfig {
@@ -53,6 +57,7 @@ impl ServerConfig {
             max_body_bytes: 2 * 1024 * 1024,
             events: event_hub::EventLimits::default(),
             max_long_polls: 20_000,
+            auth: auth::AuthConfig::default(),
         }
     }
 }
@@ -73,6 +78,10 @@ pub struct Inner {
     pub app_cache: AppCache,
     /// Agent long-polls waiting now.
     pub long_polls: std::sync::atomic::AtomicUsize,
+    /// Tokens and node credentials.
+    pub auth: auth::AuthState,
+    /// Every write users sent.
+    pub audit: audit::AuditLog,
 }
 
 pub type Shared = Arc<Inner>;
@@ -287,6 +296,20 @@ impl Server {
         let cluster = Cluster::load(store.as_ref(), config.seed)
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
+        let auth = auth::AuthState::load(config.auth.clone(), store.as_ref())
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        auth.bootstrap(store.as_ref())
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        let audit = match &config.auth.data_dir {
+            Some(dir) => audit::AuditLog::open(dir)
+                .map_err(|e| StartError::Store(format!("opening the audit log: {e}")))?,
+            None => audit::AuditLog::in_memory(),
+        };
+        if !config.auth.enabled {
+            tracing::warn!("authentication is off: every caller may do everything");
+        }
         let (ptx, prx) = mpsc::unbounded_channel();
         tokio::spawn(state::run_persister(store.clone(), prx));
         let events = event_hub::EventHub::new(config.events);
@@ -301,8 +324,14 @@ impl Server {
             render_cache: RenderCache::default(),
             app_cache: AppCache::default(),
             long_polls: Default::default(),
+            auth,
+            audit,
         });
         let app = api::router(shared.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                auth::authorize,
+            ))
             .layer(axum::middleware::map_response(error::json_client_errors))
             .layer(axum::middleware::from_fn(keepalive::close_if_body_unread));
         tokio::spawn(async move {

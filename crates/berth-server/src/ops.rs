@@ -24,6 +24,16 @@ use std::sync::atomic::{AtomicI64, Ordering};
 pub struct RequestCtx {
     pub client_ip: String,
     pub uri: String,
+    /// Who asked: an app-admin may change only apps inside its scopes.
+    pub principal: crate::auth::Principal,
+}
+
+impl RequestCtx {
+    /// 403 unless the caller may change the app or group `id`.
+    pub fn may_change(&self, id: &str) -> ApiResult<()> {
+        self.principal
+            .check_on(berth_core::rbac::Permission::AppWrite, id)
+    }
 }
 
 /// What a change returns to the client: `{"deploymentId": .., "version": ..}`.
@@ -221,6 +231,7 @@ pub fn create_app(
     app: AppDefinition,
     ctx: &RequestCtx,
 ) -> ApiResult<(Arc<AppDefinition>, DeploymentRef)> {
+    ctx.may_change(&app.id)?;
     if st.apps.contains_key(&app.id) {
         return Err(ApiError::Conflict {
             message: format!("An app with id [{}] already exists.", app.id),
@@ -430,6 +441,7 @@ pub fn put_app(
     force: bool,
     ctx: &RequestCtx,
 ) -> ApiResult<(bool, DeploymentRef)> {
+    ctx.may_change(id)?;
     match update {
         AppUpdate::Rollback(version) => {
             let old = st
@@ -494,6 +506,7 @@ pub fn put_apps(
             );
             continue;
         };
+        ctx.may_change(&id)?;
         match merged_definition(st, &id, map, partial) {
             Ok(app) => news.push(app),
             Err(ApiError::Invalid(e)) => errs.extend_prefixed(&format!("({i})"), e),
@@ -621,6 +634,7 @@ pub fn restart_app(
     force: bool,
     ctx: &RequestCtx,
 ) -> ApiResult<DeploymentRef> {
+    ctx.may_change(id)?;
     let old = st
         .apps
         .get(id)
@@ -671,6 +685,7 @@ pub fn kill_tasks(
             && t.goal == TaskGoal::Running
             && !found.contains(id)
         {
+            ctx.may_change(&t.app_id)?;
             *per_app.entry(t.app_id.clone()).or_default() += 1;
             found.push(id.clone());
         }
@@ -817,6 +832,7 @@ pub fn create_group(
     if let Err(e) = path::check_id(&id) {
         return Err(ApiError::invalid("/id", e));
     }
+    ctx.may_change(&id)?;
     if group_exists(st, &id) || st.apps.contains_key(&id) {
         return Err(ApiError::Conflict {
             message: format!("Group {id} is already created. Use PUT to change this group."),
@@ -942,6 +958,7 @@ pub fn scale_group(
     if !group_exists(st, id) {
         return Err(ApiError::NotFound(format!("Group '{id}' does not exist")));
     }
+    ctx.may_change(id)?;
     let apps = apps_in_group(st, id);
     for a in &apps {
         if let Some(app) = st.apps.get(a) {
@@ -998,6 +1015,9 @@ pub fn cancel_deployment(
             "DeploymentPlan {id} does not exist"
         )));
     };
+    for app in &d.affected_apps {
+        ctx.may_change(app)?;
+    }
     st.deployments.remove(id);
     ch.delete(format!("{K_DEPLOYMENTS}{id}"));
     ch.event(Event::with_plan(

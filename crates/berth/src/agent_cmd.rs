@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use berth_agent::conditions::{ConditionsConfig, Thresholds};
+use berth_agent::credentials::Credentials;
 use berth_agent::driver::docker::{DockerConfig, DockerDriver};
 use berth_agent::driver::exec::{ExecConfig, ExecDriver};
 use berth_agent::driver::fake::{FakeConfig, FakeDriver};
@@ -31,6 +32,34 @@ pub struct AgentArgs {
     pub node: NodeArgs,
 }
 
+/// How an agent (or `berth sim`) joins a server that has authentication on.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct JoinArgs {
+    /// The server's join token (`join.token` in the server's data dir).
+    #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long, conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
+}
+
+impl JoinArgs {
+    pub fn token(&self) -> Result<Option<String>> {
+        if let Some(t) = &self.join_token {
+            return Ok(Some(t.trim().to_string()));
+        }
+        match &self.join_token_file {
+            None => Ok(None),
+            Some(f) => Ok(Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the join token from {}", f.display()))?
+                    .trim()
+                    .to_string(),
+            )),
+        }
+    }
+}
+
 /// What this node offers; everything has a sensible default read from the host.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
@@ -55,6 +84,12 @@ pub struct NodeArgs {
     /// Disk offered in MiB (default: free space of the data dir).
     #[arg(long)]
     pub disk: Option<f64>,
+    #[command(flatten)]
+    pub join: JoinArgs,
+    /// A file holding the token Prometheus presents (`Authorization: Bearer`) to scrape the
+    /// agent's `/metrics`; once joined, the agent's port answers only its server otherwise.
+    #[arg(long)]
+    pub scrape_token_file: Option<PathBuf>,
     /// Host port ranges for tasks, e.g. `31000-32000` (repeatable).
     #[arg(long = "ports", default_value = "31000-32000", value_parser = parse_range)]
     pub ports: Vec<PortRange>,
@@ -334,6 +369,19 @@ pub async fn start(
         node: info,
         poll_wait: Duration::from_secs(25),
         ghost_grace: Duration::from_secs(node.ghost_grace),
+        credentials: Arc::new(Credentials::new(
+            node.join.token()?,
+            Some(data_dir.join("node.credential")),
+            match &node.scrape_token_file {
+                None => None,
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading the scrape token from {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+            },
+        )),
     };
     let http = Agent::http_client()?;
     let handle = Agent::start_with_view(config, http, drivers.clone(), rx, shutdown, view).await?;

@@ -20,6 +20,15 @@ pub struct DevArgs {
     pub node: NodeArgs,
     #[command(flatten)]
     pub limits: crate::server_cmd::LimitArgs,
+    /// HTTP basic-auth users (`user:password`, comma-separated): turns authentication on,
+    /// even on loopback.
+    #[arg(
+        long,
+        env = "BERTH_HTTP_CREDENTIALS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub http_credentials: Vec<String>,
 }
 
 pub async fn run(mut args: DevArgs) -> Result<()> {
@@ -43,14 +52,25 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
         .clone()
         .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()))
         .context("no data dir")?;
+    // Open on loopback (a single-user tool); anywhere else it authenticates like a server.
+    let basic_users = crate::server_cmd::parse_credentials(&args.http_credentials)?;
+    let auth_on = !args.listen.ip().is_loopback() || !basic_users.is_empty();
     let server = crate::server_cmd::start(
         args.listen,
         &data_dir.join("server"),
         20,
         None,
         &args.limits,
+        berth_server::auth::AuthConfig {
+            enabled: auth_on,
+            basic_users,
+            data_dir: None,
+        },
     )
     .await?;
+    if auth_on && args.node.join.join_token.is_none() && args.node.join.join_token_file.is_none() {
+        args.node.join.join_token_file = Some(data_dir.join("server").join("join.token"));
+    }
     let url = format!("http://{}", server.addr);
     if args.node.address.is_none() {
         args.node.address = Some("127.0.0.1".into());
@@ -72,6 +92,12 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
         if temp.is_some() { " (temporary)" } else { "" }
     );
     println!("  {}", docker_line(&docker));
+    if auth_on {
+        println!(
+            "  authentication on: admin token in {}",
+            data_dir.join("server").join("admin.token").display()
+        );
+    }
     println!("  try: curl {url}/v2/apps   or   BERTH_ADDR={url} berth app list");
     crate::shutdown_signal().await;
     println!("stopping");

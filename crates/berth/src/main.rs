@@ -35,6 +35,9 @@ struct Cli {
     /// Output format of client commands: aligned tables for people, JSON for scripts.
     #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
     output: OutputFormat,
+    /// API token of client commands (BERTH_TOKEN; default: the one `berth login` kept).
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +62,10 @@ enum Command {
     Events(EventsArgs),
     /// Inspect nodes.
     Node(NodeCmd),
+    /// Create, list and revoke API tokens (cluster-admin).
+    Token(berth_cli::TokenCmd),
+    /// Check a token against the server and keep both in ~/.config/berth/config.json (0600).
+    Login(berth_cli::LoginArgs),
     /// Internal: the per-task supervisor of the exec driver.
     #[command(name = "__shim", hide = true)]
     Shim { task_dir: std::path::PathBuf },
@@ -127,13 +134,24 @@ async fn client(opts: ClientOpts, cmd: ClientCommand) -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let kept = berth_cli::config::load();
     let opts = ClientOpts {
         server: cli
             .servers
             .first()
             .cloned()
+            .or(kept.server.clone())
             .unwrap_or_else(|| "http://127.0.0.1:8080".into()),
         output: cli.output,
+        // `berth login` checks a new token: the kept one must not stand in for it.
+        token: cli
+            .token
+            .clone()
+            .or(if matches!(cli.command, Command::Login(_)) {
+                None
+            } else {
+                kept.token
+            }),
     };
     let need_servers = |what: &str| -> Result<Vec<String>> {
         if cli.servers.is_empty() {
@@ -165,6 +183,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Deployment(cmd) => client(opts, ClientCommand::Deployment(cmd)).await,
         Command::Events(args) => client(opts, ClientCommand::Events(args)).await,
         Command::Node(cmd) => client(opts, ClientCommand::Node(cmd)).await,
+        Command::Token(cmd) => client(opts, ClientCommand::Token(cmd)).await,
+        Command::Login(args) => client(opts, ClientCommand::Login(args)).await,
         Command::Shim { .. } => Ok(()),
     }
 }

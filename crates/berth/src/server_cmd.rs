@@ -24,6 +24,30 @@ pub struct ServerArgs {
     pub advertise: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// HTTP basic-auth users, all cluster-admins (Marathon's `--http_credentials`):
+    /// `user:password`, comma-separated. Tokens (`berth token create`) work besides.
+    #[arg(
+        long,
+        env = "BERTH_HTTP_CREDENTIALS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub http_credentials: Vec<String>,
+}
+
+/// `user:password` pairs; a malformed one is an error naming it (without its password).
+pub fn parse_credentials(pairs: &[String]) -> Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once(':') {
+            Some((u, pw)) if !u.is_empty() && !pw.is_empty() => Ok((u.to_string(), pw.to_string())),
+            _ => anyhow::bail!(
+                "--http-credentials: each entry must be user:password (entry starting {:?})",
+                p.chars().take(3).collect::<String>()
+            ),
+        })
+        .collect()
 }
 
 /// What one client may make the server hold (docs/api.md, "Limits").
@@ -67,16 +91,22 @@ pub async fn start(
     node_timeout: u64,
     advertise: Option<String>,
     limits: &LimitArgs,
+    mut auth: berth_server::auth::AuthConfig,
 ) -> Result<Server> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    // The data dir holds the admin and join tokens: only its owner may look inside.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", data_dir.display()))?;
+    }
+    auth.data_dir = Some(data_dir.to_path_buf());
     let store = RedbStore::open(data_dir)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    let server = Server::start(
-        config(listen, node_timeout, advertise, limits),
-        Arc::new(store),
-    )
-    .await?;
+    let mut config = config(listen, node_timeout, advertise, limits);
+    config.auth = auth;
+    let server = Server::start(config, Arc::new(store)).await?;
     Ok(server)
 }
 
@@ -87,9 +117,19 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         args.node_timeout,
         args.advertise,
         &args.limits,
+        berth_server::auth::AuthConfig {
+            enabled: true,
+            basic_users: parse_credentials(&args.http_credentials)?,
+            data_dir: None,
+        },
     )
     .await?;
     tracing::info!(addr = %server.addr, data_dir = %args.data_dir.display(), "berth server listening");
+    tracing::info!(
+        admin_token = %args.data_dir.join("admin.token").display(),
+        join_token = %args.data_dir.join("join.token").display(),
+        "authentication on: the first start wrote the admin token and the agents' join token here"
+    );
     crate::shutdown_signal().await;
     tracing::info!("shutting down");
     Ok(())

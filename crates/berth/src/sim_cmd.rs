@@ -23,6 +23,8 @@ pub struct SimArgs {
     /// Server URLs: the global `--server` (repeatable), filled in by `main`.
     #[arg(skip)]
     pub servers: Vec<String>,
+    #[command(flatten)]
+    pub join: crate::agent_cmd::JoinArgs,
     /// Number of simulated nodes.
     #[arg(long, default_value_t = 100)]
     pub nodes: usize,
@@ -175,6 +177,7 @@ pub async fn start(
     // One client for every agent: its pool holds the long-polls (one connection each) and
     // reuses idle connections for reports.
     let http = Agent::http_client().context("building the HTTP client")?;
+    let join_token = args.join.token()?;
     let rate = args.register_rate.max(1);
     let began = Instant::now();
     let mut handles = Vec::with_capacity(args.nodes);
@@ -204,6 +207,11 @@ pub async fn start(
             node: node_info(args, &attrs, &kinds, i),
             poll_wait: Duration::from_secs(args.poll_wait.max(1)),
             ghost_grace: Duration::from_secs(30),
+            credentials: Arc::new(berth_agent::credentials::Credentials::new(
+                join_token.clone(),
+                None,
+                None,
+            )),
         };
         let h =
             Agent::start_with_client(config, http.clone(), drivers, rx, shutdown.clone()).await?;
@@ -256,6 +264,7 @@ mod tests {
         assert_eq!(a[1].1, AttrValues::Const("z".into()));
         let args = SimArgs {
             servers: vec!["http://x".into()],
+            join: Default::default(),
             nodes: 4,
             attributes: String::new(),
             cpus: 1.0,
@@ -279,6 +288,7 @@ mod tests {
     fn sim_args(nodes: usize, drivers: &str) -> SimArgs {
         SimArgs {
             servers: vec!["http://x".into()],
+            join: Default::default(),
             nodes,
             attributes: String::new(),
             cpus: 32.0,

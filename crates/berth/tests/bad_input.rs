@@ -154,7 +154,9 @@ async fn bad_requests_are_4xx_json_and_change_nothing() {
 
     // A body over the limit (2 MiB): 413 with JSON. (On a client of its own: see
     // `oversized_body_says_connection_close_or_keeps_the_connection` for what it does to the connection.)
-    let r = Api::new(&c.url()).post("/v2/apps", &big_app()).await;
+    let r = Api::with_token(&c.url(), Some(&c.admin_token()))
+        .post("/v2/apps", &big_app())
+        .await;
     assert_json_error(&r, 413, "3 MB body");
 
     // PUT with an id in the body that is not the path's.
@@ -307,7 +309,8 @@ async fn oversized_body_says_connection_close_or_keeps_the_connection() {
     let (mut rd, mut wr) = stream.into_split();
     let head = format!(
         "POST /v2/apps HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
+         Authorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+        c.admin_token(),
         body.len()
     );
     let writer = tokio::spawn(async move {

@@ -20,6 +20,9 @@ async fn berth(c: &Cluster, args: &[&str]) -> Out {
     let run = tokio::process::Command::new(BERTH)
         .args(args)
         .env("BERTH_ADDR", c.url())
+        .env("BERTH_TOKEN", c.admin_token())
+        // Never the config file of whoever runs the tests.
+        .env("BERTH_CONFIG", c.path().join("cli-config.json"))
         .env_remove("BERTH_LOG")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -201,6 +201,8 @@ impl DockerCluster {
         let child = Command::new(BERTH)
             .args(["agent", "--server", &self.c.url(), "--data-dir"])
             .arg(self.c.path().join("agent"))
+            .arg("--join-token-file")
+            .arg(self.c.join_token_file())
             .args([
                 "--listen",
                 "127.0.0.1:0",

@@ -33,7 +33,8 @@ fn rss_mib(c: &Cluster) -> u64 {
 }
 
 async fn metric(api: &Api, name: &str) -> f64 {
-    let text = reqwest::Client::new()
+    let text = api
+        .http
         .get(api.url("/metrics"))
         .header("Accept", "text/plain; version=0.0.4")
         .send()
@@ -162,7 +163,9 @@ async fn a_stalled_event_client_is_dropped_and_readers_keep_everything() {
     let mut stalled = std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
     write!(
         stalled,
-        "GET /v2/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /v2/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        c.admin_token()
     )
     .expect("request");
     let mut reader = EventStream::connect(api, "?event_type=deployment_success").await;
@@ -214,26 +217,32 @@ async fn long_polls_are_capped() {
         "resources": {"cpus": 1.0, "mem": 1024.0, "disk": 1024.0},
         "portRanges": [{"begin": 31000, "end": 31010}], "drivers": ["fake"],
     });
-    let r = api.post("/api/v1/agent/register", &node).await;
+    // Acting as an agent: join with the join token, then use the node's credential.
+    let join = common::read_token(&c.join_token_file());
+    let r = Api::with_token(&c.url(), Some(&join))
+        .post("/api/v1/agent/register", &node)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let first = api.get_ok("/api/v1/agent/lp1/assignments").await;
+    let credential = r.json["credential"].as_str().expect("a node credential");
+    let agent = Api::with_token(&c.url(), Some(credential));
+    let first = agent.get_ok("/api/v1/agent/lp1/assignments").await;
     let generation = first["generation"].as_u64().expect("generation");
     let path = format!("/api/v1/agent/lp1/assignments?after={generation}&wait=30");
     let mut held = Vec::new();
     for _ in 0..2 {
-        let api = api.clone();
+        let agent = agent.clone();
         let path = path.clone();
-        held.push(tokio::spawn(async move { api.get(&path).await.status }));
+        held.push(tokio::spawn(async move { agent.get(&path).await.status }));
     }
     wait_until(T, "two long-polls waiting", || async {
         metric(api, "berth_long_polls").await == 2.0
     })
     .await;
-    let r = api.get(&path).await;
+    let r = agent.get(&path).await;
     assert_eq!(r.status, 429, "{}", r.text);
     assert!(r.message().contains("long-polls"), "{}", r.text);
     // A poll that does not wait is always answered.
-    let r = api.get("/api/v1/agent/lp1/assignments").await;
+    let r = agent.get("/api/v1/agent/lp1/assignments").await;
     assert_eq!(r.status, 200, "{}", r.text);
     for h in held {
         h.abort();

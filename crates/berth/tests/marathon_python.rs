@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(600);
 
+const USER: &str = "jenkins";
+const PASSWORD: &str = "s3cr3t-pass";
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -59,6 +62,9 @@ impl DevCluster {
         let err = out.try_clone().expect("log file");
         let child = Command::new(BERTH)
             .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+            // Authentication on: the client must send basic credentials (Marathon's
+            // --http_credentials), as marathon-python does with username/password.
+            .args(["--http-credentials", &format!("{USER}:{PASSWORD}")])
             .env("TMPDIR", tmp.path())
             .env(
                 "RUST_LOG",
@@ -208,9 +214,23 @@ fn marathon_python_client_against_berth_dev() {
     assert!(script.exists(), "{} is missing", script.display());
 
     let dev = DevCluster::start();
+    // Without credentials: refused, with Marathon's error shape.
+    let port: u16 = dev
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let refused = http_get(port, "/v2/apps").unwrap_or_default();
+    assert!(
+        refused.starts_with("HTTP/1.1 401") && refused.contains("\"message\""),
+        "GET /v2/apps without credentials: {refused}"
+    );
     let mut cmd = Command::new(&python);
     cmd.arg(&script)
         .env("BERTH_URL", &dev.url)
+        .env("BERTH_USER", USER)
+        .env("BERTH_PASSWORD", PASSWORD)
         .env("PYTHONUNBUFFERED", "1");
     let done = bounded::run_bounded(cmd, SCRIPT_TIMEOUT);
     let (status, stdout, stderr) = (done.status, done.stdout, done.stderr);

@@ -176,6 +176,14 @@ impl Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    fn admin_token(&self) -> String {
+        let path = self.dir.path().join("data").join("admin.token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
     fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
@@ -222,6 +230,11 @@ fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
         .env("NO_COLOR", "1")
         .env("PYTHONUNBUFFERED", "1")
         .args(["run", &format!("{}/openapi.json", server.url())])
+        // Authentication is on: every operation runs as the admin (401/403 are documented).
+        .args([
+            "--header",
+            &format!("Authorization: Bearer {}", server.admin_token()),
+        ])
         .args([
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,\

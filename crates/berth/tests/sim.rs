@@ -78,16 +78,35 @@ async fn simulated_nodes_run_and_remove_2000_tasks() {
         "--data-dir",
         data.to_str().expect("utf-8 path"),
     ])]);
-    let http = reqwest::Client::new();
     let t = Instant::now();
-    while http.get(format!("{base}/ping")).send().await.is_err() {
+    while reqwest::Client::new()
+        .get(format!("{base}/ping"))
+        .send()
+        .await
+        .is_err()
+    {
         assert!(t.elapsed() < T, "the server did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Authentication is on: the test reads as the admin, the simulated nodes join with the
+    // join token (each gets its own node credential).
+    let admin = std::fs::read_to_string(data.join("admin.token")).expect("admin.token");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", admin.trim()).parse().expect("header"),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client");
+    let join_file = data.join("join.token");
     procs.0.push(spawn(&[
         "sim",
         "--server",
         &base,
+        "--join-token-file",
+        join_file.to_str().expect("utf-8 path"),
         "--nodes",
         &NODES.to_string(),
         "--attributes",

@@ -2,6 +2,7 @@
 
 use super::{Params, json_body, ok};
 use crate::Shared;
+use crate::auth::{Caller, Principal};
 use crate::controller::apply_statuses;
 use crate::error::{ApiError, ApiResult};
 use crate::state::K_NODES;
@@ -59,13 +60,55 @@ fn check_info(info: &NodeInfo) -> ApiResult<()> {
     Ok(errs.into_result()?)
 }
 
-pub async fn register(State(s): State<Shared>, body: Body) -> ApiResult<Response> {
+/// 403 unless the caller is the agent of `node` (or authentication is off).
+fn check_node(who: &Principal, node: &str) -> ApiResult<()> {
+    match who {
+        Principal::Anonymous => Ok(()),
+        Principal::Node(n) if n == node => Ok(()),
+        _ => Err(ApiError::Forbidden(format!(
+            "permission denied: {} may not act for node '{node}'",
+            who.name()
+        ))),
+    }
+}
+
+pub async fn register(
+    State(s): State<Shared>,
+    Caller(who): Caller,
+    body: Body,
+) -> ApiResult<Response> {
     let v = json_body(&s, body).await?;
     let info: NodeInfo =
         serde_json::from_value(v).map_err(|e| ApiError::invalid("/", e.to_string()))?;
     check_info(&info)?;
     let now = berth_core::time::now_millis();
     let id = info.id.clone();
+    // A join token may claim a node id nobody holds, or one whose agent stopped reporting
+    // (an agent that lost its data dir); never a live node's, which would let any holder of
+    // the join token take over that node's tasks.
+    let issue = match &who {
+        Principal::Joining(_) => {
+            let live = s
+                .state
+                .read()
+                .nodes
+                .get(&id)
+                .is_some_and(|n| n.status == NodeStatus::Ready);
+            if live && s.auth.has_node_credential(&id) {
+                return Err(ApiError::Conflict {
+                    message: format!(
+                        "node '{id}' is registered and reporting with its own credential;                          a join token cannot take it over (if its agent lost its credential,                          wait until the node is unreachable, then join again)"
+                    ),
+                    deployments: vec![],
+                });
+            }
+            true
+        }
+        other => {
+            check_node(other, &id)?;
+            false
+        }
+    };
     s.apply(|st, ch| {
         // Operator decisions (cordon, drain) survive an agent re-registering.
         let (cordoned, draining, registered_at) = st
@@ -88,11 +131,22 @@ pub async fn register(State(s): State<Shared>, body: Body) -> ApiResult<Response
         Ok(())
     })
     .await?;
-    tracing::info!(node = %id, "node registered");
+    let credential = if issue {
+        Some(
+            s.auth
+                .issue_node_credential(s.store.as_ref(), &id)
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    tracing::info!(node = %id, joined = issue, "node registered");
     let interval = (s.config.node_timeout / 4).as_millis() as u64;
     Ok(ok(serde_json::to_value(RegisterResponse {
         node_id: id,
         heartbeat_interval_ms: interval.max(100),
+        credential,
     })
     .unwrap_or_default()))
 }
@@ -239,9 +293,11 @@ impl Drop for LongPoll<'_> {
 
 pub async fn assignments(
     State(s): State<Shared>,
+    Caller(who): Caller,
     Path(node): Path<String>,
     uri: Uri,
 ) -> ApiResult<Response> {
+    check_node(&who, &node)?;
     let p = Params::from_uri(&uri);
     let after: u64 = p.get("after").and_then(|v| v.parse().ok()).unwrap_or(0);
     let wait = p
@@ -273,9 +329,11 @@ pub async fn assignments(
 
 pub async fn status(
     State(s): State<Shared>,
+    Caller(who): Caller,
     Path(node): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
+    check_node(&who, &node)?;
     let v = json_body(&s, body).await?;
     let report: StatusReport =
         serde_json::from_value(v).map_err(|e| ApiError::invalid("/", e.to_string()))?;

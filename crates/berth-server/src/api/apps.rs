@@ -146,12 +146,13 @@ fn created(app_id: &str, body: Value, deployment_id: &str) -> Response {
 pub async fn create(
     State(s): State<Shared>,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     body: Body,
 ) -> ApiResult<Response> {
     let v = json_body(&s, body).await?;
     let app = berth_core::validate::app_from_json(v)?;
-    let c = ctx(&addr, &uri);
+    let c = ctx(&addr, &uri, &caller);
     let (app, r) = s.apply(|st, ch| ops::create_app(st, ch, app, &c)).await?;
     let body = {
         let st = s.state.read();
@@ -174,6 +175,7 @@ fn deployment_response(status: StatusCode, r: &ops::DeploymentRef) -> Response {
 pub async fn put_many(
     State(s): State<Shared>,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     body: Body,
 ) -> ApiResult<Response> {
@@ -184,7 +186,7 @@ pub async fn put_many(
     let Value::Array(items) = v else {
         return Err(ApiError::invalid("/", "expected a JSON array of apps"));
     };
-    let c = ctx(&addr, &uri);
+    let c = ctx(&addr, &uri, &caller);
     let r = s
         .apply(|st, ch| ops::put_apps(st, ch, items, partial, force, &c))
         .await?;
@@ -194,6 +196,7 @@ pub async fn put_many(
 async fn update(
     s: Shared,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     rest: String,
     body: Body,
@@ -216,7 +219,7 @@ async fn update(
     if let Err(e) = path::check_id(&id) {
         return Err(ApiError::invalid("/id", e));
     }
-    let c = ctx(&addr, &uri);
+    let c = ctx(&addr, &uri, &caller);
     let (was_created, r) = s
         .apply(|st, ch| ops::put_app(st, ch, &id, update, partial, force, &c))
         .await?;
@@ -233,21 +236,23 @@ async fn update(
 pub async fn put_one(
     State(s): State<Shared>,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     Path(rest): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    update(s, addr, uri, rest, body, false).await
+    update(s, addr, caller, uri, rest, body, false).await
 }
 
 pub async fn patch_one(
     State(s): State<Shared>,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     Path(rest): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    update(s, addr, uri, rest, body, true).await
+    update(s, addr, caller, uri, rest, body, true).await
 }
 
 pub async fn get_sub(
@@ -338,6 +343,7 @@ pub async fn get_sub(
 pub async fn post_sub(
     State(s): State<Shared>,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     Path(rest): Path<String>,
 ) -> ApiResult<Response> {
@@ -348,7 +354,7 @@ pub async fn post_sub(
         )));
     };
     let force = Params::from_uri(&uri).flag("force", false)?;
-    let c = ctx(&addr, &uri);
+    let c = ctx(&addr, &uri, &caller);
     let r = s
         .apply(|st, ch| ops::restart_app(st, ch, &id, force, &c))
         .await?;
@@ -358,6 +364,7 @@ pub async fn post_sub(
 pub async fn delete_sub(
     State(s): State<Shared>,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     Path(rest): Path<String>,
 ) -> ApiResult<Response> {
@@ -365,9 +372,10 @@ pub async fn delete_sub(
     let force = p.flag("force", false)?;
     let scale = p.flag("scale", false)?;
     let _wipe = p.flag("wipe", false)?;
-    let c = ctx(&addr, &uri);
+    let c = ctx(&addr, &uri, &caller);
     match parse_target(&rest) {
         Target::App(id) => {
+            c.may_change(&id)?;
             let r = s
                 .apply(|st, ch| ops::delete_app(st, ch, &id, force))
                 .await?;

@@ -47,6 +47,7 @@ pub async fn get(
 async fn create_with(
     s: Shared,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     parent: &str,
     body: Body,
@@ -57,7 +58,7 @@ async fn create_with(
     {
         v["id"] = Value::String(path::normalize(&format!("{parent}/{id}")));
     }
-    let c = ctx(&addr, &uri);
+    let c = ctx(&addr, &uri, &caller);
     let r = s.apply(|st, ch| ops::create_group(st, ch, v, &c)).await?;
     Ok((StatusCode::CREATED, axum::Json(r.to_json())).into_response())
 }
@@ -65,26 +66,29 @@ async fn create_with(
 pub async fn create(
     State(s): State<Shared>,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     body: Body,
 ) -> ApiResult<Response> {
-    create_with(s, addr, uri, "/", body).await
+    create_with(s, addr, caller, uri, "/", body).await
 }
 
 pub async fn create_under(
     State(s): State<Shared>,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     Path(rest): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
     let parent = group_id(&rest);
-    create_with(s, addr, uri, &parent, body).await
+    create_with(s, addr, caller, uri, &parent, body).await
 }
 
 pub async fn put(
     State(s): State<Shared>,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     Path(rest): Path<String>,
     body: Body,
@@ -93,7 +97,7 @@ pub async fn put(
     let force = p.flag("force", false)?;
     let id = group_id(&rest);
     let v = json_body(&s, body).await?;
-    let c = ctx(&addr, &uri);
+    let c = ctx(&addr, &uri, &caller);
     if let Some(f) = v.get("scaleBy") {
         let Some(factor) = f.as_f64() else {
             return Err(ApiError::invalid("/scaleBy", "scaleBy must be a number"));
@@ -128,11 +132,13 @@ pub async fn put(
 
 pub async fn delete(
     State(s): State<Shared>,
+    crate::auth::Caller(who): crate::auth::Caller,
     uri: Uri,
     Path(rest): Path<String>,
 ) -> ApiResult<Response> {
     let force = Params::from_uri(&uri).flag("force", false)?;
     let id = group_id(&rest);
+    who.check_on(berth_core::rbac::Permission::AppWrite, &id)?;
     let r = s
         .apply(|st, ch| ops::delete_group(st, ch, &id, force))
         .await?;

@@ -58,7 +58,12 @@ fn agent_query(uri: &Uri) -> String {
     }
 }
 
-pub async fn task_logs(State(s): State<Shared>, Path(task_id): Path<String>, uri: Uri) -> Response {
+pub async fn task_logs(
+    State(s): State<Shared>,
+    crate::auth::Caller(who): crate::auth::Caller,
+    Path(task_id): Path<String>,
+    uri: Uri,
+) -> Response {
     let target = {
         let st = s.state.read();
         match st.tasks.get(&task_id) {
@@ -66,6 +71,20 @@ pub async fn task_logs(State(s): State<Shared>, Path(task_id): Path<String>, uri
                 StatusCode::NOT_FOUND,
                 format!("Task '{task_id}' does not exist"),
             )),
+            Some(t)
+                if who
+                    .check_on(berth_core::rbac::Permission::ReadLogs, &t.app_id)
+                    .is_err() =>
+            {
+                Err(error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "permission denied: {} lacks 'logs:read' on '{}'",
+                        who.name(),
+                        t.app_id
+                    ),
+                ))
+            }
             Some(t) => match st.nodes.get(&t.node_id) {
                 // Not a failure of the server nor of an agent: these logs are not to be had.
                 None => Err(error(
@@ -98,7 +117,11 @@ pub async fn task_logs(State(s): State<Shared>, Path(task_id): Path<String>, uri
         base.trim_end_matches('/'),
         agent_query(&uri)
     );
-    let resp = match client().get(&url).send().await {
+    let mut request = client().get(&url);
+    if let Some(secret) = s.auth.node_secret(&node) {
+        request = request.bearer_auth(secret);
+    }
+    let resp = match request.send().await {
         Ok(r) => r,
         Err(e) => {
             return error(

@@ -1,6 +1,7 @@
 //! HTTP: the Marathon v2 API, Berth's own `/api/v1`, and the agent protocol. Handlers only
 //! parse requests and render responses; changes go through [`crate::ops`].
 
+mod access;
 mod agent;
 mod apps;
 mod berth;
@@ -98,6 +99,11 @@ routes! {
     GET "/api/v1/tasks/{task_id}/logs" => logs::task_logs;
     GET "/api/v1/deployments" => berth::deployments;
     GET "/api/v1/deployments/{id}" => berth::deployment;
+    POST "/api/v1/tokens" => access::create_token;
+    GET "/api/v1/tokens" => access::list_tokens;
+    DELETE "/api/v1/tokens/{id}" => access::revoke_token;
+    GET "/api/v1/whoami" => access::whoami;
+    GET "/api/v1/audit" => access::audit;
 }
 
 pub fn router(shared: Shared) -> Router {
@@ -213,10 +219,11 @@ pub async fn json_body(shared: &Shared, body: Body) -> ApiResult<Value> {
     serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))
 }
 
-pub fn ctx(addr: &ConnectInfo<SocketAddr>, uri: &Uri) -> RequestCtx {
+pub fn ctx(addr: &ConnectInfo<SocketAddr>, uri: &Uri, caller: &crate::auth::Caller) -> RequestCtx {
     RequestCtx {
         client_ip: addr.0.ip().to_string(),
         uri: uri.path().to_string(),
+        principal: caller.0.clone(),
     }
 }
 

@@ -264,13 +264,18 @@ pub async fn queue(State(s): State<Shared>) -> Response {
     ok(json!({"queue": items}))
 }
 
-pub async fn reset_delay(State(s): State<Shared>, Path(rest): Path<String>) -> ApiResult<Response> {
+pub async fn reset_delay(
+    State(s): State<Shared>,
+    crate::auth::Caller(who): crate::auth::Caller,
+    Path(rest): Path<String>,
+) -> ApiResult<Response> {
     let Some(app) = rest.trim_end_matches('/').strip_suffix("/delay") else {
         return Err(ApiError::NotFound(format!(
             "no such resource: /v2/queue/{rest}"
         )));
     };
     let id = path::normalize(app);
+    who.check_on(berth_core::rbac::Permission::AppWrite, &id)?;
     s.apply(|st, ch| ops::reset_delay(st, ch, &id)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -287,11 +292,12 @@ pub async fn deployments(State(s): State<Shared>) -> Response {
 pub async fn cancel_deployment(
     State(s): State<Shared>,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let force = Params::from_uri(&uri).flag("force", false)?;
-    let c = ctx(&addr, &uri);
+    let c = ctx(&addr, &uri, &caller);
     match s
         .apply(|st, ch| ops::cancel_deployment(st, ch, &id, force, &c))
         .await?

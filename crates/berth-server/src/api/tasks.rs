@@ -70,6 +70,7 @@ pub async fn list(State(s): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiR
 pub async fn delete_many(
     State(s): State<Shared>,
     addr: ConnectInfo<SocketAddr>,
+    caller: crate::auth::Caller,
     uri: Uri,
     body: Body,
 ) -> ApiResult<Response> {
@@ -93,7 +94,7 @@ pub async fn delete_many(
             }
         }
     }
-    let c = ctx(&addr, &uri);
+    let c = ctx(&addr, &uri, &caller);
     let r = s
         .apply(|st, ch| ops::kill_tasks(st, ch, &task_ids, scale, force, &c))
         .await?;

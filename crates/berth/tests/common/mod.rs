@@ -65,6 +65,14 @@ fn reap_stale_clusters() {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough between parallel tests).
+/// A token file's content.
+pub fn read_token(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -161,16 +169,32 @@ impl Reply {
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
+    /// The bearer token every request carries, if any.
+    pub token: Option<String>,
 }
 
 impl Api {
     pub fn new(base: &str) -> Api {
+        Api::with_token(base, None)
+    }
+
+    /// A client sending `Authorization: Bearer <token>` with every request.
+    pub fn with_token(base: &str, token: Option<&str>) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().expect("token header"),
+            );
+        }
         Api {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
+                .default_headers(headers)
                 .build()
                 .expect("reqwest client"),
+            token: token.map(str::to_string),
         }
     }
 
@@ -361,6 +385,21 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// The admin token the server's first start wrote.
+    pub fn admin_token(&self) -> String {
+        read_token(&self.path().join("server").join("admin.token"))
+    }
+
+    /// The join token agents present.
+    pub fn join_token_file(&self) -> PathBuf {
+        self.path().join("server").join("join.token")
+    }
+
+    /// A client without credentials (every route but /ping answers 401).
+    pub fn anonymous(&self) -> Api {
+        Api::new(&self.api.base)
+    }
+
     pub fn server_log(&self) -> PathBuf {
         self.path().join("server.log")
     }
@@ -403,6 +442,8 @@ impl Cluster {
             }
         })
         .await;
+        // Every later request is the admin's (authentication is on for `berth server`).
+        self.api = Api::with_token(&self.api.base, Some(&self.admin_token()));
     }
 
     /// Starts (or restarts) the agent; waits until node `n1` is ready on the server.
@@ -418,6 +459,8 @@ impl Cluster {
         let child = Command::new(BERTH)
             .args(["agent", "--server", &self.url(), "--data-dir"])
             .arg(self.path().join("agent"))
+            .arg("--join-token-file")
+            .arg(self.join_token_file())
             .args([
                 // The agent's own HTTP endpoint (logs, metrics): any free port.
                 "--listen",
@@ -812,12 +855,13 @@ impl EventStream {
     /// arrived (the server has subscribed by then).
     pub async fn connect(api: &Api, query: &str) -> EventStream {
         use futures::StreamExt;
-        let resp = reqwest::Client::new()
+        let mut req = reqwest::Client::new()
             .get(api.url(&format!("/v2/events{query}")))
-            .header("Accept", "text/event-stream")
-            .send()
-            .await
-            .expect("connecting to /v2/events");
+            .header("Accept", "text/event-stream");
+        if let Some(t) = &api.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("connecting to /v2/events");
         assert_eq!(resp.status().as_u16(), 200, "GET /v2/events{query}");
         let ct = resp
             .headers()

@@ -128,6 +128,8 @@ impl Env {
             }
         })
         .await;
+        let token = crate::common::read_token(&self.path().join("server").join("admin.token"));
+        self.api = Api::with_token(&self.api.base, Some(&token));
     }
 
     /// `kill -9` the server.
@@ -158,12 +160,15 @@ impl Env {
     pub async fn start_agent(&mut self, id: &str) {
         let url = self.api.base.clone();
         let data = self.path().join(format!("agent-{id}"));
+        let join_file = self.path().join("server").join("join.token");
         let log = log_file(&self.agent_log(id));
         let a = self.agents.get_mut(id).expect("unknown agent");
         assert!(a.child.is_none(), "agent {id} already running");
         let mut cmd = Command::new(BERTH);
         cmd.args(["agent", "--server", &url, "--data-dir"])
             .arg(&data)
+            .arg("--join-token-file")
+            .arg(&join_file)
             .args(["--address", "127.0.0.1", "--node-id", id, "--hostname"])
             .arg(format!("host-{id}"))
             .args(["--cpus", "4", "--mem", "4096", "--disk", "10000"])
