@@ -394,6 +394,7 @@ async fn check_logs_of_running_task(d: &DockerCluster, task: &str) {
     let cli = |extra: &[&str]| {
         let out = Command::new(BERTH)
             .args(["--server", &d.c.url(), "task", "logs", task])
+            .env("BERTH_TOKEN", d.c.admin_token())
             .args(extra)
             .stdin(Stdio::null())
             .output()
@@ -733,6 +734,8 @@ async fn followed_logs_end_when_the_container_exits() {
         .timeout(Duration::from_secs(60))
         .build()
         .expect("http client");
+    let token = d.c.admin_token();
+    let token = token.as_str();
     let follow = |query: &'static str| {
         let http = http.clone();
         let url = d
@@ -740,6 +743,7 @@ async fn followed_logs_end_when_the_container_exits() {
             .url(&format!("/api/v1/tasks/{task}/logs?follow=true{query}"));
         async move {
             http.get(&url)
+                .bearer_auth(token)
                 .send()
                 .await
                 .expect("GET logs?follow=true")
