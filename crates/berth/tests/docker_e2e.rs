@@ -198,11 +198,16 @@ impl DockerCluster {
             .open(self.c.agent_log())
             .expect("agent log");
         let stderr = log.try_clone().expect("log fd");
+        // Prometheus' token for the agent's /metrics (the agent answers only its server else).
+        let scrape = self.c.path().join("scrape.token");
+        std::fs::write(&scrape, SCRAPE_TOKEN).expect("scrape token file");
         let child = Command::new(BERTH)
             .args(["agent", "--server", &self.c.url(), "--data-dir"])
             .arg(self.c.path().join("agent"))
             .arg("--join-token-file")
             .arg(self.c.join_token_file())
+            .arg("--scrape-token-file")
+            .arg(&scrape)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -418,10 +423,16 @@ async fn check_logs_of_running_task(d: &DockerCluster, task: &str) {
     assert_eq!(out.trim(), "", "berth task logs {task} --tail 0");
 }
 
+/// What the test's Prometheus presents to scrape the agent.
+const SCRAPE_TOKEN: &str = "scrape-token-of-the-test";
+
 /// The agent's `/metrics` has CPU, memory and the memory limit (`mem` MiB) of every task.
 async fn check_metrics(d: &DockerCluster, app: &str, tasks: &BTreeMap<String, Value>, mem: u64) {
     let url = format!("{}/metrics", agent_url(d).await);
-    let text = reqwest::get(&url)
+    let text = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(SCRAPE_TOKEN)
+        .send()
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
         .text()
