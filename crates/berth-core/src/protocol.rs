@@ -2,7 +2,8 @@
 //! long-polls its full assignment list and converges to it, and reports task states. Every
 //! message is idempotent, so a disconnect at any point is repaired by the next exchange.
 //!
-//! - `POST /api/v1/agent/register` body [`NodeInfo`] -> [`RegisterResponse`]
+//! - `POST /api/v1/agent/register` body [`NodeInfo`] (plus [`RegisterTls`]'s `csr`) ->
+//!   [`RegisterResponse`]
 //! - `GET  /api/v1/agent/{node}/assignments?after=G&wait=S` -> [`Assignments`]
 //!   (returns at once when the node's generation differs from `G`, else after up to `S` s;
 //!   with `G` > 0 and recent enough, only what changed since `G`: see [`Assignments::full`])
@@ -27,6 +28,33 @@ pub struct RegisterResponse {
     /// presented its credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// The node's certificate, when it asked for one and the server runs with TLS.
+    #[serde(flatten)]
+    pub tls: IssuedCertificate,
+}
+
+/// The TLS part of a registration request: sent in the same JSON object as the
+/// [`NodeInfo`] fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterTls {
+    /// A PEM certificate request for the key the agent keeps in its data dir: the server
+    /// (with `--tls`) answers with a certificate for the agent's HTTP endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+}
+
+/// What the server issued for a registration's `csr` (both `None` without TLS or CSR).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedCertificate {
+    /// PEM certificate (server usage) for the node's id and addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// PEM certificate of the CA that issued it, and the server's client certificate: the
+    /// agent accepts on its HTTP endpoint clients with a certificate from this CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
 }
 
 /// One task the node must run (goal `running`) or stop (goal `killed`).
@@ -129,4 +157,34 @@ pub struct StatusAck {
     /// Reported task ids the server does not know (the agent treats them as ghosts).
     #[serde(default)]
     pub unknown: Vec<String>,
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn register_response_carries_a_certificate_only_when_issued() {
+        let plain = RegisterResponse {
+            node_id: "n1".into(),
+            heartbeat_interval_ms: 500,
+            tls: IssuedCertificate::default(),
+        };
+        let v = serde_json::to_value(&plain).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"nodeId": "n1", "heartbeatIntervalMs": 500})
+        );
+        // An older server's answer (no TLS fields) still parses.
+        let back: RegisterResponse = serde_json::from_value(v).unwrap();
+        assert_eq!(back, plain);
+        let v = serde_json::json!({"nodeId": "n1", "heartbeatIntervalMs": 500,
+            "certificate": "C", "caCertificate": "A"});
+        let r: RegisterResponse = serde_json::from_value(v).unwrap();
+        assert_eq!(r.tls.certificate.as_deref(), Some("C"));
+        assert_eq!(r.tls.ca_certificate.as_deref(), Some("A"));
+        let req: RegisterTls =
+            serde_json::from_value(serde_json::json!({"id": "n1", "csr": "R"})).unwrap();
+        assert_eq!(req.csr.as_deref(), Some("R"));
+    }
 }

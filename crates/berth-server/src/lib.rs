@@ -12,6 +12,7 @@ mod keepalive;
 pub mod ops;
 pub mod render;
 pub mod state;
+pub mod tls;
 
 use berth_core::event::Event;
 use berth_store::Store;
@@ -44,6 +45,8 @@ pub struct ServerConfig {
     pub max_long_polls: usize,
     /// Authentication (on for `berth server`), and where its files and the audit log live.
     pub auth: auth::AuthConfig,
+    /// HTTPS for the API and for calls to agents (`None`: plain HTTP); see [`tls`].
+    pub tls: Option<Arc<tls::ServerTls>>,
 }
 
 impl ServerConfig {
@@ -58,6 +61,7 @@ impl ServerConfig {
             events: event_hub::EventLimits::default(),
             max_long_polls: 20_000,
             auth: auth::AuthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -334,7 +338,14 @@ impl Server {
             ))
             .layer(axum::middleware::map_response(error::json_client_errors))
             .layer(axum::middleware::from_fn(keepalive::close_if_body_unread));
+        let tls = shared.config.tls.clone();
         tokio::spawn(async move {
+            if let Some(tls) = tls {
+                if let Err(e) = tls::serve(listener, app, tls).await {
+                    tracing::error!(error = %e, "HTTPS server stopped");
+                }
+                return;
+            }
             let svc = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, svc).await {
                 tracing::error!(error = %e, "HTTP server stopped");

@@ -16,6 +16,7 @@ use berth_core::node::NodeResources;
 use berth_core::node::{Node, NodeInfo, NodeStatus};
 use berth_core::protocol::{RegisterResponse, StatusAck, StatusReport};
 use berth_core::task::TaskGoal;
+use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,8 +79,7 @@ pub async fn register(
     body: Body,
 ) -> ApiResult<Response> {
     let v = json_body(&s, body).await?;
-    let info: NodeInfo =
-        serde_json::from_value(v).map_err(|e| ApiError::invalid("/", e.to_string()))?;
+    let info = NodeInfo::deserialize(&v).map_err(|e| ApiError::invalid("/", e.to_string()))?;
     check_info(&info)?;
     let now = berth_core::time::now_millis();
     let id = info.id.clone();
@@ -109,6 +109,7 @@ pub async fn register(
             false
         }
     };
+    let tls = crate::tls::register_certificates(&s, &v, &info)?;
     s.apply(|st, ch| {
         // Operator decisions (cordon, drain) survive an agent re-registering.
         let (cordoned, draining, registered_at) = st
@@ -147,6 +148,7 @@ pub async fn register(
         node_id: id,
         heartbeat_interval_ms: interval.max(100),
         credential,
+        tls,
     })
     .unwrap_or_default()))
 }

@@ -117,7 +117,9 @@ pub async fn task_logs(
         base.trim_end_matches('/'),
         agent_query(&uri)
     );
-    let mut request = client().get(&url);
+    // With TLS, the server presents its client certificate and trusts only the agents CA.
+    let client = crate::tls::agent_client(&s).unwrap_or_else(|| client().clone());
+    let mut request = client.get(&url);
     if let Some(secret) = s.auth.node_secret(&node) {
         request = request.bearer_auth(secret);
     }
@@ -126,7 +128,10 @@ pub async fn task_logs(
         Err(e) => {
             return error(
                 StatusCode::BAD_GATEWAY,
-                format!("cannot reach the agent of node '{node}' at {base}: {e}"),
+                format!(
+                    "cannot reach the agent of node '{node}' at {base}: {}",
+                    berth_tls::client::error_chain(&e)
+                ),
             );
         }
     };
