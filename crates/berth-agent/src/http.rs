@@ -10,6 +10,11 @@
 //!   `/proc` directly (see [`crate::stats`]); per node condition `berth_node_condition_ok`.
 //! - `GET /ping`: `pong`.
 //!
+//! With HTTPS servers the endpoint serves TLS ([`serve_tls`]) with the certificate the server
+//! issued to the node (see [`crate::tls`]), and answers 401 to every request but `/ping` and
+//! `/metrics` from a client without a certificate from the agents CA, i.e. from anyone but
+//! the server (`/metrics` takes the scrape token instead, as over plain HTTP).
+//!
 //! Every client error is a 4xx with a JSON body `{"message": ...}`: unknown routes (404), other
 //! methods (405), and what axum's extractors refuse (400: a task id that is not UTF-8 once
 //! percent-decoded, a repeated query parameter).
@@ -40,6 +45,44 @@ struct AppState {
 
 /// The agent's HTTP routes.
 pub fn router(view: AgentView, paths: HostPaths) -> Router {
+    routes(view, paths).layer(axum::middleware::from_fn(close_if_body_unread))
+}
+
+/// The routes over TLS: only the server (a client certificate from the agents CA) may use
+/// them, but for `/ping` and `/metrics` (which Prometheus reads with the scrape token, checked
+/// by `only_the_server` as over plain HTTP).
+pub fn tls_router(view: AgentView, paths: HostPaths) -> Router {
+    routes(view, paths)
+        .layer(axum::middleware::from_fn(require_client_certificate))
+        .layer(axum::middleware::from_fn(close_if_body_unread))
+}
+
+/// What a client without a certificate may ask over TLS: `/ping` (liveness probes) and
+/// `/metrics` (for the scrape token; the node credential is checked all the same).
+fn allowed_without_client_certificate(req: &axum::extract::Request) -> bool {
+    matches!(req.uri().path(), "/ping" | "/metrics")
+}
+
+async fn require_client_certificate(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let verified = req
+        .extensions()
+        .get::<berth_tls::TlsPeer>()
+        .is_some_and(|p| p.client_certificate.is_some());
+    if verified || allowed_without_client_certificate(&req) {
+        return next.run(req).await;
+    }
+    error(
+        StatusCode::UNAUTHORIZED,
+        "this endpoint serves the Berth server only: present a client certificate issued by \
+         the cluster's agents CA"
+            .into(),
+    )
+}
+
+fn routes(view: AgentView, paths: HostPaths) -> Router {
     Router::new()
         .route("/ping", get(|| async { "pong" }))
         .route("/metrics", get(metrics))
@@ -56,7 +99,6 @@ pub fn router(view: AgentView, paths: HostPaths) -> Router {
             paths: Arc::new(paths),
         })
         .layer(axum::middleware::from_fn_with_state(view, only_the_server))
-        .layer(axum::middleware::from_fn(close_if_body_unread))
 }
 
 /// Once the node has joined, only the server (presenting the node's credential) may read
@@ -148,6 +190,18 @@ pub async fn serve(
     axum::serve(listener, router(view, paths))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// [`serve`] over TLS, with the configuration in `tls` (the node's certificate, once known)
+/// and [`tls_router`]'s rule.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<berth_tls::TlsSlot>,
+    view: AgentView,
+    paths: HostPaths,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    berth_tls::serve::serve(listener, tls, tls_router(view, paths), shutdown).await
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -388,6 +442,73 @@ pub fn render_metrics(node: &str, samples: &[TaskSample], conditions: &[NodeCond
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Over TLS only the server's client certificate opens the routes (but `/ping`).
+    #[tokio::test]
+    async fn tls_endpoint_takes_only_the_servers_certificate() {
+        use berth_tls::{Ca, Leaf, Usage, client, pem};
+        let ca = Ca::generate("agents").unwrap();
+        let leaf = |usage| Leaf {
+            common_name: "n1".into(),
+            names: vec!["127.0.0.1".into()],
+            usage,
+            valid_for: std::time::Duration::from_secs(3600),
+        };
+        let (cert, key) = ca.issue(&leaf(Usage::Server)).unwrap();
+        let roots = [ca.certificate_der().clone()];
+        let config = berth_tls::server_config(
+            pem::certs(cert.as_bytes(), "c").unwrap(),
+            pem::key(key.as_bytes(), "k").unwrap(),
+            Some(&roots),
+        )
+        .unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(serve_tls(
+            listener,
+            berth_tls::TlsSlot::new(Some(config)),
+            AgentView::default(),
+            HostPaths::default(),
+            std::future::pending(),
+        ));
+        let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+        let anonymous = client::trust_only(reqwest::Client::builder(), &roots)
+            .unwrap()
+            .build()
+            .unwrap();
+        let r = anonymous.get(url("/ping")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        for path in ["/metrics", "/v1/tasks/a.1/logs", "/nope"] {
+            let r = anonymous.get(url(path)).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 401, "{path}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("client certificate"),
+                "{body}"
+            );
+        }
+        let (cert, key) = ca.issue(&leaf(Usage::Client)).unwrap();
+        let server = client::trust_only(reqwest::Client::builder(), &roots)
+            .unwrap()
+            .identity(client::identity(&cert, &key).unwrap())
+            .build()
+            .unwrap();
+        let r = server.get(url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let r = server.get(url("/v1/tasks/a.1/logs")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+        // Another node's (server-usage) certificate is no client certificate.
+        let (cert, key) = ca.issue(&leaf(Usage::Server)).unwrap();
+        let node = client::trust_only(reqwest::Client::builder(), &roots)
+            .unwrap()
+            .identity(client::identity(&cert, &key).unwrap())
+            .build()
+            .unwrap();
+        assert!(node.get(url("/metrics")).send().await.is_err());
+    }
 
     #[test]
     fn log_queries() {

@@ -12,3 +12,4 @@ pub mod node;
 pub mod runtime;
 pub mod shim;
 pub mod stats;
+pub mod tls;

@@ -32,6 +32,9 @@ pub struct AgentConfig {
     pub ghost_grace: Duration,
     /// Join token and node credential (empty: the server has authentication off).
     pub credentials: Arc<crate::credentials::Credentials>,
+    /// With HTTPS servers: the key and certificate of the agent's endpoint (a CSR goes with
+    /// every registration; see [`crate::tls`]). `None`: no certificate is asked for.
+    pub identity: Option<Arc<crate::tls::AgentIdentity>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,8 @@ pub enum AgentError {
     Server { status: u16, body: String },
     #[error(transparent)]
     Driver(#[from] DriverError),
+    #[error(transparent)]
+    Tls(#[from] berth_tls::TlsError),
 }
 
 /// What the agent knows about one task.
@@ -250,7 +255,8 @@ impl Shared {
             self.rotate_server();
             AgentError::Http {
                 url: url.clone(),
-                message: e.to_string(),
+                // With the cause: "invalid peer certificate: UnknownIssuer", ...
+                message: berth_tls::client::error_chain(&e),
             }
         })?;
         let status = resp.status();
@@ -280,10 +286,13 @@ impl Shared {
     }
 
     async fn register(&self) -> Result<(), AgentError> {
-        let body = serde_json::to_value(&self.config.node).map_err(|e| AgentError::Http {
+        let mut body = serde_json::to_value(&self.config.node).map_err(|e| AgentError::Http {
             url: String::new(),
             message: e.to_string(),
         })?;
+        if let (Some(identity), Some(obj)) = (&self.config.identity, body.as_object_mut()) {
+            obj.insert("csr".into(), identity.csr().into());
+        }
         let r: RegisterResponse = self
             .call(
                 reqwest::Method::POST,
@@ -304,6 +313,14 @@ impl Shared {
             tracing::info!(node = %r.node_id, "joined: node credential kept");
         }
         tracing::info!(node = %r.node_id, server = %self.server(), "registered");
+        if let Some(identity) = &self.config.identity {
+            match identity.install(&r.tls) {
+                Ok(()) => tracing::info!(
+                    "the server's certificate for this agent's endpoint is installed"
+                ),
+                Err(e) => tracing::error!(error = %e, "no certificate for this agent's endpoint"),
+            }
+        }
         Ok(())
     }
 
@@ -599,8 +616,16 @@ impl Agent {
 
     /// The HTTP client an agent uses by default.
     pub fn http_client() -> Result<reqwest::Client, AgentError> {
-        reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
+        Self::http_client_trusting(None)
+    }
+
+    /// The HTTP client, verifying `https://` servers with the CA certificates in `ca_cert`
+    /// (PEM) only (`None`: the system's roots).
+    pub fn http_client_trusting(
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<reqwest::Client, AgentError> {
+        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(3));
+        berth_tls::client::trust_file(builder, ca_cert)?
             .build()
             .map_err(|e| AgentError::Http {
                 url: String::new(),
@@ -708,6 +733,11 @@ async fn report_loop(s: Arc<Shared>) {
                 Ok(_) => {
                     if full {
                         last_full = tokio::time::Instant::now();
+                    }
+                    if s.config.identity.as_ref().is_some_and(|i| i.renewal_due())
+                        && let Err(e) = s.register().await
+                    {
+                        tracing::warn!(error = %e, "renewing the endpoint's certificate failed; will retry");
                     }
                 }
                 Err(AgentError::NotRegistered) => s.register_until_ok().await,

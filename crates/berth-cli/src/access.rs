@@ -153,7 +153,7 @@ pub(crate) async fn login(ctx: &mut Ctx<'_>, args: LoginArgs) -> Result<(), CliE
         ));
     }
     let server = ctx.client.base_url().to_string();
-    let checked = Client::with_token(&server, Some(&token))?;
+    let checked = Client::with_options(&server, Some(&token), ctx.client.ca_cert())?;
     let who = checked.get("/api/v1/whoami").await?;
     let path = crate::config::save(&crate::config::Config {
         server: Some(server.clone()),

@@ -14,6 +14,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// The `--ca-cert` it verifies an https:// server with.
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 /// A successful response: status plus body (JSON; `Null` when empty; a JSON string when the
@@ -32,6 +34,16 @@ impl Client {
 
     /// A client that sends `Authorization: Bearer <token>` with every request.
     pub fn with_token(base: &str, token: Option<&str>) -> Result<Self, CliError> {
+        Self::with_options(base, token, None)
+    }
+
+    /// [`Client::with_token`], verifying an `https://` server with the CA certificates in the
+    /// PEM file `ca_cert` only (`None`: the system's roots).
+    pub fn with_options(
+        base: &str,
+        token: Option<&str>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Self, CliError> {
         let base = base.trim().trim_end_matches('/').to_string();
         let url = reqwest::Url::parse(&base)
             .map_err(|e| CliError::Input(format!("invalid server address '{base}': {e}")))?;
@@ -49,20 +61,31 @@ impl Client {
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")));
+        let http = berth_tls::client::trust_file(builder, ca_cert)
+            .map_err(|e| CliError::Input(format!("--ca-cert: {e}")))?
             .build()
             .map_err(|e| CliError::Http {
                 url: base.clone(),
                 source: e,
             })?;
-        Ok(Self { base, http })
+        Ok(Self {
+            base,
+            http,
+            ca_cert: ca_cert.map(std::path::Path::to_path_buf),
+        })
     }
 
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    /// The CA file this client verifies the server with (`--ca-cert`).
+    pub fn ca_cert(&self) -> Option<&std::path::Path> {
+        self.ca_cert.as_deref()
     }
 
     /// The absolute URL for `path_and_query` (which must start with `/`).
@@ -147,6 +170,12 @@ impl Client {
     }
 
     pub(crate) fn transport_error(&self, url: &str, e: reqwest::Error) -> CliError {
+        if let Some(problem) = berth_tls::client::certificate_problem(&e) {
+            return CliError::Tls {
+                url: self.base.clone(),
+                problem,
+            };
+        }
         if e.is_connect() {
             CliError::Unreachable {
                 url: self.base.clone(),

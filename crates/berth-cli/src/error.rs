@@ -16,6 +16,13 @@ pub enum CliError {
     #[error("cannot reach Berth at {url}: is the server running?")]
     Unreachable { url: String },
 
+    /// The TLS handshake failed: the server's certificate is not trusted (or the server
+    /// refused ours). Never retried.
+    #[error(
+        "TLS with {url} failed: {problem}; if the server runs with its own CA (berth server --tls auto), pass its CA certificate with --ca-cert FILE or BERTH_CA_CERT (the server's <data-dir>/tls/ca.crt)"
+    )]
+    Tls { url: String, problem: String },
+
     /// The server answered 4xx/5xx; `message` and `details` come from its JSON body.
     #[error("{}", format_api_error(message, details, hint.as_deref()))]
     Api {

@@ -68,6 +68,10 @@ pub struct ClientOpts {
     /// API token (BERTH_TOKEN; default: the one `berth login` kept).
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// CA certificate(s) (PEM) to verify an https:// server with, instead of the system's
+    /// roots (e.g. `<server data dir>/tls/ca.crt` of `berth server --tls auto`).
+    #[arg(long, env = "BERTH_CA_CERT", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -101,7 +105,8 @@ async fn run_inner(
     out: &mut (dyn Write + Send),
     tty: bool,
 ) -> Result<(), CliError> {
-    let client = Client::with_token(&opts.server, opts.token.as_deref())?;
+    let client =
+        Client::with_options(&opts.server, opts.token.as_deref(), opts.ca_cert.as_deref())?;
     let mut ctx = Ctx {
         client,
         format: opts.output,

@@ -118,6 +118,9 @@ pub struct NodeArgs {
     /// ephemeral port); `None`: no endpoint.
     #[arg(skip)]
     pub http_listen: Option<SocketAddr>,
+    /// The global `--ca-cert`: verifies https:// servers (filled in by `main`).
+    #[arg(skip)]
+    pub ca_cert: Option<PathBuf>,
     /// DiskPressure when the data dir's (or /var/lib/docker's) filesystem has less than this
     /// share free, in percent (0: off).
     #[arg(long, default_value_t = 10.0)]
@@ -363,7 +366,8 @@ pub async fn start(
         Some(d) => DockerUse::On(d),
         None => DockerUse::Off(docker_off.unwrap_or_else(|| "not enabled".into())),
     };
-    let view = start_observability(node, data_dir, &mut info, &shutdown).await?;
+    let identity = crate::tls_cmd::agent_identity(&servers, data_dir, &info.id)?;
+    let view = start_observability(node, data_dir, &mut info, &shutdown, identity.as_ref()).await?;
     let config = AgentConfig {
         servers,
         node: info,
@@ -382,8 +386,9 @@ pub async fn start(
                 ),
             },
         )),
+        identity,
     };
-    let http = Agent::http_client()?;
+    let http = Agent::http_client_trusting(node.ca_cert.as_deref()).context("--ca-cert")?;
     let handle = Agent::start_with_view(config, http, drivers.clone(), rx, shutdown, view).await?;
     Ok(Started {
         handle,
@@ -392,13 +397,15 @@ pub async fn start(
     })
 }
 
-/// Starts the agent's HTTP endpoint (when `http_listen` is set; its URL goes into `info`) and
-/// the node-conditions loop; both stop on `shutdown`. Returns the view to start the agent with.
+/// Starts the agent's HTTP endpoint (when `http_listen` is set; its URL goes into `info`;
+/// over TLS with `identity`'s certificate when there is one) and the node-conditions loop;
+/// both stop on `shutdown`. Returns the view to start the agent with.
 async fn start_observability(
     node: &NodeArgs,
     data_dir: &Path,
     info: &mut NodeInfo,
     shutdown: &watch::Receiver<bool>,
+    identity: Option<&Arc<berth_agent::tls::AgentIdentity>>,
 ) -> Result<AgentView> {
     let view = AgentView::default();
     if let Some(addr) = node.http_listen {
@@ -406,19 +413,25 @@ async fn start_observability(
             .await
             .map_err(|e| listen_error(addr, e))?;
         let local = listener.local_addr()?;
+        let scheme = if identity.is_some() { "https" } else { "http" };
         let url = node
             .advertise_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}:{}", url_host(&info.address), local.port()));
+            .unwrap_or_else(|| format!("{scheme}://{}:{}", url_host(&info.address), local.port()));
         tracing::info!(listen = %local, url, "agent HTTP endpoint (task logs, /metrics)");
         info.agent_url = Some(url);
         let (view, mut stop) = (view.clone(), shutdown.clone());
+        let tls = identity.map(|i| i.slot());
         tokio::spawn(async move {
             let done = async move {
                 let _ = stop.changed().await;
             };
             let paths = berth_agent::stats::HostPaths::default();
-            if let Err(e) = berth_agent::http::serve(listener, view, paths, done).await {
+            let served = match tls {
+                Some(tls) => berth_agent::http::serve_tls(listener, tls, view, paths, done).await,
+                None => berth_agent::http::serve(listener, view, paths, done).await,
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "agent HTTP endpoint failed");
             }
         });

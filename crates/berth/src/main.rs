@@ -5,6 +5,7 @@ mod agent_cmd;
 mod dev_cmd;
 mod server_cmd;
 mod sim_cmd;
+mod tls_cmd;
 
 /// mimalloc: the control plane allocates many small, short-lived objects (JSON, task
 /// records) from many threads; glibc's allocator spent a quarter of the server's CPU on it.
@@ -32,6 +33,10 @@ struct Cli {
         value_delimiter = ','
     )]
     servers: Vec<String>,
+    /// CA certificate(s) (PEM) to verify an https:// server with, instead of the system's
+    /// roots (BERTH_CA_CERT): for client commands, agents and sims.
+    #[arg(long = "ca-cert", env = "BERTH_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
     /// Output format of client commands: aligned tables for people, JSON for scripts.
     #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
     output: OutputFormat,
@@ -152,6 +157,7 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 kept.token
             }),
+        ca_cert: cli.ca_cert.clone(),
     };
     let need_servers = |what: &str| -> Result<Vec<String>> {
         if cli.servers.is_empty() {
@@ -166,6 +172,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Agent(mut args) => {
             args.servers = need_servers("agent")?;
+            args.node.ca_cert = cli.ca_cert.clone();
             init_logging();
             agent_cmd::run(args).await
         }
@@ -175,6 +182,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Sim(mut args) => {
             args.servers = need_servers("sim")?;
+            args.ca_cert = cli.ca_cert.clone();
             sim_cmd::init_logging();
             sim_cmd::run(args).await
         }

@@ -33,6 +33,8 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub http_credentials: Vec<String>,
+    #[command(flatten)]
+    pub tls: crate::tls_cmd::TlsArgs,
 }
 
 /// `user:password` pairs; a malformed one is an error naming it (without its password).
@@ -91,7 +93,29 @@ pub async fn start(
     node_timeout: u64,
     advertise: Option<String>,
     limits: &LimitArgs,
+    auth: berth_server::auth::AuthConfig,
+) -> Result<Server> {
+    start_with_tls(
+        listen,
+        data_dir,
+        node_timeout,
+        advertise,
+        limits,
+        auth,
+        None,
+    )
+    .await
+}
+
+/// [`start`], serving HTTPS with `tls`.
+pub async fn start_with_tls(
+    listen: SocketAddr,
+    data_dir: &std::path::Path,
+    node_timeout: u64,
+    advertise: Option<String>,
+    limits: &LimitArgs,
     mut auth: berth_server::auth::AuthConfig,
+    tls: Option<Arc<berth_server::tls::ServerTls>>,
 ) -> Result<Server> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -106,12 +130,25 @@ pub async fn start(
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     let mut config = config(listen, node_timeout, advertise, limits);
     config.auth = auth;
+    config.tls = tls;
     let server = Server::start(config, Arc::new(store)).await?;
     Ok(server)
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
-    let server = start(
+    let tls = args
+        .tls
+        .server_tls(&args.data_dir, args.listen, args.advertise.as_deref())?;
+    match &tls {
+        Some(t) => tracing::info!(certificate = %t.describe, "serving HTTPS"),
+        None => tracing::warn!(
+            "TLS is off: the API, and every token and credential sent to it, travel in \
+             cleartext; production clusters should run with --tls auto or \
+             --tls-cert/--tls-key (docs/operations.md, \"TLS\")"
+        ),
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = start_with_tls(
         args.listen,
         &args.data_dir,
         args.node_timeout,
@@ -122,9 +159,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             basic_users: parse_credentials(&args.http_credentials)?,
             data_dir: None,
         },
+        tls,
     )
     .await?;
-    tracing::info!(addr = %server.addr, data_dir = %args.data_dir.display(), "berth server listening");
+    tracing::info!(addr = %server.addr, scheme, data_dir = %args.data_dir.display(), "berth server listening");
     tracing::info!(
         admin_token = %args.data_dir.join("admin.token").display(),
         join_token = %args.data_dir.join("join.token").display(),

@@ -25,6 +25,9 @@ pub struct SimArgs {
     pub servers: Vec<String>,
     #[command(flatten)]
     pub join: crate::agent_cmd::JoinArgs,
+    /// The global `--ca-cert`: verifies https:// servers (filled in by `main`).
+    #[arg(skip)]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Number of simulated nodes.
     #[arg(long, default_value_t = 100)]
     pub nodes: usize,
@@ -176,8 +179,9 @@ pub async fn start(
     let kinds = parse_drivers(&args.drivers).context("--drivers")?;
     // One client for every agent: its pool holds the long-polls (one connection each) and
     // reuses idle connections for reports.
-    let http = Agent::http_client().context("building the HTTP client")?;
     let join_token = args.join.token()?;
+    let http =
+        Agent::http_client_trusting(args.ca_cert.as_deref()).context("building the HTTP client")?;
     let rate = args.register_rate.max(1);
     let began = Instant::now();
     let mut handles = Vec::with_capacity(args.nodes);
@@ -212,6 +216,8 @@ pub async fn start(
                 None,
                 None,
             )),
+            // Simulated nodes serve no endpoint: no certificate to ask for.
+            identity: None,
         };
         let h =
             Agent::start_with_client(config, http.clone(), drivers, rx, shutdown.clone()).await?;
@@ -265,6 +271,7 @@ mod tests {
         let args = SimArgs {
             servers: vec!["http://x".into()],
             join: Default::default(),
+            ca_cert: None,
             nodes: 4,
             attributes: String::new(),
             cpus: 1.0,
@@ -289,6 +296,7 @@ mod tests {
         SimArgs {
             servers: vec!["http://x".into()],
             join: Default::default(),
+            ca_cert: None,
             nodes,
             attributes: String::new(),
             cpus: 32.0,

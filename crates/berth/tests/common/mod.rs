@@ -180,6 +180,17 @@ impl Api {
 
     /// A client sending `Authorization: Bearer <token>` with every request.
     pub fn with_token(base: &str, token: Option<&str>) -> Api {
+        Api::with_token_and_ca(base, token, None)
+    }
+
+    /// A client that verifies `https://` servers with the CA certificate(s) in `ca` only.
+    pub fn with_ca(base: &str, ca: &Path) -> Api {
+        Api::with_token_and_ca(base, None, Some(ca))
+    }
+
+    /// [`Api::with_token`], verifying `https://` servers with the CA certificate(s) in `ca`
+    /// only (`None`: the system's roots).
+    pub fn with_token_and_ca(base: &str, token: Option<&str>, ca: Option<&Path>) -> Api {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = token {
             headers.insert(
@@ -187,13 +198,18 @@ impl Api {
                 format!("Bearer {t}").parse().expect("token header"),
             );
         }
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .default_headers(headers);
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("reading {}: {e}", ca.display()));
+            builder = builder.tls_certs_only(
+                reqwest::Certificate::from_pem_bundle(&pem).expect("CA certificates"),
+            );
+        }
         Api {
             base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .default_headers(headers)
-                .build()
-                .expect("reqwest client"),
+            http: builder.build().expect("reqwest client"),
             token: token.map(str::to_string),
         }
     }
@@ -327,6 +343,18 @@ impl Api {
     }
 }
 
+/// How [`Cluster::start_with_tls`]'s server gets its certificate.
+pub enum Tls {
+    /// `--tls auto`: its own CA in `<data-dir>/tls`.
+    Auto,
+    /// `--tls-cert/--tls-key`, verified with `ca`.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+    },
+}
+
 /// A `berth server` plus a `berth agent` (node `n1`, exec driver) as child processes.
 pub struct Cluster {
     pub name: String,
@@ -338,6 +366,9 @@ pub struct Cluster {
     ports: (u16, u16),
     /// Extra `berth server` flags (limits).
     pub server_args: Vec<String>,
+    /// With TLS: the CA certificate the API is verified with (the agent gets it as
+    /// `--ca-cert`); see [`Cluster::start_with_tls`].
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -355,6 +386,13 @@ impl Cluster {
 
     /// Starts a server only, with extra `berth server` flags.
     pub async fn start_server_with(name: &str, args: &[&str]) -> Cluster {
+        let mut c = Cluster::prepare(name, args);
+        c.start_server().await;
+        c
+    }
+
+    /// A cluster's directory and port, nothing started.
+    fn prepare(name: &str, args: &[&str]) -> Cluster {
         reap_stale_clusters();
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{name}-"))
@@ -363,7 +401,7 @@ impl Cluster {
         std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
             .expect("writing the owner file");
         let port = free_port();
-        let mut c = Cluster {
+        Cluster {
             name: name.to_string(),
             dir,
             port,
@@ -372,8 +410,36 @@ impl Cluster {
             agent: None,
             ports: agent_port_range(),
             server_args: args.iter().map(|a| a.to_string()).collect(),
+            tls_ca: None,
+        }
+    }
+
+    /// Starts a server serving HTTPS as `tls` says (and, with `with_agent`, an agent that
+    /// verifies it), the API client verifying the server with the CA.
+    pub async fn start_with_tls(name: &str, tls: Tls, with_agent: bool) -> Cluster {
+        let mut c = Cluster::prepare(name, &[]);
+        let (args, ca) = match tls {
+            Tls::Auto => (
+                vec!["--tls".to_string(), "auto".to_string()],
+                c.path().join("server/tls/ca.crt"),
+            ),
+            Tls::Files { cert, key, ca } => (
+                vec![
+                    "--tls-cert".to_string(),
+                    cert.display().to_string(),
+                    "--tls-key".to_string(),
+                    key.display().to_string(),
+                ],
+                ca,
+            ),
         };
+        c.server_args.extend(args);
+        c.api.base = format!("https://127.0.0.1:{}", c.port);
+        c.tls_ca = Some(ca);
         c.start_server().await;
+        if with_agent {
+            c.start_agent().await;
+        }
         c
     }
 
@@ -397,7 +463,7 @@ impl Cluster {
 
     /// A client without credentials (every route but /ping answers 401).
     pub fn anonymous(&self) -> Api {
-        Api::new(&self.api.base)
+        Api::with_token_and_ca(&self.api.base, None, self.tls_ca.as_deref())
     }
 
     pub fn server_log(&self) -> PathBuf {
@@ -434,6 +500,19 @@ impl Cluster {
             .spawn()
             .expect("spawning berth server");
         self.server = Some(child);
+        if let Some(ca) = self.tls_ca.clone() {
+            // `--tls auto` makes its CA on first start.
+            wait_until(
+                Duration::from_secs(20),
+                "the server's CA certificate",
+                || {
+                    let ca = ca.clone();
+                    async move { ca.exists() }
+                },
+            )
+            .await;
+            self.api = Api::with_ca(&self.api.base, &ca);
+        }
         let api = self.api.clone();
         wait_until(Duration::from_secs(20), "the server answers /ping", || {
             let api = api.clone();
@@ -443,7 +522,11 @@ impl Cluster {
         })
         .await;
         // Every later request is the admin's (authentication is on for `berth server`).
-        self.api = Api::with_token(&self.api.base, Some(&self.admin_token()));
+        self.api = Api::with_token_and_ca(
+            &self.api.base,
+            Some(&self.admin_token()),
+            self.tls_ca.as_deref(),
+        );
     }
 
     /// Starts (or restarts) the agent; waits until node `n1` is ready on the server.
@@ -482,6 +565,11 @@ impl Cluster {
                 "--ports",
             ])
             .arg(format!("{}-{}", self.ports.0, self.ports.1))
+            .args(
+                self.tls_ca
+                    .iter()
+                    .flat_map(|ca| [Path::new("--ca-cert"), ca]),
+            )
             .env("BERTH_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log)
