@@ -142,7 +142,9 @@ async fn handshake(
         match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::info!(%peer, error = %e, "TLS handshake failed");
+                // Not louder: anyone who reaches the port could fill the log. The client's
+                // side says what went wrong.
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 None
             }
         }

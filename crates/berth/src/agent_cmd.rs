@@ -414,6 +414,14 @@ async fn start_observability(
             .map_err(|e| listen_error(addr, e))?;
         let local = listener.local_addr()?;
         let scheme = if identity.is_some() { "https" } else { "http" };
+        if let Some(u) = &node.advertise_url
+            && !u.to_ascii_lowercase().starts_with(&format!("{scheme}://"))
+        {
+            bail!(
+                "--advertise-url {u}: the endpoint serves {scheme} (it serves https exactly when \
+                 the servers are https://)"
+            );
+        }
         let url = node
             .advertise_url
             .clone()
