@@ -168,6 +168,7 @@ mod tls_tests {
         let plain = RegisterResponse {
             node_id: "n1".into(),
             heartbeat_interval_ms: 500,
+            credential: None,
             tls: IssuedCertificate::default(),
         };
         let v = serde_json::to_value(&plain).unwrap();
