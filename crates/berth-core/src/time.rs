@@ -31,11 +31,30 @@ pub fn now_millis() -> i64 {
     Timestamp::now().as_millisecond()
 }
 
-/// Formats epoch milliseconds in Marathon's format.
+/// The last epoch millisecond that formats and parses back unchanged (jiff's last instant,
+/// 9999-12-30T22:00:00.999Z).
+pub fn last_millis() -> i64 {
+    Timestamp::MAX.as_millisecond()
+}
+
+/// Formats epoch milliseconds in Marathon's format. Values beyond what jiff represents
+/// (about years -9999 to 9999) are clamped to its first or last instant.
 pub fn format_millis(ms: i64) -> String {
-    Timestamp::from_millisecond(ms)
-        .map(format)
-        .unwrap_or_else(|_| format(Timestamp::UNIX_EPOCH))
+    format(from_millis_clamped(ms))
+}
+
+/// `Timestamp::from_millisecond` refuses the last 999 ms jiff can represent
+/// (9999-12-30T22:00:00.001Z and later), so build it from seconds and nanoseconds instead.
+fn from_millis_clamped(ms: i64) -> Timestamp {
+    if ms <= Timestamp::MIN.as_millisecond() {
+        return Timestamp::MIN;
+    }
+    if ms >= Timestamp::MAX.as_millisecond() {
+        return Timestamp::MAX;
+    }
+    // Sub-second part as nanoseconds: below 1e9, so the cast cannot truncate.
+    let nanos = (ms.rem_euclid(1000) * 1_000_000) as i32;
+    Timestamp::new(ms.div_euclid(1000), nanos).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -60,6 +79,28 @@ mod tests {
         assert_eq!(format(ts), "2024-01-31T12:00:00.123Z");
         let ts: Timestamp = "2024-01-31T12:00:00Z".parse().unwrap();
         assert_eq!(format(ts), "2024-01-31T12:00:00.000Z");
+    }
+
+    #[test]
+    fn millis_in_jiffs_last_second_round_trip() {
+        // Found by `cargo fuzz run time` (input AaOLzHfmAAAhNTk=): from_millisecond refused
+        // it and the text came out as 1970-01-01.
+        let ms = 253_402_207_200_001;
+        let text = format_millis(ms);
+        assert_eq!(text, "9999-12-30T22:00:00.001Z");
+        assert_eq!(parse(&text).map(|t| t.as_millisecond()), Some(ms));
+        let last = last_millis();
+        assert_eq!(
+            parse(&format_millis(last)).map(|t| t.as_millisecond()),
+            Some(last)
+        );
+    }
+
+    #[test]
+    fn millis_out_of_range_clamp_instead_of_jumping_to_1970() {
+        assert_eq!(format_millis(i64::MAX), format(Timestamp::MAX));
+        assert_eq!(format_millis(i64::MIN), format(Timestamp::MIN));
+        assert_eq!(format_millis(-1), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]
