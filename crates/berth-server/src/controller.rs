@@ -22,8 +22,9 @@ use deployments::progress_deployments;
 /// Most tasks launched per app in one pass, so one huge app cannot starve the others.
 const MAX_LAUNCH_PER_APP_PER_PASS: usize = 5000;
 
-/// Every app is looked at this often even when nothing marked it (time-based conditions:
-/// `inactiveAfterSeconds`, `expungeAfterSeconds`; and the level-triggered safety net).
+/// Every app is looked at once per this many reconcile intervals even when nothing marked
+/// it (time-based conditions: `inactiveAfterSeconds`, `expungeAfterSeconds`; and the
+/// level-triggered safety net).
 const FULL_PASS_EVERY: u32 = 4;
 
 /// A pass looks at apps until it has visited this many tasks, then releases the lock (and
@@ -36,21 +37,22 @@ const LAUNCHES_PER_VISIT: usize = 10;
 
 pub async fn run(shared: Shared) {
     let interval = shared.config.reconcile_interval;
-    let mut ticks = 0u32;
+    // Measured by the clock, not by quiet ticks: a busy cluster wakes the loop more often
+    // than `interval`, and counting only the sleeps that ran out once starved the full
+    // pass (the safety net) for as long as the wakes kept coming.
+    let full_pass_every = interval * FULL_PASS_EVERY;
+    let mut last_full_pass = tokio::time::Instant::now();
     loop {
-        let woken = tokio::select! {
-            _ = shared.wake.notified() => true,
-            _ = tokio::time::sleep(interval) => false,
-        };
-        if !woken {
-            ticks += 1;
-            if ticks >= FULL_PASS_EVERY {
-                ticks = 0;
-                let mut st = shared.state.write();
-                let all: Vec<String> = st.apps.keys().cloned().collect();
-                st.dirty_apps.extend(all);
-                st.full_pass = true;
-            }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if last_full_pass.elapsed() >= full_pass_every {
+            last_full_pass = tokio::time::Instant::now();
+            let mut st = shared.state.write();
+            let all: Vec<String> = st.apps.keys().cloned().collect();
+            st.dirty_apps.extend(all);
+            st.full_pass = true;
         }
         let node_timeout = shared.config.node_timeout;
         let mut first = true;

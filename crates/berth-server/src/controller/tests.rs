@@ -479,3 +479,46 @@ fn a_deployment_of_many_apps_completes_looking_only_at_what_changed() {
         .count();
     assert_eq!(running, 2000);
 }
+
+/// The full pass (the safety net for anything no change marked) runs on the clock even
+/// while wakes keep coming faster than the reconcile interval: counting only the sleeps that
+/// ran out once starved it for as long as a busy cluster kept waking the loop.
+#[tokio::test]
+async fn full_pass_runs_while_wakes_keep_coming() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = std::sync::Arc::new(berth_store::RedbStore::open(dir.path()).expect("store"));
+    let mut config = crate::ServerConfig::new("127.0.0.1:0".parse().expect("addr"));
+    config.reconcile_interval = Duration::from_millis(20);
+    let server = crate::Server::start(config, store).await.expect("server");
+    let shared = server.shared.clone();
+    // An app no change marked dirty (as if its mark were lost): only a full pass sees it,
+    // and with no nodes it records the app as unplaced.
+    let app = berth_core::validate::app_from_json(
+        json!({"id": "/unmarked", "cmd": "sleep 1", "instances": 1, "cpus": 0.1, "mem": 16}),
+    )
+    .expect("app");
+    shared.state.write().apps.insert(app.id.clone(), app.into());
+    let waker = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                shared.wake.notify_one();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = false;
+    while tokio::time::Instant::now() < deadline {
+        if shared.state.read().unplaced.contains_key("/unmarked") {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    waker.abort();
+    assert!(
+        seen,
+        "no full pass looked at the unmarked app in 5 s of constant wakes"
+    );
+}
