@@ -10,6 +10,7 @@ pub mod event;
 pub mod node;
 pub mod path;
 pub mod protocol;
+pub mod secret;
 pub mod task;
 pub mod time;
 pub mod validate;
