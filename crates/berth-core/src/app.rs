@@ -745,8 +745,14 @@ mod tests {
         );
         assert!(app.uses_secrets());
         let v = serde_json::to_value(&app).unwrap();
-        assert_eq!(v["env"], serde_json::json!({"DB_PASSWORD": {"secret": "db"}, "MODE": "prod"}));
-        assert_eq!(v["secrets"], serde_json::json!({"db": {"source": "prod/db-password"}}));
+        assert_eq!(
+            v["env"],
+            serde_json::json!({"DB_PASSWORD": {"secret": "db"}, "MODE": "prod"})
+        );
+        assert_eq!(
+            v["secrets"],
+            serde_json::json!({"db": {"source": "prod/db-password"}})
+        );
         // A plain env map is byte-identical to the old `BTreeMap<String, String>` encoding.
         let plain: AppDefinition =
             serde_json::from_str(r#"{"id":"/a","env":{"A":"1","B":"x y"}}"#).unwrap();
@@ -758,7 +764,11 @@ mod tests {
         );
         assert!(!plain.uses_secrets());
         // Anything else is not an env value.
-        for bad in [r#"{"A":1}"#, r#"{"A":{"secret":1}}"#, r#"{"A":{"secret":"s","x":1}}"#] {
+        for bad in [
+            r#"{"A":1}"#,
+            r#"{"A":{"secret":1}}"#,
+            r#"{"A":{"secret":"s","x":1}}"#,
+        ] {
             assert!(
                 serde_json::from_str::<BTreeMap<String, EnvValue>>(bad).is_err(),
                 "{bad}"

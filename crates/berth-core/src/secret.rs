@@ -135,7 +135,12 @@ mod tests {
 
     #[test]
     fn names_are_path_like_segments() {
-        for ok in ["db", "prod/db-password", "a.b_c-d/E1", &"x".repeat(MAX_NAME_LEN)] {
+        for ok in [
+            "db",
+            "prod/db-password",
+            "a.b_c-d/E1",
+            &"x".repeat(MAX_NAME_LEN),
+        ] {
             assert!(check_name(ok).is_ok(), "{ok}");
         }
         for bad in [

@@ -775,8 +775,16 @@ fn secrets_and_secret_env() {
         "expected an object",
     );
     // Env values are strings or {"secret": ..}: nothing else.
-    assert_err(json!({"env": {"A": {"secret": 5}}}), "/env/A", "{\"secret\"");
-    assert_err(json!({"env": {"A": {"value": "x"}}}), "/env/A", "expected a string");
+    assert_err(
+        json!({"env": {"A": {"secret": 5}}}),
+        "/env/A",
+        "{\"secret\"",
+    );
+    assert_err(
+        json!({"env": {"A": {"value": "x"}}}),
+        "/env/A",
+        "expected a string",
+    );
     // File-based secrets are refused, saying what to do instead.
     assert_err(
         json!({"container": {"type": "DOCKER", "docker": {"image": "busybox"},

@@ -9,6 +9,7 @@ pub mod event_hub;
 mod keepalive;
 pub mod ops;
 pub mod render;
+pub mod secrets;
 pub mod state;
 
 use berth_core::event::Event;
@@ -40,6 +41,9 @@ pub struct ServerConfig {
     pub events: event_hub::EventLimits,
     /// Agent long-polls held open at once; one more is refused with 429.
     pub max_long_polls: usize,
+    /// The secrets key (32 bytes, mode 0600), created when missing. `None`: a random key
+    /// in memory, so secrets do not survive a restart (tests, simulations).
+    pub secrets_key_file: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -53,6 +57,7 @@ impl ServerConfig {
             max_body_bytes: 2 * 1024 * 1024,
             events: event_hub::EventLimits::default(),
             max_long_polls: 20_000,
+            secrets_key_file: None,
         }
     }
 }
@@ -73,6 +78,8 @@ pub struct Inner {
     pub app_cache: AppCache,
     /// Agent long-polls waiting now.
     pub long_polls: std::sync::atomic::AtomicUsize,
+    /// Seals and opens the secret store's values.
+    pub secrets_key: secrets::SecretKey,
 }
 
 pub type Shared = Arc<Inner>;
@@ -287,6 +294,7 @@ impl Server {
         let cluster = Cluster::load(store.as_ref(), config.seed)
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
+        let secrets_key = open_secrets_key(config.secrets_key_file.as_deref(), &cluster)?;
         let (ptx, prx) = mpsc::unbounded_channel();
         tokio::spawn(state::run_persister(store.clone(), prx));
         let events = event_hub::EventHub::new(config.events);
@@ -301,6 +309,7 @@ impl Server {
             render_cache: RenderCache::default(),
             app_cache: AppCache::default(),
             long_polls: Default::default(),
+            secrets_key,
         });
         let app = api::router(shared.clone())
             .layer(axum::middleware::map_response(error::json_client_errors))
@@ -316,9 +325,50 @@ impl Server {
     }
 }
 
+/// The secrets key from its file (created when missing), checked against every stored
+/// secret: a key that does not open them (the file was replaced) stops the server.
+fn open_secrets_key(
+    file: Option<&std::path::Path>,
+    cluster: &Cluster,
+) -> Result<secrets::SecretKey, StartError> {
+    let key = match file {
+        Some(path) => {
+            let (key, created) = secrets::SecretKey::load_or_create(path)
+                .map_err(|e| StartError::SecretsKey(e.to_string()))?;
+            if created {
+                tracing::info!(
+                    path = %path.display(),
+                    "created the secrets key (back it up: without it the stored secrets cannot be read)"
+                );
+            }
+            key
+        }
+        None => secrets::SecretKey::generate(),
+    };
+    let unreadable: Vec<String> = cluster
+        .secrets
+        .values()
+        .filter_map(|s| key.open(s).err())
+        .map(|e| e.to_string())
+        .take(3)
+        .collect();
+    if !unreadable.is_empty() {
+        return Err(StartError::SecretsKey(format!(
+            "the secrets key{} does not open the stored secrets: {} (was the key file replaced? \
+             restore it from a backup)",
+            file.map(|p| format!(" in {}", p.display()))
+                .unwrap_or_default(),
+            unreadable.join("; ")
+        )));
+    }
+    Ok(key)
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    SecretsKey(String),
     #[error("cannot load state from the store: {0}")]
     Store(String),
     #[error("cannot listen on {0}: {1}")]

@@ -8,6 +8,7 @@ mod events;
 mod groups;
 mod logs;
 mod openapi;
+mod secrets;
 mod system;
 mod tasks;
 
@@ -98,6 +99,10 @@ routes! {
     GET "/api/v1/tasks/{task_id}/logs" => logs::task_logs;
     GET "/api/v1/deployments" => berth::deployments;
     GET "/api/v1/deployments/{id}" => berth::deployment;
+    GET "/api/v1/secrets" => secrets::list;
+    GET "/api/v1/secrets/{*name}" ["/api/v1/secrets/{name}"] => secrets::get;
+    PUT "/api/v1/secrets/{*name}" ["/api/v1/secrets/{name}"] => secrets::put;
+    DELETE "/api/v1/secrets/{*name}" ["/api/v1/secrets/{name}"] => secrets::delete;
 }
 
 pub fn router(shared: Shared) -> Router {
