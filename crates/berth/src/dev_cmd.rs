@@ -49,6 +49,8 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
         20,
         None,
         &args.limits,
+        // <data-dir>/server/secrets.key
+        None,
     )
     .await?;
     let url = format!("http://{}", server.addr);

@@ -24,6 +24,11 @@ pub struct ServerArgs {
     pub advertise: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// The key the secret store's values are encrypted with: 32 random bytes, mode 0600,
+    /// created on first start when missing (default `<data-dir>/secrets.key`). Back it up:
+    /// without it the stored secrets cannot be read.
+    #[arg(long)]
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// What one client may make the server hold (docs/api.md, "Limits").
@@ -67,16 +72,16 @@ pub async fn start(
     node_timeout: u64,
     advertise: Option<String>,
     limits: &LimitArgs,
+    secrets_key_file: Option<PathBuf>,
 ) -> Result<Server> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let store = RedbStore::open(data_dir)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    let server = Server::start(
-        config(listen, node_timeout, advertise, limits),
-        Arc::new(store),
-    )
-    .await?;
+    let mut config = config(listen, node_timeout, advertise, limits);
+    config.secrets_key_file =
+        Some(secrets_key_file.unwrap_or_else(|| data_dir.join("secrets.key")));
+    let server = Server::start(config, Arc::new(store)).await?;
     Ok(server)
 }
 
@@ -87,6 +92,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         args.node_timeout,
         args.advertise,
         &args.limits,
+        args.secrets_key_file,
     )
     .await?;
     tracing::info!(addr = %server.addr, data_dir = %args.data_dir.display(), "berth server listening");
