@@ -689,7 +689,10 @@ mod tests {
     fn secret_env_comes_from_stdin_and_errors_never_show_values() {
         let names = vec!["DB_PASSWORD".to_string()];
         let got = read_stdin_env(&br#"{"DB_PASSWORD":"hunter2","X":"y"}"#[..], &names).unwrap();
-        assert_eq!(got, BTreeMap::from([("DB_PASSWORD".into(), "hunter2".into())]));
+        assert_eq!(
+            got,
+            BTreeMap::from([("DB_PASSWORD".into(), "hunter2".into())])
+        );
         let e = read_stdin_env(&br#"{"OTHER":"hunter2"}"#[..], &names).unwrap_err();
         assert!(e.to_string().contains("DB_PASSWORD") && !e.to_string().contains("hunter2"));
         let e = read_stdin_env(&br#"not json hunter2"#[..], &names).unwrap_err();

@@ -2,8 +2,8 @@
 //! runtime never knows which one it is talking to.
 
 use berth_core::app::{AppDefinition, DriverKind, EnvValue};
-use berth_core::secret::SecretEnv;
 use berth_core::node::NodeResources;
+use berth_core::secret::SecretEnv;
 use berth_core::task::TaskState;
 use bytes::Bytes;
 use futures::future::BoxFuture;
