@@ -287,6 +287,21 @@ async fn an_exec_task_gets_its_secret_and_nothing_else_shows_it() {
         assert!(r.status < 500, "GET {p}: {} {}", r.status, r.text);
         assert_nowhere(&format!("GET {p}"), &r.text, &all);
     }
+    // Nor the agent's own endpoint.
+    let agent_url = api.get_ok("/api/v1/nodes/n1").await["agentUrl"]
+        .as_str()
+        .expect("agentUrl")
+        .to_string();
+    for p in ["/metrics".to_string(), format!("/v1/tasks/{task_id}/logs")] {
+        let text = reqwest::get(format!("{agent_url}{p}"))
+            .await
+            .expect("the agent answers")
+            .text()
+            .await
+            .unwrap_or_default();
+        assert!(!text.is_empty(), "agent {p}");
+        assert_nowhere(&format!("the agent's GET {p}"), &text, &all);
+    }
     let r = api.get("/v2/apps/sec/app?embed=app.tasks").await;
     assert_eq!(
         r.json["app"]["env"]["X"],
