@@ -244,6 +244,7 @@ pub fn create_app(
             deployments: vec![],
         });
     }
+    crate::secrets::check_sources(st, &app)?;
     let (now, version) = next_version();
     let app = Arc::new(stamp_new(st, app, &version));
     let r = start_deployment(
@@ -330,6 +331,7 @@ fn change_app(
     force: bool,
     ctx: &RequestCtx,
 ) -> ApiResult<DeploymentRef> {
+    crate::secrets::check_sources(st, &new)?;
     check_lock(st, ch, std::slice::from_ref(&old.id), force)?;
     let (now, version) = next_version();
     // Service ports first: a body that leaves them 0 keeps the stored ones, and is then
@@ -508,7 +510,10 @@ pub fn put_apps(
         };
         ctx.may_change(&id)?;
         match merged_definition(st, &id, map, partial) {
-            Ok(app) => news.push(app),
+            Ok(app) => match crate::secrets::check_sources(st, &app) {
+                Ok(()) => news.push(app),
+                Err(e) => errs.extend_prefixed(&format!("({i})"), e),
+            },
             Err(ApiError::Invalid(e)) => errs.extend_prefixed(&format!("({i})"), e),
             Err(other) => return Err(other),
         }
@@ -767,6 +772,7 @@ pub fn group_exists(st: &Cluster, group: &str) -> bool {
 /// Collects the apps of a group JSON (`{"id", "apps": [..], "groups": [..]}`), resolving
 /// relative ids against the enclosing group. Errors carry the JSON path.
 pub fn collect_group_apps(
+    st: &Cluster,
     group_id: &str,
     body: &Value,
     at: &str,
@@ -790,7 +796,10 @@ pub fn collect_group_apps(
                 };
                 a["id"] = Value::String(abs);
             }
-            match validate::app_from_json(a) {
+            match validate::app_from_json(a).and_then(|app| {
+                crate::secrets::check_sources(st, &app)?;
+                Ok(app)
+            }) {
                 Ok(app) => apps.push(app),
                 Err(e) => errs.extend_prefixed(&format!("{at}/apps({i})"), e),
             }
@@ -811,7 +820,15 @@ pub fn collect_group_apps(
             } else {
                 path::normalize(&format!("{group_id}/{id}"))
             };
-            collect_group_apps(&abs, g, &format!("{at}/groups({i})"), apps, groups, errs);
+            collect_group_apps(
+                st,
+                &abs,
+                g,
+                &format!("{at}/groups({i})"),
+                apps,
+                groups,
+                errs,
+            );
         }
     }
 }
@@ -842,7 +859,7 @@ pub fn create_group(
     let mut apps = Vec::new();
     let mut groups = Vec::new();
     let mut errs = berth_core::error::ValidationErrors::new();
-    collect_group_apps(&id, &body, "", &mut apps, &mut groups, &mut errs);
+    collect_group_apps(st, &id, &body, "", &mut apps, &mut groups, &mut errs);
     errs.into_result()?;
     if apps.len() + groups.len() > validate::MAX_APPS_PER_REQUEST {
         return Err(ApiError::invalid(
