@@ -98,8 +98,17 @@ async fn readers_and_writers_for_a_minute_without_an_error() {
         .unwrap_or(0);
     assert_eq!(running, APPS, "one task per app before the load");
 
+    // Every request carries the admin token, as a real client's would (auth is on).
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", c.admin_token())
+            .parse()
+            .expect("token header"),
+    );
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
+        .default_headers(headers)
         .build()
         .expect("client");
     let base = c.url();
