@@ -34,6 +34,19 @@ impl RequestCtx {
         self.principal
             .check_on(berth_core::rbac::Permission::AppWrite, id)
     }
+
+    /// 403 unless the caller may use every secret `app` names: an app-admin only those
+    /// whose name lies in its scopes (`prod/db` for scope `prod`), or it could have any
+    /// secret's value delivered to a task of its own.
+    pub fn may_use_secrets(&self, app: &AppDefinition) -> ApiResult<()> {
+        for d in app.secrets.values() {
+            self.principal.check_on(
+                berth_core::rbac::Permission::SecretWrite,
+                &format!("/{}", d.source.trim_start_matches('/')),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// What a change returns to the client: `{"deploymentId": .., "version": ..}`.
@@ -245,6 +258,7 @@ pub fn create_app(
         });
     }
     crate::secrets::check_sources(st, &app)?;
+    ctx.may_use_secrets(&app)?;
     let (now, version) = next_version();
     let app = Arc::new(stamp_new(st, app, &version));
     let r = start_deployment(
@@ -332,6 +346,7 @@ fn change_app(
     ctx: &RequestCtx,
 ) -> ApiResult<DeploymentRef> {
     crate::secrets::check_sources(st, &new)?;
+    ctx.may_use_secrets(&new)?;
     check_lock(st, ch, std::slice::from_ref(&old.id), force)?;
     let (now, version) = next_version();
     // Service ports first: a body that leaves them 0 keeps the stored ones, and is then
@@ -511,7 +526,10 @@ pub fn put_apps(
         ctx.may_change(&id)?;
         match merged_definition(st, &id, map, partial) {
             Ok(app) => match crate::secrets::check_sources(st, &app) {
-                Ok(()) => news.push(app),
+                Ok(()) => {
+                    ctx.may_use_secrets(&app)?;
+                    news.push(app)
+                }
                 Err(e) => errs.extend_prefixed(&format!("({i})"), e),
             },
             Err(ApiError::Invalid(e)) => errs.extend_prefixed(&format!("({i})"), e),
@@ -861,6 +879,9 @@ pub fn create_group(
     let mut errs = berth_core::error::ValidationErrors::new();
     collect_group_apps(st, &id, &body, "", &mut apps, &mut groups, &mut errs);
     errs.into_result()?;
+    for app in &apps {
+        ctx.may_use_secrets(app)?;
+    }
     if apps.len() + groups.len() > validate::MAX_APPS_PER_REQUEST {
         return Err(ApiError::invalid(
             "/",

@@ -34,6 +34,14 @@ pub async fn list(State(s): State<Shared>) -> Response {
 }
 
 /// `GET /api/v1/secrets/{name}`: the secret's metadata.
+/// 403 unless the caller may change the secret `name` (an app-admin: inside its scopes).
+fn may_write(who: &crate::auth::Principal, name: &str) -> ApiResult<()> {
+    who.check_on(
+        berth_core::rbac::Permission::SecretWrite,
+        &format!("/{}", name.trim_start_matches('/')),
+    )
+}
+
 pub async fn get(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<Response> {
     secrets::check_name(&name)?;
     let st = s.state.read();
@@ -49,10 +57,12 @@ pub async fn get(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult
 /// the new one.
 pub async fn put(
     State(s): State<Shared>,
+    crate::auth::Caller(who): crate::auth::Caller,
     Path(name): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
     secrets::check_name(&name)?;
+    may_write(&who, &name)?;
     let v = json_body(&s, body).await?;
     let value = parse_body(v)?;
     let key = s.secrets_key.clone();
@@ -70,7 +80,12 @@ pub async fn put(
 }
 
 /// `DELETE /api/v1/secrets/{name}`: 409 naming the apps while any uses it.
-pub async fn delete(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn delete(
+    State(s): State<Shared>,
+    crate::auth::Caller(who): crate::auth::Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    may_write(&who, &name)?;
     let stored = s
         .apply(|st, ch| secrets::delete_secret(st, ch, &name))
         .await?;
