@@ -97,11 +97,7 @@ impl Credentials {
 }
 
 fn eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    berth_core::rbac::constant_time_eq(a.as_bytes(), b.as_bytes())
 }
 
 fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {

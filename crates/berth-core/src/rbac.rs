@@ -108,6 +108,12 @@ impl fmt::Display for Permission {
     }
 }
 
+/// Compares two secrets without an early exit, so the time taken does not tell how much
+/// matched (tokens, node credentials, passwords).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The namespace of an app id: its first segment (`/prod/web` -> `prod`); an id of one
 /// segment (`/web`) is in namespace `default`.
 pub fn namespace_of(id: &str) -> &str {

@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use berth_core::rbac::{Permission, Role, Scopes};
+use berth_core::rbac::{Permission, Role, Scopes, constant_time_eq};
 use berth_store::{Store, StoreExt};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -214,11 +214,6 @@ pub enum AuthError {
 fn sha256_hex(s: &str) -> String {
     let digest = Sha256::digest(s.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Compares without an early exit, so the time taken does not tell how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn random_hex(bytes: usize) -> String {

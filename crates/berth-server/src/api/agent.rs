@@ -98,7 +98,9 @@ pub async fn register(
             if live && s.auth.has_node_credential(&id) {
                 return Err(ApiError::Conflict {
                     message: format!(
-                        "node '{id}' is registered and reporting with its own credential;                          a join token cannot take it over (if its agent lost its credential,                          wait until the node is unreachable, then join again)"
+                        "node '{id}' is registered and reporting with its own credential; \
+                         a join token cannot take it over (if its agent lost its credential, \
+                         wait until the node is unreachable, then join again)"
                     ),
                     deployments: vec![],
                 });
