@@ -292,15 +292,15 @@ async fn an_exec_task_gets_its_secret_and_nothing_else_shows_it() {
         .as_str()
         .expect("agentUrl")
         .to_string();
+    // As the server calls it: with the node's credential (anyone else gets a 401).
+    let credential = std::fs::read_to_string(c.path().join("agent").join("node.credential"))
+        .expect("the agent kept its credential");
+    let as_server = Api::with_token(&agent_url, Some(credential.trim()));
     for p in ["/metrics".to_string(), format!("/v1/tasks/{task_id}/logs")] {
-        let text = reqwest::get(format!("{agent_url}{p}"))
-            .await
-            .expect("the agent answers")
-            .text()
-            .await
-            .unwrap_or_default();
-        assert!(!text.is_empty(), "agent {p}");
-        assert_nowhere(&format!("the agent's GET {p}"), &text, &all);
+        let r = as_server.get(&p).await;
+        assert_eq!(r.status, 200, "the agent's GET {p}: {}", r.text);
+        assert!(!r.text.is_empty(), "agent {p}");
+        assert_nowhere(&format!("the agent's GET {p}"), &r.text, &all);
     }
     let r = api.get("/v2/apps/sec/app?embed=app.tasks").await;
     assert_eq!(

@@ -330,11 +330,30 @@ impl Api {
             .unwrap_or_default()
     }
 
+    /// Waits until no deployment is left; on a timeout the failure shows what is still
+    /// deployed and what the queue says is waiting (why it does not finish).
     pub async fn wait_no_deployments(&self, timeout: Duration) {
-        wait_until(timeout, "no deployments", || async {
-            self.deployments().await.is_empty()
-        })
-        .await
+        let start = Instant::now();
+        loop {
+            let left = self.deployments().await;
+            if left.is_empty() {
+                return;
+            }
+            if start.elapsed() > timeout {
+                let queue = self.get("/v2/queue").await;
+                let show = |v: &Value| {
+                    let s = v.to_string();
+                    s.chars().take(4000).collect::<String>()
+                };
+                panic!(
+                    "timed out after {timeout:?} waiting for: no deployments; {} left: {}\nqueue: {}",
+                    left.len(),
+                    show(&Value::Array(left)),
+                    show(&queue.json)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The apps list as returned by `GET /v2/apps` (for before/after comparisons).
