@@ -114,6 +114,8 @@ pub async fn start(
 }
 
 /// [`start`], serving HTTPS with `tls`.
+// Each argument is one of `berth server`'s flags; a config struct is the next step.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_with_tls(
     listen: SocketAddr,
     data_dir: &std::path::Path,
