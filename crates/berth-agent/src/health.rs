@@ -94,6 +94,7 @@ mod tests {
             node_id: "n".into(),
             resources: Default::default(),
             cpuset: vec![],
+            secret_env: Default::default(),
         }
     }
 

@@ -415,6 +415,7 @@ impl Shared {
             node_id: node_id.to_string(),
             resources: a.resources,
             cpuset: a.cpuset.clone(),
+            secret_env: a.secret_env.clone(),
         }
     }
 
@@ -548,6 +549,10 @@ impl Shared {
         let kind = a.app.driver();
         let spec = Self::spec_of(&a, &self.config.node.id);
         let result = match self.drivers.get(&kind).cloned() {
+            // Never start a task without the secrets its env refers to.
+            Some(_) if a.secret_error.is_some() => Err(DriverError::InvalidSpec(
+                a.secret_error.clone().unwrap_or_default(),
+            )),
             Some(driver) => {
                 self.tasks.lock().insert(
                     a.task_id.clone(),

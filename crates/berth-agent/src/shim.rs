@@ -70,6 +70,10 @@ pub struct ShimSpec {
     /// Files kept of each log, the one being written included.
     #[serde(default)]
     pub log_max_files: u32,
+    /// Environment variables whose values (secrets) the shim reads from its stdin, a JSON
+    /// object, instead of from this file: no file of the task directory holds them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stdin_env: Vec<String>,
 }
 
 impl ShimSpec {
@@ -173,15 +177,48 @@ fn run(task_dir: &Path) -> Result<(), ShimError> {
     }
     let spec_path = task_dir.join(SPEC_FILE);
     let text = fs::read_to_string(&spec_path).map_err(ctx(spec_path.display().to_string()))?;
-    let spec: ShimSpec = serde_json::from_str(&text).map_err(|e| ShimError::Spec(e.to_string()))?;
+    let mut spec: ShimSpec =
+        serde_json::from_str(&text).map_err(|e| ShimError::Spec(e.to_string()))?;
     if spec.argv.is_empty() {
         return Err(ShimError::Spec("empty argv".into()));
+    }
+    if !spec.stdin_env.is_empty() {
+        let values = read_stdin_env(io::stdin().lock(), &spec.stdin_env)?;
+        spec.env.extend(values);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ctx("tokio runtime"))?;
     rt.block_on(supervise(task_dir, &spec))
+}
+
+/// Most bytes the shim reads from its stdin (secret values: at most 1,000 of 64 KiB each).
+const MAX_STDIN_ENV_BYTES: u64 = 80 << 20;
+
+/// The values of the `names` variables from `input`: one JSON object of strings, read to its
+/// end. Every name must be there; errors name variables, never values.
+pub fn read_stdin_env(
+    input: impl io::Read,
+    names: &[String],
+) -> Result<BTreeMap<String, String>, ShimError> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    input
+        .take(MAX_STDIN_ENV_BYTES)
+        .read_to_end(&mut text)
+        .map_err(ctx("reading the task's secret environment from stdin"))?;
+    let mut all: BTreeMap<String, String> = serde_json::from_slice(&text).map_err(|_| {
+        ShimError::Spec("the secret environment on stdin is not a JSON object of strings".into())
+    })?;
+    names
+        .iter()
+        .map(|n| {
+            all.remove(n).map(|v| (n.clone(), v)).ok_or_else(|| {
+                ShimError::Spec(format!("secret environment variable {n} missing on stdin"))
+            })
+        })
+        .collect()
 }
 
 async fn supervise(task_dir: &Path, spec: &ShimSpec) -> Result<(), ShimError> {
@@ -647,6 +684,37 @@ pub(crate) mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_env_comes_from_stdin_and_errors_never_show_values() {
+        let names = vec!["DB_PASSWORD".to_string()];
+        let got = read_stdin_env(&br#"{"DB_PASSWORD":"hunter2","X":"y"}"#[..], &names).unwrap();
+        assert_eq!(
+            got,
+            BTreeMap::from([("DB_PASSWORD".into(), "hunter2".into())])
+        );
+        let e = read_stdin_env(&br#"{"OTHER":"hunter2"}"#[..], &names).unwrap_err();
+        assert!(e.to_string().contains("DB_PASSWORD") && !e.to_string().contains("hunter2"));
+        let e = read_stdin_env(&br#"not json hunter2"#[..], &names).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // The spec file names the variables only.
+        let spec = ShimSpec {
+            task_id: "t".into(),
+            argv: vec!["true".into()],
+            env: BTreeMap::new(),
+            cwd: "/".into(),
+            stdout: "/dev/null".into(),
+            stderr: "/dev/null".into(),
+            cgroup: None,
+            cgroups: vec![],
+            user: None,
+            log_max_bytes: 0,
+            log_max_files: 1,
+            stdin_env: names,
+        };
+        let text = serde_json::to_string(&spec).unwrap();
+        assert!(text.contains(r#""stdin_env":["DB_PASSWORD"]"#), "{text}");
+    }
 
     #[test]
     fn parses_proc_stat() {

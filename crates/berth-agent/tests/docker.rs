@@ -127,6 +127,7 @@ fn spec(task_id: &str, node: &str, app: serde_json::Value, ports: Vec<u16>) -> T
         host: "127.0.0.1".into(),
         node_id: node.into(),
         cpuset: vec![],
+        secret_env: Default::default(),
     }
 }
 

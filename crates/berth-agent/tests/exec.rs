@@ -98,6 +98,7 @@ fn spec(task_id: &str, cmd: &str) -> TaskSpec {
         node_id: "node-1".into(),
         resources: NodeResources::new(0.5, 64.0, 0.0),
         cpuset: vec![],
+        secret_env: Default::default(),
     }
 }
 

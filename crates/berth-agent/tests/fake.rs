@@ -17,6 +17,7 @@ fn spec(task_id: &str) -> TaskSpec {
         node_id: "sim-1".into(),
         resources: NodeResources::new(0.1, 16.0, 0.0),
         cpuset: vec![],
+        secret_env: Default::default(),
     }
 }
 

@@ -75,8 +75,9 @@ pub struct AppDefinition {
     pub args: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Values are strings, or `{"secret": "<key in secrets>"}` (Marathon's secret reference).
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
     #[serde(default = "d_instances")]
     pub instances: i64,
     #[serde(default = "d_cpus")]
@@ -122,8 +123,10 @@ pub struct AppDefinition {
     pub ip_address: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residency: Option<Value>,
+    /// Secrets the app uses, by a key of its own: `{"db": {"source": "prod/db-password"}}`,
+    /// `source` naming a secret in Berth's store.
     #[serde(default)]
-    pub secrets: BTreeMap<String, Value>,
+    pub secrets: BTreeMap<String, SecretDef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_kill_grace_period_seconds: Option<f64>,
     #[serde(default)]
@@ -151,6 +154,59 @@ impl Default for AppDefinition {
         serde_json::from_value(serde_json::json!({}))
             .unwrap_or_else(|e| panic!("an empty object always deserialises: {e}"))
     }
+}
+
+/// One `env` value: a string, or a reference to one of the app's `secrets`, resolved only
+/// when a task is sent to its node. A string serialises exactly as before (a JSON string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EnvValue {
+    Plain(String),
+    Secret(EnvSecret),
+}
+
+/// `{"secret": "<key in the app's secrets>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvSecret {
+    pub secret: String,
+}
+
+impl EnvValue {
+    /// The plain value; `None` for a secret reference.
+    pub fn plain(&self) -> Option<&str> {
+        match self {
+            Self::Plain(s) => Some(s),
+            Self::Secret(_) => None,
+        }
+    }
+
+    /// The key in `secrets` this value refers to, if it is a secret reference.
+    pub fn secret_key(&self) -> Option<&str> {
+        match self {
+            Self::Plain(_) => None,
+            Self::Secret(s) => Some(&s.secret),
+        }
+    }
+}
+
+impl From<&str> for EnvValue {
+    fn from(s: &str) -> Self {
+        Self::Plain(s.to_string())
+    }
+}
+
+impl From<String> for EnvValue {
+    fn from(s: String) -> Self {
+        Self::Plain(s)
+    }
+}
+
+/// One of an app's `secrets`: `{"source": "<name in Berth's secret store>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SecretDef {
+    #[serde(default)]
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,6 +277,10 @@ pub struct Volume {
     pub persistent: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<Value>,
+    /// A file-based secret (Marathon's `{containerPath, secret}`): not supported, validation
+    /// says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -523,6 +583,25 @@ impl AppDefinition {
 }
 
 impl AppDefinition {
+    /// The app's secret environment variables: `(variable, store name)` for each env value
+    /// that refers to one of its `secrets` (unresolvable references, which validation
+    /// rejects, are left out).
+    pub fn secret_env_sources(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .filter_map(|(var, v)| {
+                let key = v.secret_key()?;
+                let def = self.secrets.get(key)?;
+                Some((var.as_str(), def.source.as_str()))
+            })
+            .collect()
+    }
+
+    /// Whether any env value refers to a secret.
+    pub fn uses_secrets(&self) -> bool {
+        self.env.values().any(|v| v.secret_key().is_some())
+    }
+
     /// The driver this app needs: `container.docker` -> docker, else exec, unless the
     /// `BERTH_DRIVER` label names one explicitly.
     pub fn driver(&self) -> DriverKind {
@@ -651,6 +730,50 @@ mod tests {
         assert!(
             matches!(app.unreachable_strategy, UnreachableStrategy::Enabled(e) if e.inactive_after_seconds == 5.0)
         );
+    }
+
+    #[test]
+    fn env_is_a_string_or_a_secret_reference_and_strings_serialise_as_before() {
+        let text = r#"{"id":"/a","env":{"DB_PASSWORD":{"secret":"db"},"MODE":"prod"},"secrets":{"db":{"source":"prod/db-password"}}}"#;
+        let app: AppDefinition = serde_json::from_str(text).unwrap();
+        assert_eq!(app.env["MODE"], EnvValue::Plain("prod".into()));
+        assert_eq!(app.env["DB_PASSWORD"].secret_key(), Some("db"));
+        assert_eq!(app.secrets["db"].source, "prod/db-password");
+        assert_eq!(
+            app.secret_env_sources(),
+            vec![("DB_PASSWORD", "prod/db-password")]
+        );
+        assert!(app.uses_secrets());
+        let v = serde_json::to_value(&app).unwrap();
+        assert_eq!(
+            v["env"],
+            serde_json::json!({"DB_PASSWORD": {"secret": "db"}, "MODE": "prod"})
+        );
+        assert_eq!(
+            v["secrets"],
+            serde_json::json!({"db": {"source": "prod/db-password"}})
+        );
+        // A plain env map is byte-identical to the old `BTreeMap<String, String>` encoding.
+        let plain: AppDefinition =
+            serde_json::from_str(r#"{"id":"/a","env":{"A":"1","B":"x y"}}"#).unwrap();
+        let old: BTreeMap<String, String> =
+            BTreeMap::from([("A".into(), "1".into()), ("B".into(), "x y".into())]);
+        assert_eq!(
+            serde_json::to_string(&plain.env).unwrap(),
+            serde_json::to_string(&old).unwrap()
+        );
+        assert!(!plain.uses_secrets());
+        // Anything else is not an env value.
+        for bad in [
+            r#"{"A":1}"#,
+            r#"{"A":{"secret":1}}"#,
+            r#"{"A":{"secret":"s","x":1}}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<BTreeMap<String, EnvValue>>(bad).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod node;
 pub mod path;
 pub mod protocol;
 pub mod rbac;
+pub mod secret;
 pub mod task;
 pub mod time;
 pub mod validate;

@@ -12,6 +12,7 @@
 
 use crate::app::AppDefinition;
 use crate::node::{NodeCondition, NodeInfo, NodeResources};
+use crate::secret::SecretEnv;
 use crate::task::{HealthResult, TaskGoal, TaskState};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -70,6 +71,15 @@ pub struct Assignment {
     pub resources: NodeResources,
     #[serde(default)]
     pub cpuset: Vec<u32>,
+    /// The values of the app's secret environment variables (`env: {"X": {"secret": ..}}`),
+    /// resolved from Berth's secret store for this task alone, and only while its goal is
+    /// `running`. Never shown by `Debug`; the agent must not write them to disk.
+    #[serde(default, skip_serializing_if = "SecretEnv::is_empty")]
+    pub secret_env: SecretEnv,
+    /// Why the server could not resolve the task's secrets (a secret was deleted): the agent
+    /// fails the task with this message instead of starting it without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_error: Option<String>,
     /// The app definition at `version`. Not on the wire: each distinct definition travels
     /// once per response in [`Assignments::apps`]; [`Assignments::resolve_apps`] fills it in.
     #[serde(skip)]

@@ -9,7 +9,9 @@
 //! example `uris` next to a non-empty `fetch`), it is left in place and [`validate_app`]
 //! reports it. Normalisation is idempotent.
 
-use crate::app::{AppDefinition, Container, HealthCheck, Network, PortDefinition, PortMapping};
+use crate::app::{
+    AppDefinition, Container, EnvValue, HealthCheck, Network, PortDefinition, PortMapping,
+};
 use crate::constraint::Constraint;
 use crate::error::ValidationErrors;
 use regex::Regex;
@@ -84,6 +86,9 @@ fn marathon_path(p: &serde_path_to_error::Path) -> String {
 /// Rewrites serde's wording (`invalid type: string "x", expected i64`) into plain words
 /// (`expected an integer, got string "x"`), keeping it short.
 fn friendly_type_error(path: &str, msg: &str) -> String {
+    if path.starts_with("/env/") && msg.contains("untagged enum") {
+        return "expected a string, or an object {\"secret\": \"<key in secrets>\"}".into();
+    }
     if path == "/unreachableStrategy" && msg.contains("untagged enum") {
         return "must be \"disabled\" or an object {inactiveAfterSeconds, expungeAfterSeconds} \
                 with numeric values"
@@ -767,15 +772,7 @@ fn check_command(c: &mut Check, app: &AppDefinition) {
             );
         }
     }
-    c.string_map("/env", &app.env, "environment variable");
-    for k in app.env.keys() {
-        if k.contains('=') {
-            c.add(
-                format!("/env/{}", echo(k)),
-                "environment variable names must not contain '='",
-            );
-        }
-    }
+    check_env(c, app);
     if !c.str_len("/executor", &app.executor, MAX_SHORT_STRING) {
         return;
     }
@@ -784,6 +781,77 @@ fn check_command(c: &mut Check, app: &AppDefinition) {
             "/executor",
             "must fully match regular expression '^(//cmd)|(/?[^/]+(/[^/]+)*)|$'",
         );
+    }
+}
+
+/// `env` (strings or secret references) and `secrets`: every reference names a key of
+/// `secrets`, and every secret has a `source` that is a valid name in Berth's secret store.
+/// Whether that secret exists is the server's to check.
+fn check_env(c: &mut Check, app: &AppDefinition) {
+    if c.list_len("/env", app.env.len(), MAX_MAP_ENTRIES) {
+        for (k, v) in &app.env {
+            if k.is_empty() {
+                c.add("/env", "environment variable names must not be empty");
+                continue;
+            }
+            let p = format!("/env/{}", echo(k));
+            if c.str_len(&p, k, MAX_SHORT_STRING) {
+                c.no_nul(&p, k);
+            }
+            if k.contains('=') {
+                c.add(&p, "environment variable names must not contain '='");
+            }
+            match v {
+                EnvValue::Plain(v) => {
+                    if c.str_len(&p, v, MAX_LONG_STRING) {
+                        c.no_nul(&p, v);
+                    }
+                }
+                EnvValue::Secret(r) => {
+                    if !app.secrets.contains_key(&r.secret) {
+                        c.add(
+                            &p,
+                            format!(
+                                "refers to secret '{}', which is not in 'secrets' (it has: {})",
+                                echo(&r.secret),
+                                if app.secrets.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    app.secrets
+                                        .keys()
+                                        .take(10)
+                                        .map(|k| format!("'{}'", echo(k)))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                }
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if !c.list_len("/secrets", app.secrets.len(), MAX_MAP_ENTRIES) {
+        return;
+    }
+    for (k, def) in &app.secrets {
+        if k.is_empty() {
+            c.add("/secrets", "secret keys must not be empty");
+            continue;
+        }
+        let p = format!("/secrets/{}", echo(k));
+        if c.str_len(&p, k, MAX_SHORT_STRING) {
+            c.no_nul(&p, k);
+        }
+        let sp = format!("{p}/source");
+        if def.source.is_empty() {
+            c.add(
+                sp,
+                "a secret needs a source: the name of a secret in Berth's store                  (PUT /api/v1/secrets/{name})",
+            );
+        } else if let Err(e) = crate::secret::check_name(&def.source) {
+            c.add(sp, e);
+        }
     }
 }
 
@@ -1106,7 +1174,13 @@ fn check_container(c: &mut Check, app: &AppDefinition, ct: &Container) {
                 c.add(format!("{p}/persistent"), "expected an object");
             }
         }
-        if v.host_path.is_none() && v.persistent.is_none() && v.external.is_none() {
+        if v.secret.is_some() {
+            c.add(
+                format!("{p}/secret"),
+                "file-based secrets are not supported; pass the secret in an environment \
+                 variable instead: \"env\": {\"NAME\": {\"secret\": \"<key in secrets>\"}}",
+            );
+        } else if v.host_path.is_none() && v.persistent.is_none() && v.external.is_none() {
             c.add(
                 &p,
                 "volume must have one of 'hostPath', 'persistent' or 'external'",

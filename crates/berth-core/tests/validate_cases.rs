@@ -737,3 +737,60 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn secrets_and_secret_env() {
+    let app = ok(json!({"id": "/a", "cmd": "true",
+        "env": {"DB_PASSWORD": {"secret": "db"}, "MODE": "prod"},
+        "secrets": {"db": {"source": "prod/db-password"}}}));
+    assert_eq!(
+        app.secret_env_sources(),
+        vec![("DB_PASSWORD", "prod/db-password")]
+    );
+    // A reference must name a key of `secrets`.
+    assert_err(
+        json!({"env": {"DB_PASSWORD": {"secret": "nope"}}, "secrets": {"db": {"source": "x"}}}),
+        "/env/DB_PASSWORD",
+        "refers to secret 'nope', which is not in 'secrets' (it has: 'db')",
+    );
+    assert_err(
+        json!({"env": {"DB_PASSWORD": {"secret": "db"}}}),
+        "/env/DB_PASSWORD",
+        "(it has: none)",
+    );
+    // Every secret needs a source, and a source is a store name.
+    assert_err(
+        json!({"secrets": {"db": {}}}),
+        "/secrets/db/source",
+        "a secret needs a source",
+    );
+    assert_err(
+        json!({"secrets": {"db": {"source": "/abs//x"}}}),
+        "/secrets/db/source",
+        "empty segment",
+    );
+    assert_err(
+        json!({"secrets": {"db": "prod/db"}}),
+        "/secrets/db",
+        "expected an object",
+    );
+    // Env values are strings or {"secret": ..}: nothing else.
+    assert_err(
+        json!({"env": {"A": {"secret": 5}}}),
+        "/env/A",
+        "{\"secret\"",
+    );
+    assert_err(
+        json!({"env": {"A": {"value": "x"}}}),
+        "/env/A",
+        "expected a string",
+    );
+    // File-based secrets are refused, saying what to do instead.
+    assert_err(
+        json!({"container": {"type": "DOCKER", "docker": {"image": "busybox"},
+            "volumes": [{"containerPath": "/etc/pw", "secret": "db"}]},
+            "secrets": {"db": {"source": "x"}}}),
+        "/container/volumes(0)/secret",
+        "file-based secrets are not supported",
+    );
+}

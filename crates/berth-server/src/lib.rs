@@ -11,6 +11,7 @@ pub mod event_hub;
 mod keepalive;
 pub mod ops;
 pub mod render;
+pub mod secrets;
 pub mod state;
 pub mod tls;
 
@@ -47,6 +48,9 @@ pub struct ServerConfig {
     pub auth: auth::AuthConfig,
     /// HTTPS for the API and for calls to agents (`None`: plain HTTP); see [`tls`].
     pub tls: Option<Arc<tls::ServerTls>>,
+    /// The secrets key (32 bytes, mode 0600), created when missing. `None`: a random key
+    /// in memory, so secrets do not survive a restart (tests, simulations).
+    pub secrets_key_file: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -62,6 +66,7 @@ impl ServerConfig {
             max_long_polls: 20_000,
             auth: auth::AuthConfig::default(),
             tls: None,
+            secrets_key_file: None,
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct Inner {
     pub auth: auth::AuthState,
     /// Every write users sent.
     pub audit: audit::AuditLog,
+    /// Seals and opens the secret store's values.
+    pub secrets_key: secrets::SecretKey,
 }
 
 pub type Shared = Arc<Inner>;
@@ -314,6 +321,7 @@ impl Server {
         if !config.auth.enabled {
             tracing::warn!("authentication is off: every caller may do everything");
         }
+        let secrets_key = open_secrets_key(config.secrets_key_file.as_deref(), &cluster)?;
         let (ptx, prx) = mpsc::unbounded_channel();
         tokio::spawn(state::run_persister(store.clone(), prx));
         let events = event_hub::EventHub::new(config.events);
@@ -330,6 +338,7 @@ impl Server {
             long_polls: Default::default(),
             auth,
             audit,
+            secrets_key,
         });
         let app = api::router(shared.clone())
             .layer(axum::middleware::from_fn_with_state(
@@ -356,9 +365,50 @@ impl Server {
     }
 }
 
+/// The secrets key from its file (created when missing), checked against every stored
+/// secret: a key that does not open them (the file was replaced) stops the server.
+fn open_secrets_key(
+    file: Option<&std::path::Path>,
+    cluster: &Cluster,
+) -> Result<secrets::SecretKey, StartError> {
+    let key = match file {
+        Some(path) => {
+            let (key, created) = secrets::SecretKey::load_or_create(path)
+                .map_err(|e| StartError::SecretsKey(e.to_string()))?;
+            if created {
+                tracing::info!(
+                    path = %path.display(),
+                    "created the secrets key (back it up: without it the stored secrets cannot be read)"
+                );
+            }
+            key
+        }
+        None => secrets::SecretKey::generate(),
+    };
+    let unreadable: Vec<String> = cluster
+        .secrets
+        .values()
+        .filter_map(|s| key.open(s).err())
+        .map(|e| e.to_string())
+        .take(3)
+        .collect();
+    if !unreadable.is_empty() {
+        return Err(StartError::SecretsKey(format!(
+            "the secrets key{} does not open the stored secrets: {} (was the key file replaced? \
+             restore it from a backup)",
+            file.map(|p| format!(" in {}", p.display()))
+                .unwrap_or_default(),
+            unreadable.join("; ")
+        )));
+    }
+    Ok(key)
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    SecretsKey(String),
     #[error("cannot load state from the store: {0}")]
     Store(String),
     #[error("cannot listen on {0}: {1}")]

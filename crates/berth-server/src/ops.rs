@@ -34,6 +34,19 @@ impl RequestCtx {
         self.principal
             .check_on(berth_core::rbac::Permission::AppWrite, id)
     }
+
+    /// 403 unless the caller may use every secret `app` names: an app-admin only those
+    /// whose name lies in its scopes (`prod/db` for scope `prod`), or it could have any
+    /// secret's value delivered to a task of its own.
+    pub fn may_use_secrets(&self, app: &AppDefinition) -> ApiResult<()> {
+        for d in app.secrets.values() {
+            self.principal.check_on(
+                berth_core::rbac::Permission::SecretWrite,
+                &format!("/{}", d.source.trim_start_matches('/')),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// What a change returns to the client: `{"deploymentId": .., "version": ..}`.
@@ -244,6 +257,8 @@ pub fn create_app(
             deployments: vec![],
         });
     }
+    crate::secrets::check_sources(st, &app)?;
+    ctx.may_use_secrets(&app)?;
     let (now, version) = next_version();
     let app = Arc::new(stamp_new(st, app, &version));
     let r = start_deployment(
@@ -330,6 +345,8 @@ fn change_app(
     force: bool,
     ctx: &RequestCtx,
 ) -> ApiResult<DeploymentRef> {
+    crate::secrets::check_sources(st, &new)?;
+    ctx.may_use_secrets(&new)?;
     check_lock(st, ch, std::slice::from_ref(&old.id), force)?;
     let (now, version) = next_version();
     // Service ports first: a body that leaves them 0 keeps the stored ones, and is then
@@ -508,7 +525,13 @@ pub fn put_apps(
         };
         ctx.may_change(&id)?;
         match merged_definition(st, &id, map, partial) {
-            Ok(app) => news.push(app),
+            Ok(app) => match crate::secrets::check_sources(st, &app) {
+                Ok(()) => {
+                    ctx.may_use_secrets(&app)?;
+                    news.push(app)
+                }
+                Err(e) => errs.extend_prefixed(&format!("({i})"), e),
+            },
             Err(ApiError::Invalid(e)) => errs.extend_prefixed(&format!("({i})"), e),
             Err(other) => return Err(other),
         }
@@ -767,6 +790,7 @@ pub fn group_exists(st: &Cluster, group: &str) -> bool {
 /// Collects the apps of a group JSON (`{"id", "apps": [..], "groups": [..]}`), resolving
 /// relative ids against the enclosing group. Errors carry the JSON path.
 pub fn collect_group_apps(
+    st: &Cluster,
     group_id: &str,
     body: &Value,
     at: &str,
@@ -790,7 +814,10 @@ pub fn collect_group_apps(
                 };
                 a["id"] = Value::String(abs);
             }
-            match validate::app_from_json(a) {
+            match validate::app_from_json(a).and_then(|app| {
+                crate::secrets::check_sources(st, &app)?;
+                Ok(app)
+            }) {
                 Ok(app) => apps.push(app),
                 Err(e) => errs.extend_prefixed(&format!("{at}/apps({i})"), e),
             }
@@ -811,7 +838,15 @@ pub fn collect_group_apps(
             } else {
                 path::normalize(&format!("{group_id}/{id}"))
             };
-            collect_group_apps(&abs, g, &format!("{at}/groups({i})"), apps, groups, errs);
+            collect_group_apps(
+                st,
+                &abs,
+                g,
+                &format!("{at}/groups({i})"),
+                apps,
+                groups,
+                errs,
+            );
         }
     }
 }
@@ -842,8 +877,11 @@ pub fn create_group(
     let mut apps = Vec::new();
     let mut groups = Vec::new();
     let mut errs = berth_core::error::ValidationErrors::new();
-    collect_group_apps(&id, &body, "", &mut apps, &mut groups, &mut errs);
+    collect_group_apps(st, &id, &body, "", &mut apps, &mut groups, &mut errs);
     errs.into_result()?;
+    for app in &apps {
+        ctx.may_use_secrets(app)?;
+    }
     if apps.len() + groups.len() > validate::MAX_APPS_PER_REQUEST {
         return Err(ApiError::invalid(
             "/",

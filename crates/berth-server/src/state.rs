@@ -28,6 +28,8 @@ pub const K_DEPLOYMENTS: &str = "/berth/deployments/";
 pub const K_GROUPS: &str = "/berth/groups/";
 pub const K_FAILURES: &str = "/berth/failures/";
 pub const K_DELAYS: &str = "/berth/delays/";
+/// Secrets, sealed (see [`crate::secrets`]): the store never holds a value in the clear.
+pub const K_SECRETS: &str = "/berth/secrets/";
 
 /// How many versions of an app are kept (Marathon's default `zk_max_versions` is 50).
 pub const MAX_VERSIONS: usize = 50;
@@ -236,6 +238,8 @@ pub struct Cluster {
     pub service_ports: HashMap<i64, Vec<String>>,
     /// Every service port below this one is held: where the search for a free one starts.
     pub service_port_floor: i64,
+    /// The secret store, by name: sealed records only (values are opened per assignment).
+    pub secrets: BTreeMap<String, crate::secrets::StoredSecret>,
 }
 
 impl Cluster {
@@ -267,6 +271,7 @@ impl Cluster {
             counters: BTreeMap::new(),
             service_ports: HashMap::new(),
             service_port_floor: 0,
+            secrets: BTreeMap::new(),
         }
     }
 
@@ -386,10 +391,14 @@ impl Cluster {
                 c.groups.insert(id.to_string());
             } else if let Some(id) = key.strip_prefix(K_FAILURES) {
                 c.last_failures.insert(id.to_string(), v);
-            } else if let Some(id) = key.strip_prefix(K_DELAYS)
-                && let Ok(d) = decode_as(key, v)
+            } else if let Some(id) = key.strip_prefix(K_DELAYS) {
+                if let Ok(d) = decode_as(key, v) {
+                    c.delays.insert(id.to_string(), d);
+                }
+            } else if let Some(name) = key.strip_prefix(K_SECRETS)
+                && let Ok(s) = decode_as(key, v)
             {
-                c.delays.insert(id.to_string(), d);
+                c.secrets.insert(name.to_string(), s);
             }
         }
         // Heartbeats are not persisted: every node gets a full timeout to report after a

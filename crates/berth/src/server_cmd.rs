@@ -35,6 +35,11 @@ pub struct ServerArgs {
     pub http_credentials: Vec<String>,
     #[command(flatten)]
     pub tls: crate::tls_cmd::TlsArgs,
+    /// The key the secret store's values are encrypted with: 32 random bytes, mode 0600,
+    /// created on first start when missing (default `<data-dir>/secrets.key`). Back it up:
+    /// without it the stored secrets cannot be read.
+    #[arg(long)]
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// `user:password` pairs; a malformed one is an error naming it (without its password).
@@ -103,11 +108,14 @@ pub async fn start(
         limits,
         auth,
         None,
+        None,
     )
     .await
 }
 
 /// [`start`], serving HTTPS with `tls`.
+// Each argument is one of `berth server`'s flags; a config struct is the next step.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_with_tls(
     listen: SocketAddr,
     data_dir: &std::path::Path,
@@ -116,6 +124,7 @@ pub async fn start_with_tls(
     limits: &LimitArgs,
     mut auth: berth_server::auth::AuthConfig,
     tls: Option<Arc<berth_server::tls::ServerTls>>,
+    secrets_key_file: Option<PathBuf>,
 ) -> Result<Server> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -131,6 +140,8 @@ pub async fn start_with_tls(
     let mut config = config(listen, node_timeout, advertise, limits);
     config.auth = auth;
     config.tls = tls;
+    config.secrets_key_file =
+        Some(secrets_key_file.unwrap_or_else(|| data_dir.join("secrets.key")));
     let server = Server::start(config, Arc::new(store)).await?;
     Ok(server)
 }
@@ -160,6 +171,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             data_dir: None,
         },
         tls,
+        args.secrets_key_file,
     )
     .await?;
     tracing::info!(addr = %server.addr, scheme, data_dir = %args.data_dir.display(), "berth server listening");

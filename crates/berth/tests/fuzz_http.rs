@@ -602,6 +602,21 @@ const BAD_IDS: &[&str] = &[
 ];
 
 /// Path segments as sent in a URL (percent-encoding intact).
+/// Secret names for the secret routes: valid, nested, and hostile ones (as sent in a URL).
+const SECRET_NAMES: &[&str] = &[
+    "db",
+    "team%2Fdb",
+    "team/db",
+    "a/b/c/d",
+    "..",
+    "%2e%2e/x",
+    "%00",
+    "a%0ab",
+    "%ff%fe",
+    "",
+    "%C3%A9t%C3%A9",
+];
+
 const BAD_SEGMENTS: &[&str] = &[
     "..",
     "%2e%2e",
@@ -1700,7 +1715,7 @@ impl Gen {
             // Reads.
             33..=44 => {
                 let id = url_id(r);
-                let t = match r.random_range(0..17) {
+                let t = match r.random_range(0..22) {
                     0 => "/v2/apps".to_string(),
                     1 => format!("/v2/apps/{id}"),
                     2 => format!("/v2/apps/{id}/tasks"),
@@ -1717,6 +1732,11 @@ impl Gen {
                     13 => "/ping".into(),
                     14 => "/metrics".into(),
                     15 => "/api/v1/deployments".into(),
+                    16 => "/api/v1/whoami".into(),
+                    17 => "/api/v1/tokens".into(),
+                    18 => "/api/v1/audit".into(),
+                    19 => "/api/v1/secrets".into(),
+                    20 => format!("/api/v1/secrets/{}", pick(r, SECRET_NAMES)),
                     _ => "/openapi.json".into(),
                 };
                 let mut req = Req::new(s, "GET reads", "GET", format!("{t}{}", query(r)));
@@ -1986,7 +2006,7 @@ impl Gen {
             82..=93 => {
                 let id = url_id(r);
                 let task = pick(r, BAD_SEGMENTS);
-                let t = match r.random_range(0..14) {
+                let t = match r.random_range(0..18) {
                     0 => "/v2/apps".to_string(),
                     1 => format!("/v2/apps/{id}"),
                     2 => format!("/v2/apps/{id}/restart"),
@@ -2000,6 +2020,10 @@ impl Gen {
                     10 => format!("/api/v1/tasks/{task}/logs"),
                     11 => format!("/{}", pick(r, BAD_SEGMENTS)),
                     12 => "/v2/queue".into(),
+                    13 => "/api/v1/tokens".into(),
+                    14 => format!("/api/v1/tokens/{}", pick(r, BAD_SEGMENTS)),
+                    15 => format!("/api/v1/secrets/{}", pick(r, SECRET_NAMES)),
+                    16 => "/api/v1/audit".into(),
                     _ => format!("/v2/{}/../apps", pick(r, BAD_SEGMENTS)),
                 };
                 let method = pick(r, METHODS);
@@ -2539,6 +2563,30 @@ async fn fuzz_findings_stay_fixed() {
             Dest::Server,
             "GET",
             "/api/v1/agent/%ff/assignments".into(),
+            None,
+            400,
+            "UTF-8",
+        ),
+        (
+            Dest::Server,
+            "DELETE",
+            "/api/v1/tokens/%ff%fe".into(),
+            None,
+            400,
+            "UTF-8",
+        ),
+        (
+            Dest::Server,
+            "PUT",
+            "/api/v1/secrets/team/%ff".into(),
+            Some("{\"value\":\"x\"}"),
+            400,
+            "UTF-8",
+        ),
+        (
+            Dest::Server,
+            "GET",
+            "/api/v1/secrets/%ff".into(),
             None,
             400,
             "UTF-8",

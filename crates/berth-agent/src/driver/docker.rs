@@ -2418,6 +2418,7 @@ mod tests {
             host: "node1".into(),
             node_id: "n1".into(),
             cpuset: vec![],
+            secret_env: Default::default(),
         }
     }
 

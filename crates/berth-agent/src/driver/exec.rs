@@ -678,6 +678,12 @@ impl Inner {
         if env.get("MESOS_SANDBOX").is_none_or(String::is_empty) {
             env.insert("MESOS_SANDBOX".into(), sandbox.display().to_string());
         }
+        // Secret values go to the shim over a pipe, never into spec.json.
+        let secrets: BTreeMap<String, String> = spec
+            .secret_env
+            .names()
+            .filter_map(|k| env.remove_entry(k))
+            .collect();
         let cgroup = match self.cgroups() {
             None => Vec::new(),
             Some(m) => {
@@ -725,6 +731,7 @@ impl Inner {
             user,
             log_max_bytes: rotation.max_bytes.unwrap_or(self.config.log_max_bytes),
             log_max_files: rotation.max_files.unwrap_or(self.config.log_max_files),
+            stdin_env: secrets.keys().cloned().collect(),
         };
         shim::write_json_atomic(&dir.join(SPEC_FILE), &shim_spec)?;
         let log = fs::OpenOptions::new()
@@ -732,13 +739,17 @@ impl Inner {
             .append(true)
             .open(dir.join(SHIM_LOG_FILE))?;
         let log_err = log.try_clone()?;
-        let child = Command::new(&self.config.shim_program)
+        let mut child = Command::new(&self.config.shim_program)
             .args(&self.config.shim_args)
             .arg(dir)
             .env(SHIM_DIR_ENV, dir)
             .envs(self.config.shim_env.iter().map(|(k, v)| (k, v)))
             .current_dir(dir)
-            .stdin(Stdio::null())
+            .stdin(if secrets.is_empty() {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            })
             .stdout(log)
             .stderr(log_err)
             .spawn()
@@ -749,6 +760,16 @@ impl Inner {
                     self.config.shim_program.display()
                 ))
             })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // The shim reads it all at once before it starts the task; a thread of its own,
+            // so a value larger than the pipe's buffer never blocks the agent. A shim that
+            // dies first fails the write (EPIPE) and reports its own failure in exit.json.
+            let body = serde_json::to_vec(&secrets).unwrap_or_default();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = stdin.write_all(&body);
+            });
+        }
         let pid =
             i32::try_from(child.id()).map_err(|_| DriverError::Other("pid overflow".into()))?;
         let shim_pid = ShimPid {

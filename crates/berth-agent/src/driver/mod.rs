@@ -1,8 +1,9 @@
 //! Drivers run tasks. Every driver (exec, fake, docker) implements [`Driver`]; the agent
 //! runtime never knows which one it is talking to.
 
-use berth_core::app::{AppDefinition, DriverKind};
+use berth_core::app::{AppDefinition, DriverKind, EnvValue};
 use berth_core::node::NodeResources;
+use berth_core::secret::SecretEnv;
 use berth_core::task::TaskState;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -35,13 +36,18 @@ pub struct TaskSpec {
     /// Pinned CPU cores (empty: shared CPU).
     #[serde(default)]
     pub cpuset: Vec<u32>,
+    /// The values of the app's secret env variables, as the server resolved them for this
+    /// task. Never serialised (nothing of the agent's on disk holds them) nor shown by `Debug`.
+    #[serde(skip)]
+    pub secret_env: SecretEnv,
 }
 
 impl TaskSpec {
     /// Marathon's environment for a task: `PORT0..n`, `PORTS`, `PORT`, `HOST`,
     /// `MARATHON_APP_ID`, `MARATHON_APP_VERSION`, `MESOS_TASK_ID`, `MARATHON_APP_LABEL_*`,
     /// plus Berth's `BERTH_CPUS`/`BERTH_MEM_MB` so the app knows its limits.
-    /// The app's own `env` is applied on top (it wins), as in Marathon.
+    /// The app's own `env` is applied on top (it wins), as in Marathon; its secret
+    /// references get their values from [`TaskSpec::secret_env`].
     pub fn environment(&self) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         for (i, p) in self.ports.iter().enumerate() {
@@ -108,7 +114,16 @@ impl TaskSpec {
             );
         }
         for (k, v) in &self.app.env {
-            env.insert(k.clone(), v.clone());
+            match v {
+                EnvValue::Plain(v) => {
+                    env.insert(k.clone(), v.clone());
+                }
+                EnvValue::Secret(_) => {
+                    if let Some(value) = self.secret_env.get(k) {
+                        env.insert(k.clone(), value.to_string());
+                    }
+                }
+            }
         }
         env
     }
@@ -305,7 +320,31 @@ mod tests {
             node_id: "n1".into(),
             resources: NodeResources::new(0.5, 64.0, 0.0),
             cpuset: vec![],
+            secret_env: SecretEnv::default(),
         }
+    }
+
+    #[test]
+    fn secret_references_get_their_resolved_values_and_nothing_else() {
+        let mut spec = spec_of(
+            serde_json::json!({"id": "/web", "cmd": "x",
+                "env": {"DB_PASSWORD": {"secret": "db"}, "OTHER": {"secret": "db"}, "MODE": "prod"},
+                "secrets": {"db": {"source": "prod/db"}}}),
+            vec![],
+        );
+        // Unresolved references are left out, never set to something else.
+        let env = spec.environment();
+        assert_eq!(env["MODE"], "prod");
+        assert!(!env.contains_key("DB_PASSWORD") && !env.contains_key("OTHER"));
+        spec.secret_env = [("DB_PASSWORD".to_string(), "hunter2".to_string())]
+            .into_iter()
+            .collect();
+        let env = spec.environment();
+        assert_eq!(env["DB_PASSWORD"], "hunter2");
+        assert!(!env.contains_key("OTHER"));
+        // Neither Debug nor the serialised spec carries the value.
+        assert!(!format!("{spec:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&spec).unwrap().contains("hunter2"));
     }
 
     /// Marathon names host ports by their port definition or port mapping: `PORT_<NAME>`.

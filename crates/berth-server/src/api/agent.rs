@@ -15,6 +15,7 @@ use berth_core::app::AppDefinition;
 use berth_core::node::NodeResources;
 use berth_core::node::{Node, NodeInfo, NodeStatus};
 use berth_core::protocol::{RegisterResponse, StatusAck, StatusReport};
+use berth_core::secret::SecretEnv;
 use berth_core::task::TaskGoal;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -170,6 +171,11 @@ struct AssignmentOut {
     host: String,
     resources: NodeResources,
     cpuset: Vec<u32>,
+    /// The task's secret env values, for a task to run (see [`crate::secrets::resolve_env`]).
+    #[serde(skip_serializing_if = "SecretEnv::is_empty")]
+    secret_env: SecretEnv,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_error: Option<String>,
 }
 
 /// [`berth_core::protocol::Assignments`]' JSON shape, borrowing the app definitions.
@@ -230,6 +236,9 @@ fn build_assignments(s: &Shared, node_id: &str, after: u64) -> ApiResult<Assignm
             .collect();
     }
     let mut versions: std::collections::HashSet<(&str, &str)> = Default::default();
+    // Secret env values, opened once per app version in this response.
+    let mut secret_envs: std::collections::HashMap<(&str, &str), Result<SecretEnv, String>> =
+        Default::default();
     for id in st.tasks_by_node.get(node_id).into_iter().flatten() {
         if !full && st.assign_gen.get(id).is_none_or(|g| *g <= after) {
             continue;
@@ -255,8 +264,20 @@ fn build_assignments(s: &Shared, node_id: &str, after: u64) -> ApiResult<Assignm
                     ..other.map(|a| (*a).clone()).unwrap_or_default()
                 }),
             };
+            if app.uses_secrets() {
+                secret_envs.insert(
+                    (&t.app_id, &t.version),
+                    crate::secrets::resolve_env(st, &s.secrets_key, &app),
+                );
+            }
             out.apps.push(app);
         }
+        // Only a task to run gets its secrets: one being killed needs none.
+        let (secret_env, secret_error) = match secret_envs.get(&(&t.app_id, &t.version)) {
+            Some(Ok(env)) if t.goal == TaskGoal::Running => (env.clone(), None),
+            Some(Err(e)) if t.goal == TaskGoal::Running => (SecretEnv::new(), Some(e.clone())),
+            _ => (SecretEnv::new(), None),
+        };
         out.assignments.push(AssignmentOut {
             task_id: t.id.clone(),
             app_id: t.app_id.clone(),
@@ -266,6 +287,8 @@ fn build_assignments(s: &Shared, node_id: &str, after: u64) -> ApiResult<Assignm
             host: t.host.clone(),
             resources: t.resources,
             cpuset: t.cpuset.clone(),
+            secret_env,
+            secret_error,
         });
     }
     Ok(out)

@@ -9,6 +9,7 @@ mod events;
 mod groups;
 mod logs;
 mod openapi;
+mod secrets;
 mod system;
 mod tasks;
 
@@ -104,6 +105,10 @@ routes! {
     DELETE "/api/v1/tokens/{id}" => access::revoke_token;
     GET "/api/v1/whoami" => access::whoami;
     GET "/api/v1/audit" => access::audit;
+    GET "/api/v1/secrets" => secrets::list;
+    GET "/api/v1/secrets/{*name}" ["/api/v1/secrets/{name}"] => secrets::get;
+    PUT "/api/v1/secrets/{*name}" ["/api/v1/secrets/{name}"] => secrets::put;
+    DELETE "/api/v1/secrets/{*name}" ["/api/v1/secrets/{name}"] => secrets::delete;
 }
 
 pub fn router(shared: Shared) -> Router {
