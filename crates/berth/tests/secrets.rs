@@ -253,8 +253,14 @@ async fn an_exec_task_gets_its_secret_and_nothing_else_shows_it() {
     assert!(procs[0].env_is("X", &value));
     assert!(procs[0].env_is("PLAIN", "visible"));
 
-    // The agent protocol carries the value to the task's node, for tasks to run only.
-    let a = api.get_ok("/api/v1/agent/n1/assignments").await;
+    // The agent protocol carries the value to the task's node, for tasks to run only; only
+    // that node's credential reads it (a user's token, even the admin's, gets a 403).
+    let credential = std::fs::read_to_string(c.path().join("agent").join("node.credential"))
+        .expect("the agent kept its credential");
+    let r = api.get("/api/v1/agent/n1/assignments").await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let as_node = Api::with_token(&c.url(), Some(credential.trim()));
+    let a = as_node.get_ok("/api/v1/agent/n1/assignments").await;
     let mine = a["assignments"]
         .as_array()
         .expect("assignments")
@@ -293,8 +299,6 @@ async fn an_exec_task_gets_its_secret_and_nothing_else_shows_it() {
         .expect("agentUrl")
         .to_string();
     // As the server calls it: with the node's credential (anyone else gets a 401).
-    let credential = std::fs::read_to_string(c.path().join("agent").join("node.credential"))
-        .expect("the agent kept its credential");
     let as_server = Api::with_token(&agent_url, Some(credential.trim()));
     for p in ["/metrics".to_string(), format!("/v1/tasks/{task_id}/logs")] {
         let r = as_server.get(&p).await;
@@ -405,10 +409,13 @@ async fn an_exec_task_gets_its_secret_and_nothing_else_shows_it() {
     assert_nowhere("the agent log", &agent_log, &all);
     let server_dir = c.path().join("server");
     // The scan sees what the store holds in the clear (the secret's name, the app's
-    // reference), so it would see a value.
+    // reference) and the audit log's paths of the writes, so it would see a value.
     assert_eq!(
         files_holding(&server_dir, &["prod/db-password"], &[]),
-        vec![server_dir.join("berth.redb").display().to_string()]
+        vec![
+            server_dir.join("audit.log").display().to_string(),
+            server_dir.join("berth.redb").display().to_string()
+        ]
     );
     assert_eq!(
         files_holding(&server_dir, &all, &[]),
@@ -614,6 +621,8 @@ async fn a_docker_container_gets_its_secret_in_its_environment() {
     let child = Command::new(BERTH)
         .args(["agent", "--server", &c.url(), "--data-dir"])
         .arg(c.path().join("agent"))
+        .arg("--join-token-file")
+        .arg(c.join_token_file())
         .args([
             "--listen",
             "127.0.0.1:0",
