@@ -474,13 +474,18 @@ impl Shared {
                         tokio::spawn(async move { me.start_task(a).await });
                     }
                 }
-                TaskGoal::Killed => {
-                    if let Some(t) = known
-                        && !t.status.state.is_terminal()
-                    {
+                TaskGoal::Killed => match known {
+                    Some(t) if !t.status.state.is_terminal() => {
                         self.spawn_kill(&a.task_id, t.driver, Self::kill_grace(Some(a)));
                     }
-                }
+                    Some(_) => {}
+                    // Killed before this agent ever saw it run (started and stopped between
+                    // two polls): nothing to stop, but the server waits to hear it ended.
+                    None if !self.starting.lock().contains(&a.task_id) => {
+                        self.end_unstarted(a);
+                    }
+                    None => {}
+                },
             }
         }
         for (id, t) in local {
@@ -543,6 +548,26 @@ impl Shared {
                 tracing::warn!(task = %id, error = %e, "kill failed");
             }
         });
+    }
+
+    /// Reports a task that never started here as killed (kept until the server stops
+    /// listing it, like any ended task).
+    fn end_unstarted(self: &Arc<Self>, a: &Assignment) {
+        let status = TaskStatus {
+            task_id: a.task_id.clone(),
+            state: TaskState::Killed,
+            message: Some("killed before it started".into()),
+            exit_code: None,
+            ip_addresses: vec![],
+        };
+        self.tasks.lock().insert(
+            a.task_id.clone(),
+            LocalTask {
+                driver: a.app.driver(),
+                status: status.clone(),
+            },
+        );
+        self.record(status);
     }
 
     async fn start_task(self: Arc<Self>, a: Assignment) {

@@ -581,28 +581,36 @@ pub fn apply_statuses(
     }
     if full {
         // A task the server placed here, that the agent had started, and that the agent no
-        // longer has, is lost (e.g. the agent's data dir was wiped).
+        // longer has, is lost (e.g. the agent's data dir was wiped). One killed while still
+        // staged, that the agent does not have, never started there: it is over, or its
+        // app's deployment would wait for its end forever.
         let reported: std::collections::HashSet<&str> =
             statuses.iter().map(|s| s.task_id.as_str()).collect();
-        let missing: Vec<String> = st
+        let missing: Vec<(String, TaskState)> = st
             .tasks_by_node
             .get(node_id)
             .into_iter()
             .flatten()
             .filter(|id| !reported.contains(id.as_str()))
             .filter_map(|id| st.tasks.get(id))
-            .filter(|t| {
-                matches!(
-                    t.state,
-                    TaskState::Starting | TaskState::Running | TaskState::Unreachable
-                )
+            .filter_map(|t| match t.state {
+                TaskState::Starting | TaskState::Running | TaskState::Unreachable => {
+                    Some((t.id.clone(), TaskState::Lost))
+                }
+                TaskState::Staging if t.goal == TaskGoal::Killed => {
+                    Some((t.id.clone(), TaskState::Killed))
+                }
+                _ => None,
             })
-            .map(|t| t.id.clone())
             .collect();
-        for id in missing {
+        for (id, end) in missing {
             if let Some(mut t) = st.tasks.get(&id).cloned() {
-                t.state = TaskState::Lost;
-                t.message = Some("the agent no longer has this task".into());
+                t.state = end;
+                t.message = Some(if end == TaskState::Killed {
+                    "killed before the agent started it".into()
+                } else {
+                    "the agent no longer has this task".into()
+                });
                 ch.event(status_event(&t, t.message.as_deref()));
                 on_terminal(st, ch, &t, now);
                 st.remove_task(&id, ch);

@@ -522,3 +522,52 @@ async fn full_pass_runs_while_wakes_keep_coming() {
         "no full pass looked at the unmarked app in 5 s of constant wakes"
     );
 }
+
+/// A task scaled away while still staged, that its agent never started (it polled before
+/// the launch and after the kill), ends with the agent's next full report: its app's
+/// deployment once waited for that task's end forever.
+#[test]
+fn a_task_killed_before_its_agent_started_it_ends_on_a_full_report() {
+    let mut st = cluster(1);
+    let mut ch = Changes::default();
+    let app = berth_core::validate::app_from_json(
+        json!({"id": "/brief", "cmd": "sleep 60", "instances": 1, "cpus": 0.1, "mem": 16}),
+    )
+    .unwrap();
+    ops::create_app(&mut st, &mut ch, app, &RequestCtx::default()).unwrap();
+    reconcile(&mut st, &mut ch, 0, Duration::from_secs(60));
+    st.committed(&ch);
+    let staged: Vec<String> = st.app_tasks("/brief").map(|t| t.id.clone()).collect();
+    assert_eq!(staged.len(), 1);
+    assert_eq!(st.tasks[&staged[0]].state, TaskState::Staging);
+
+    let mut ch = Changes::default();
+    let body = match json!({"instances": 0}) {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!(),
+    };
+    ops::put_app(
+        &mut st,
+        &mut ch,
+        "/brief",
+        AppUpdate::Definition(body),
+        true,
+        true, // forced, as the first deployment waits for the staged task
+        &RequestCtx::default(),
+    )
+    .unwrap();
+    reconcile(&mut st, &mut ch, 0, Duration::from_secs(60));
+    st.committed(&ch);
+    assert_eq!(st.tasks[&staged[0]].goal, TaskGoal::Killed);
+    assert_eq!(st.deployments.len(), 1, "the scale-down waits for the kill");
+
+    // A partial report says nothing of it: it stays.
+    let mut ch = Changes::default();
+    apply_statuses(&mut st, &mut ch, "n0", &[], false, 0);
+    assert!(st.tasks.contains_key(&staged[0]));
+    // The agent's full report does not have it: it never ran there.
+    apply_statuses(&mut st, &mut ch, "n0", &[], true, 0);
+    assert!(!st.tasks.contains_key(&staged[0]));
+    reconcile(&mut st, &mut ch, 0, Duration::from_secs(60));
+    assert!(st.deployments.is_empty(), "{:?}", st.deployments.keys());
+}
