@@ -7,7 +7,7 @@ mod common;
 #[path = "deployments/harness.rs"]
 mod harness;
 
-use common::{EventStream, Sse, processes, wait_for, wait_until};
+use common::{EventStream, Proc, Sse, processes, wait_for, wait_until, without_forks};
 use harness::Env;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -206,11 +206,13 @@ impl Sampler {
         let (stop2, seen2) = (stop.clone(), seen.clone());
         let thread = std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
-                for p in processes() {
-                    if p.program() == program && p.env_is("MARATHON_APP_ID", &app_id) {
-                        let id = p.env.get("MESOS_TASK_ID").cloned().unwrap_or_default();
-                        seen2.lock().unwrap().insert((id, p.pid));
-                    }
+                let mine: Vec<Proc> = processes()
+                    .into_iter()
+                    .filter(|p| p.program() == program && p.env_is("MARATHON_APP_ID", &app_id))
+                    .collect();
+                for p in without_forks(mine) {
+                    let id = p.env.get("MESOS_TASK_ID").cloned().unwrap_or_default();
+                    seen2.lock().unwrap().insert((id, p.pid));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

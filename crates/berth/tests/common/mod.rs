@@ -823,6 +823,8 @@ pub struct Proc {
     pub cwd: Option<PathBuf>,
     /// `/proc/<pid>/stat` state letter (`Z` for zombies).
     pub state: char,
+    /// The parent's pid (0 when `stat` could not be read).
+    pub ppid: i32,
 }
 
 impl Proc {
@@ -851,10 +853,17 @@ fn split_nul(bytes: &[u8]) -> Vec<String> {
 pub fn read_proc(pid: i32) -> Option<Proc> {
     let base = PathBuf::from(format!("/proc/{pid}"));
     let stat = std::fs::read_to_string(base.join("stat")).ok()?;
-    let state = stat
+    // After the `(comm)` field: state, then ppid.
+    let mut after_comm = stat
         .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .map(|(_, rest)| rest.split_whitespace())
+        .into_iter()
+        .flatten();
+    let state = after_comm
+        .next()
+        .and_then(|s| s.chars().next())
         .unwrap_or('?');
+    let ppid = after_comm.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     if state == 'Z' || state == 'X' {
         return None;
     }
@@ -873,7 +882,21 @@ pub fn read_proc(pid: i32) -> Option<Proc> {
         env,
         cwd,
         state,
+        ppid,
     })
+}
+
+/// Drops the processes whose parent is in `procs` with the same `MESOS_TASK_ID`: a forking
+/// server's per-connection children (busybox httpd forks one per health check) are not a
+/// second start of the task.
+pub fn without_forks(procs: Vec<Proc>) -> Vec<Proc> {
+    let task = |p: &Proc| p.env.get("MESOS_TASK_ID").cloned();
+    let parents: std::collections::HashMap<i32, Option<String>> =
+        procs.iter().map(|p| (p.pid, task(p))).collect();
+    procs
+        .into_iter()
+        .filter(|p| parents.get(&p.ppid).is_none_or(|t| *t != task(p)))
+        .collect()
 }
 
 /// Every live (non-zombie) process we can read.

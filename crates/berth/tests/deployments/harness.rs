@@ -3,7 +3,9 @@
 //! port range, attributes and data dir. Dropping it kills the server, the agents and every
 //! task process of its apps (found by `MARATHON_APP_ID` in `/proc/*/environ`).
 
-use crate::common::{Api, BERTH, Proc, free_port, kill9, node_list, processes, wait_until};
+use crate::common::{
+    Api, BERTH, Proc, free_port, kill9, node_list, processes, wait_until, without_forks,
+};
 use reqwest::Method;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -239,7 +241,7 @@ impl Env {
     /// task id -> pids of the app's `program` processes.
     pub fn task_pids(&self, app_id: &str, program: &str) -> BTreeMap<String, Vec<i32>> {
         let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-        for p in self.app_procs(app_id, program) {
+        for p in without_forks(self.app_procs(app_id, program)) {
             let id = p.env.get("MESOS_TASK_ID").cloned().unwrap_or_default();
             out.entry(id).or_default().push(p.pid);
         }
