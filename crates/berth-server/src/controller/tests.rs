@@ -107,6 +107,23 @@ fn app_json(instances: i64, cmd: &str, min: f64, max: f64) -> serde_json::Value 
            "healthChecks": [{"protocol": "TCP", "gracePeriodSeconds": 1}]})
 }
 
+/// `PUT /v2/apps/{id}` with a partial update, as the API does it.
+fn update_app(st: &mut Cluster, ch: &mut Changes, id: &str, body: serde_json::Value, force: bool) {
+    let serde_json::Value::Object(body) = body else {
+        panic!("an update is a JSON object: {body}");
+    };
+    ops::put_app(
+        st,
+        ch,
+        id,
+        AppUpdate::Definition(body),
+        true,
+        force,
+        &RequestCtx::default(),
+    )
+    .unwrap();
+}
+
 fn run_until_converged(
     st: &mut Cluster,
     steps: usize,
@@ -139,20 +156,13 @@ fn rolling_upgrade_respects_the_strategy_bounds() {
     );
     assert_eq!(counts(&st, "/web"), (4, 4));
 
-    let body = match app_json(4, "v2", 0.5, 0.25) {
-        serde_json::Value::Object(m) => m,
-        _ => unreachable!(),
-    };
-    ops::put_app(
+    update_app(
         &mut st,
         &mut ch,
         "/web",
-        AppUpdate::Definition(body),
-        true,
+        app_json(4, "v2", 0.5, 0.25),
         false,
-        &RequestCtx::default(),
-    )
-    .unwrap();
+    );
     let (mut max_alive, mut min_healthy) = (0, usize::MAX);
     let converged = run_until_converged(&mut st, 100, &|_| true, |st| {
         let (alive, healthy) = counts(st, "/web");
@@ -185,20 +195,7 @@ fn failing_new_version_keeps_old_instances_serving() {
     ops::create_app(&mut st, &mut ch, app, &RequestCtx::default()).unwrap();
     assert!(run_until_converged(&mut st, 50, &|_| true, |_| {}));
     let old_config = st.apps["/web"].config_version().to_string();
-    let body = match app_json(2, "v2", 1.0, 0.5) {
-        serde_json::Value::Object(m) => m,
-        _ => unreachable!(),
-    };
-    ops::put_app(
-        &mut st,
-        &mut ch,
-        "/web",
-        AppUpdate::Definition(body),
-        true,
-        false,
-        &RequestCtx::default(),
-    )
-    .unwrap();
+    update_app(&mut st, &mut ch, "/web", app_json(2, "v2", 1.0, 0.5), false);
     let old = old_config.clone();
     let converged = run_until_converged(&mut st, 40, &move |c| c == old, |st| {
         let old_healthy = st
@@ -251,20 +248,7 @@ fn upgrade_without_surge_room_still_completes() {
     let app = berth_core::validate::app_from_json(app_json(3, "v1", 1.0, 0.0)).unwrap();
     ops::create_app(&mut st, &mut ch, app, &RequestCtx::default()).unwrap();
     assert!(run_until_converged(&mut st, 50, &|_| true, |_| {}));
-    let body = match app_json(3, "v2", 1.0, 0.0) {
-        serde_json::Value::Object(m) => m,
-        _ => unreachable!(),
-    };
-    ops::put_app(
-        &mut st,
-        &mut ch,
-        "/web",
-        AppUpdate::Definition(body),
-        true,
-        false,
-        &RequestCtx::default(),
-    )
-    .unwrap();
+    update_app(&mut st, &mut ch, "/web", app_json(3, "v2", 1.0, 0.0), false);
     let mut max_alive = 0;
     let converged = run_until_converged(&mut st, 100, &|_| true, |st| {
         max_alive = max_alive.max(counts(st, "/web").0)
@@ -542,20 +526,8 @@ fn a_task_killed_before_its_agent_started_it_ends_on_a_full_report() {
     assert_eq!(st.tasks[&staged[0]].state, TaskState::Staging);
 
     let mut ch = Changes::default();
-    let body = match json!({"instances": 0}) {
-        serde_json::Value::Object(m) => m,
-        _ => unreachable!(),
-    };
-    ops::put_app(
-        &mut st,
-        &mut ch,
-        "/brief",
-        AppUpdate::Definition(body),
-        true,
-        true, // forced, as the first deployment waits for the staged task
-        &RequestCtx::default(),
-    )
-    .unwrap();
+    // Forced, as the first deployment still waits for the staged task.
+    update_app(&mut st, &mut ch, "/brief", json!({"instances": 0}), true);
     reconcile(&mut st, &mut ch, 0, Duration::from_secs(60));
     st.committed(&ch);
     assert_eq!(st.tasks[&staged[0]].goal, TaskGoal::Killed);
