@@ -10,6 +10,7 @@ mod keepalive;
 pub mod ops;
 pub mod render;
 pub mod state;
+pub mod tenancy;
 
 use berth_core::event::Event;
 use berth_store::Store;
@@ -40,6 +41,8 @@ pub struct ServerConfig {
     pub events: event_hub::EventLimits,
     /// Agent long-polls held open at once; one more is refused with 429.
     pub max_long_polls: usize,
+    /// The default task user and the policy of namespaces without an object.
+    pub tasks: tenancy::TaskDefaults,
 }
 
 impl ServerConfig {
@@ -53,6 +56,7 @@ impl ServerConfig {
             max_body_bytes: 2 * 1024 * 1024,
             events: event_hub::EventLimits::default(),
             max_long_polls: 20_000,
+            tasks: tenancy::TaskDefaults::default(),
         }
     }
 }
@@ -196,7 +200,9 @@ impl Inner {
                 let mut st = self.state.write();
                 let feeds = std::mem::take(&mut st.feeds);
                 let revision = st.revision;
+                let defaults = st.task_defaults.clone();
                 *st = fresh;
+                st.task_defaults = defaults;
                 st.feeds = feeds;
                 st.revision = revision + 1;
                 // Every app's cached rendering is stale now.
@@ -251,6 +257,10 @@ fn note_changes(st: &mut Cluster, ch: &Changes) {
             }
         } else if let Some(node) = key.strip_prefix(state::K_NODES) {
             st.node_changed(node);
+        } else if key.starts_with(state::K_NAMESPACES) {
+            // A node selector or dedication changed: apps waiting for room try again.
+            let waiting: Vec<String> = st.unplaced.keys().cloned().collect();
+            st.dirty_apps.extend(waiting);
         } else if key.starts_with(state::K_TASKS)
             && matches!(op, berth_store::Op::Delete { .. })
             && !st.unplaced.is_empty()
@@ -284,9 +294,10 @@ impl Server {
             // The advertised address follows the real port when port 0 was asked for.
             config.advertise = addr.to_string();
         }
-        let cluster = Cluster::load(store.as_ref(), config.seed)
+        let mut cluster = Cluster::load(store.as_ref(), config.seed)
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
+        cluster.task_defaults = config.tasks.clone();
         let (ptx, prx) = mpsc::unbounded_channel();
         tokio::spawn(state::run_persister(store.clone(), prx));
         let events = event_hub::EventHub::new(config.events);

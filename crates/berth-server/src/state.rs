@@ -10,6 +10,7 @@
 use berth_core::app::AppDefinition;
 use berth_core::deployment::Deployment;
 use berth_core::event::Event;
+use berth_core::namespace::{Namespace, Usage};
 use berth_core::node::Node;
 use berth_core::task::Task;
 use berth_scheduler::{SchedNode, Scheduler, TaskFootprint};
@@ -28,6 +29,7 @@ pub const K_DEPLOYMENTS: &str = "/berth/deployments/";
 pub const K_GROUPS: &str = "/berth/groups/";
 pub const K_FAILURES: &str = "/berth/failures/";
 pub const K_DELAYS: &str = "/berth/delays/";
+pub const K_NAMESPACES: &str = "/berth/namespaces/";
 
 /// How many versions of an app are kept (Marathon's default `zk_max_versions` is 50).
 pub const MAX_VERSIONS: usize = 50;
@@ -236,6 +238,12 @@ pub struct Cluster {
     pub service_ports: HashMap<i64, Vec<String>>,
     /// Every service port below this one is held: where the search for a free one starts.
     pub service_port_floor: i64,
+    /// Namespaces with an object (quota, node selector, policy), by id.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Per namespace with apps: what its apps ask for (kept by `put_app`/`remove_app`).
+    pub ns_usage: HashMap<String, Usage>,
+    /// The default task user and policy (server configuration, not stored).
+    pub task_defaults: crate::tenancy::TaskDefaults,
 }
 
 impl Cluster {
@@ -267,13 +275,19 @@ impl Cluster {
             counters: BTreeMap::new(),
             service_ports: HashMap::new(),
             service_port_floor: 0,
+            namespaces: BTreeMap::new(),
+            ns_usage: HashMap::new(),
+            task_defaults: Default::default(),
         }
     }
 
     /// Makes `app` the current definition of its id, keeping the service port index true.
+    /// Also keeps the namespace usage true.
     pub fn put_app(&mut self, app: Arc<AppDefinition>) {
+        self.account_app(&app, true);
         if let Some(old) = self.apps.insert(app.id.clone(), app.clone()) {
             self.release_service_ports(&old);
+            self.account_app(&old, false);
         }
         for p in app.service_ports() {
             if p != 0 {
@@ -289,6 +303,7 @@ impl Cluster {
     pub fn remove_app(&mut self, id: &str) -> Option<Arc<AppDefinition>> {
         let old = self.apps.remove(id)?;
         self.release_service_ports(&old);
+        self.account_app(&old, false);
         Some(old)
     }
 
@@ -382,6 +397,10 @@ impl Cluster {
                         .insert(id.to_string(), d.affected_apps.clone());
                     c.deployments.insert(id.to_string(), d);
                 }
+            } else if key.starts_with(K_NAMESPACES) {
+                if let Ok(n) = decode_as::<Namespace>(key, v) {
+                    c.namespaces.insert(n.id.clone(), n);
+                }
             } else if let Some(id) = key.strip_prefix(K_GROUPS) {
                 c.groups.insert(id.to_string());
             } else if let Some(id) = key.strip_prefix(K_FAILURES) {
@@ -405,6 +424,7 @@ impl Cluster {
         for t in tasks {
             c.index_task(t);
         }
+        c.sync_sched_namespaces();
         Ok(c)
     }
 

@@ -7,6 +7,7 @@ mod berth;
 mod events;
 mod groups;
 mod logs;
+mod namespaces;
 mod openapi;
 mod system;
 mod tasks;
@@ -98,6 +99,10 @@ routes! {
     GET "/api/v1/tasks/{task_id}/logs" => logs::task_logs;
     GET "/api/v1/deployments" => berth::deployments;
     GET "/api/v1/deployments/{id}" => berth::deployment;
+    GET "/api/v1/namespaces" => namespaces::list;
+    GET "/api/v1/namespaces/{id}" => namespaces::get;
+    PUT "/api/v1/namespaces/{id}" => namespaces::put;
+    DELETE "/api/v1/namespaces/{id}" => namespaces::delete;
 }
 
 pub fn router(shared: Shared) -> Router {
