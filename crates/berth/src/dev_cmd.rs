@@ -20,6 +20,20 @@ pub struct DevArgs {
     pub node: NodeArgs,
     #[command(flatten)]
     pub limits: crate::server_cmd::LimitArgs,
+    /// The user exec tasks run as when their app names none (default: the user running
+    /// `berth dev`). Root is allowed in every namespace without a policy of its own.
+    #[arg(long, value_parser = crate::server_cmd::parse_user)]
+    pub default_task_user: Option<String>,
+}
+
+/// `berth dev` is a single-user loopback tool: tasks run as its user, root included.
+fn dev_task_defaults(user: Option<String>) -> berth_server::tenancy::TaskDefaults {
+    berth_server::tenancy::TaskDefaults {
+        default_user: user
+            .or_else(berth_agent::shim::current_user_name)
+            .unwrap_or_else(|| "nobody".into()),
+        default_policy: berth_core::namespace::NamespacePolicy::allowing_root(),
+    }
 }
 
 pub async fn run(mut args: DevArgs) -> Result<()> {
@@ -49,6 +63,7 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
         20,
         None,
         &args.limits,
+        &dev_task_defaults(args.default_task_user.clone()),
     )
     .await?;
     let url = format!("http://{}", server.addr);

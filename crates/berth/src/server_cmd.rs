@@ -1,6 +1,7 @@
 //! `berth server`.
 
 use anyhow::{Context, Result};
+use berth_server::tenancy::TaskDefaults;
 use berth_server::{Server, ServerConfig};
 use berth_store::RedbStore;
 use std::net::SocketAddr;
@@ -24,6 +25,41 @@ pub struct ServerArgs {
     pub advertise: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub tasks: TaskArgs,
+}
+
+/// What tasks get when their app and namespace say nothing (docs/operations.md,
+/// "Namespaces, quotas and task policies").
+#[derive(clap::Args, Debug, Clone)]
+pub struct TaskArgs {
+    /// The user exec tasks run as when their app names none (Marathon's `--mesos_user`).
+    /// An app whose effective user is root is refused unless its namespace's policy has
+    /// `allowRoot`.
+    #[arg(long, default_value = "nobody", value_parser = parse_user)]
+    pub default_task_user: String,
+}
+
+impl TaskArgs {
+    /// `berth server`'s defaults: this user, and a policy that allows nothing.
+    pub fn defaults(&self) -> TaskDefaults {
+        TaskDefaults {
+            default_user: self.default_task_user.clone(),
+            default_policy: Default::default(),
+        }
+    }
+}
+
+/// A user name: not empty, no whitespace, `:` or NUL.
+pub fn parse_user(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 256
+        || s.chars()
+            .any(|c| c.is_whitespace() || c == ':' || c == '\0')
+    {
+        return Err(format!("{s:?} is not a user name"));
+    }
+    Ok(s.to_string())
 }
 
 /// What one client may make the server hold (docs/api.md, "Limits").
@@ -48,8 +84,10 @@ pub fn config(
     node_timeout: u64,
     advertise: Option<String>,
     limits: &LimitArgs,
+    tasks: &TaskDefaults,
 ) -> ServerConfig {
     let mut c = ServerConfig::new(listen);
+    c.tasks = tasks.clone();
     c.node_timeout = Duration::from_secs(node_timeout.max(1));
     if let Some(a) = advertise {
         c.advertise = a;
@@ -67,13 +105,14 @@ pub async fn start(
     node_timeout: u64,
     advertise: Option<String>,
     limits: &LimitArgs,
+    tasks: &TaskDefaults,
 ) -> Result<Server> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let store = RedbStore::open(data_dir)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     let server = Server::start(
-        config(listen, node_timeout, advertise, limits),
+        config(listen, node_timeout, advertise, limits, tasks),
         Arc::new(store),
     )
     .await?;
@@ -87,6 +126,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         args.node_timeout,
         args.advertise,
         &args.limits,
+        &args.tasks.defaults(),
     )
     .await?;
     tracing::info!(addr = %server.addr, data_dir = %args.data_dir.display(), "berth server listening");
