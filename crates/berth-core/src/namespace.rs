@@ -207,7 +207,7 @@ pub fn namespace_from_json(
         ("disk", quota.disk),
     ] {
         if let Some(x) = value
-            && (!x.is_finite() || x < 0.0 || x > 1e12)
+            && (!x.is_finite() || !(0.0..=1e12).contains(&x))
         {
             errs.add(format!("/quota/{name}"), "must be a number from 0 to 1e12");
         }
