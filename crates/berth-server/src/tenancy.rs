@@ -114,16 +114,17 @@ pub fn admit(st: &Cluster, changes: &[Change<'_>]) -> ApiResult<()> {
         }
         let Some(new) = c.new else { continue };
         entry.1.add(&Usage::of_app(new));
-        let only_down =
-            old.is_some_and(|o| crate::ops::same_config(o, new) && new.instances <= o.instances);
-        if !only_down {
-            let found = namespace::check_policy(
-                new,
-                ns,
-                st.namespace_policy(ns),
-                Some(&st.task_defaults.default_user),
-            );
-            if !found.is_empty() {
+        let found = namespace::check_policy(
+            new,
+            ns,
+            st.namespace_policy(ns),
+            Some(&st.task_defaults.default_user),
+        );
+        // (The exemption is looked at only for a refusal: comparing configs clones both.)
+        if !found.is_empty() {
+            let only_down = old
+                .is_some_and(|o| new.instances <= o.instances && crate::ops::same_config(o, new));
+            if !only_down {
                 // Name the app: a bulk update or a group holds many.
                 let mut named = ValidationErrors::new();
                 for f in found.0 {
@@ -402,6 +403,39 @@ mod tests {
             paths,
             [json!("(1)/user"), json!("(1)/container/docker/privileged")]
         );
+    }
+
+    #[test]
+    fn a_rollback_past_the_quota_is_refused_and_keeps_the_deployment() {
+        let mut st = Cluster::new(1);
+        let mut ch = Changes::default();
+        let ctx = RequestCtx::default();
+        let a = app(json!({"id": "/p/a", "cmd": "sleep 1", "instances": 2, "cpus": 1}));
+        ops::create_app(&mut st, &mut ch, a, &ctx).unwrap();
+        st.deployments.clear();
+        with_quota(
+            &mut st,
+            "p",
+            Quota {
+                cpus: Some(3.0),
+                ..Quota::default()
+            },
+        );
+        let down = ops::AppUpdate::parse(json!({"instances": 1})).unwrap();
+        let (_, d) = ops::put_app(&mut st, &mut ch, "/p/a", down, true, false, &ctx).unwrap();
+        let b = app(json!({"id": "/p/b", "cmd": "sleep 1", "instances": 2, "cpus": 1}));
+        ops::create_app(&mut st, &mut ch, b, &ctx).unwrap();
+        let mut ch = Changes::default();
+        let err =
+            ops::cancel_deployment(&mut st, &mut ch, &d.deployment_id, false, &ctx).unwrap_err();
+        assert!(
+            err.to_string().contains("4 requested, limit 3, over by 1"),
+            "{err}"
+        );
+        assert!(st.deployments.contains_key(&d.deployment_id) && ch.ops.is_empty());
+        assert_eq!(st.apps["/p/a"].instances, 1);
+        // Forgetting it (force) changes no desired state: allowed.
+        ops::cancel_deployment(&mut st, &mut ch, &d.deployment_id, true, &ctx).unwrap();
     }
 
     #[test]

@@ -31,7 +31,11 @@ async fn instances(api: &Api, id: &str) -> Option<i64> {
 
 fn assert_refused(r: &Reply, needle: &str) {
     assert_eq!(r.status, 422, "{}", r.text);
-    assert!(r.message().contains(needle), "expected {needle:?} in: {}", r.text);
+    assert!(
+        r.message().contains(needle),
+        "expected {needle:?} in: {}",
+        r.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,8 +52,12 @@ async fn quotas_refuse_growth_and_store_nothing() {
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.json["defined"], true);
     assert_eq!(r.json["quota"]["cpus"], json!(10.0));
-    let r = put_namespace(&api, "prod", json!({"quota": {"cpus": 10, "instances": 8, "apps": 3}}))
-        .await;
+    let r = put_namespace(
+        &api,
+        "prod",
+        json!({"quota": {"cpus": 10, "instances": 8, "apps": 3}}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
 
     // POST past the cpus quota: 422 naming namespace, quota and excess; nothing stored.
@@ -68,17 +76,30 @@ async fn quotas_refuse_growth_and_store_nothing() {
     let r = api.post("/v2/apps", &app("/prod/a", 4, 2.5)).await;
     assert_eq!(r.status, 201, "{}", r.text);
     let ns = api.get_ok("/api/v1/namespaces/prod").await;
-    assert_eq!(ns["usage"], json!({"cpus": 10.0, "mem": 64.0, "disk": 0.0, "instances": 4, "apps": 1}));
+    assert_eq!(
+        ns["usage"],
+        json!({"cpus": 10.0, "mem": 64.0, "disk": 0.0, "instances": 4, "apps": 1})
+    );
 
     // PUT and PATCH scaling up: refused, unchanged.
     let r = api
         .put("/v2/apps/prod/a?force=true", &json!({"instances": 5}))
         .await;
-    assert_refused(&r, "quota 'cpus' exceeded: 12.5 requested, limit 10, over by 2.5");
+    assert_refused(
+        &r,
+        "quota 'cpus' exceeded: 12.5 requested, limit 10, over by 2.5",
+    );
     let r = api
-        .send(Method::PATCH, "/v2/apps/prod/a?force=true", Some(&json!({"cpus": 3})))
+        .send(
+            Method::PATCH,
+            "/v2/apps/prod/a?force=true",
+            Some(&json!({"cpus": 3})),
+        )
         .await;
-    assert_refused(&r, "quota 'cpus' exceeded: 12 requested, limit 10, over by 2");
+    assert_refused(
+        &r,
+        "quota 'cpus' exceeded: 12 requested, limit 10, over by 2",
+    );
     assert_eq!(instances(&api, "/prod/a").await, Some(4));
 
     // Bulk PUT: the sum counts; a bulk that fits is accepted.
@@ -112,7 +133,10 @@ async fn quotas_refuse_growth_and_store_nothing() {
             &json!({"id": "/prod/g", "apps": [app("x", 0, 0.1), app("y", 0, 0.1)]}),
         )
         .await;
-    assert_refused(&r, "namespace 'prod' quota 'apps' exceeded: 4 requested, limit 3, over by 1");
+    assert_refused(
+        &r,
+        "namespace 'prod' quota 'apps' exceeded: 4 requested, limit 3, over by 1",
+    );
     assert_eq!(instances(&api, "/prod/g/x").await, None);
     let r = api
         .put(
@@ -120,7 +144,10 @@ async fn quotas_refuse_growth_and_store_nothing() {
             &json!({"apps": [{"id": "c", "cmd": "sleep 1", "instances": 5, "cpus": 0.001, "mem": 1, "portDefinitions": []}]}),
         )
         .await;
-    assert_refused(&r, "namespace 'prod' quota 'instances' exceeded: 9 requested, limit 8, over by 1");
+    assert_refused(
+        &r,
+        "namespace 'prod' quota 'instances' exceeded: 9 requested, limit 8, over by 1",
+    );
 
     // A lower quota is accepted; scaling down still works above it, scaling up does not.
     let r = put_namespace(&api, "prod", json!({"quota": {"cpus": 5}})).await;
@@ -133,7 +160,10 @@ async fn quotas_refuse_growth_and_store_nothing() {
     let r = api
         .put("/v2/apps/prod/a?force=true", &json!({"instances": 2}))
         .await;
-    assert_refused(&r, "quota 'cpus' exceeded: 10 requested, limit 5, over by 5");
+    assert_refused(
+        &r,
+        "quota 'cpus' exceeded: 10 requested, limit 5, over by 5",
+    );
 
     // The namespace and its quota survive a restart.
     c.kill_server();
@@ -141,7 +171,10 @@ async fn quotas_refuse_growth_and_store_nothing() {
     let r = api
         .put("/v2/apps/prod/a?force=true", &json!({"instances": 2}))
         .await;
-    assert_refused(&r, "quota 'cpus' exceeded: 10 requested, limit 5, over by 5");
+    assert_refused(
+        &r,
+        "quota 'cpus' exceeded: 10 requested, limit 5, over by 5",
+    );
     let ns = api.get_ok("/api/v1/namespaces/prod").await;
     assert_eq!(ns["usage"]["apps"], 2);
     let list = api.get_ok("/api/v1/namespaces").await;
@@ -171,9 +204,19 @@ async fn quotas_refuse_growth_and_store_nothing() {
     assert_eq!(r.status, 201, "{}", r.text);
 
     // Bad namespace bodies are 422s by field.
-    let r = put_namespace(&api, "qa", json!({"quota": {"cpus": -1}, "dedicated": true})).await;
+    let r = put_namespace(
+        &api,
+        "qa",
+        json!({"quota": {"cpus": -1}, "dedicated": true}),
+    )
+    .await;
     assert_eq!(r.status, 422, "{}", r.text);
-    assert_eq!(r.detail_paths(), ["/quota/cpus", "/dedicated"], "{}", r.text);
+    assert_eq!(
+        r.detail_paths(),
+        ["/quota/cpus", "/dedicated"],
+        "{}",
+        r.text
+    );
     let r = put_namespace(&api, "Bad_Id", json!({})).await;
     assert_eq!(r.status, 422, "{}", r.text);
     let r = put_namespace(&api, "qa", json!({"quotas": {}})).await;
@@ -280,7 +323,10 @@ async fn a_dedicated_namespace_owns_its_nodes() {
     let _n2 = ExtraAgent::start(&c, "n2", "env=prod");
     wait_until(T, "node n2 ready", || async {
         let r = api.get("/api/v1/nodes/n2").await;
-        r.status == 200 && r.json["status"].as_str().is_some_and(|s| s.eq_ignore_ascii_case("ready"))
+        r.status == 200
+            && r.json["status"]
+                .as_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case("ready"))
     })
     .await;
 
@@ -315,7 +361,10 @@ async fn a_dedicated_namespace_owns_its_nodes() {
     let procs = c.app_processes("/prod/web", "sleep");
     assert_eq!(procs.len(), 4, "{procs:?}");
     let nobody = 65534;
-    for p in procs.iter().chain(c.app_processes("/dev/web", "sleep").iter()) {
+    for p in procs
+        .iter()
+        .chain(c.app_processes("/dev/web", "sleep").iter())
+    {
         assert_eq!(uid_of(p.pid), Some(nobody), "{p:?}");
     }
 
@@ -325,8 +374,10 @@ async fn a_dedicated_namespace_owns_its_nodes() {
     assert_eq!(r.status, 201, "{}", r.text);
     wait_until(T, "/prod/big queued with its reasons", || async {
         let reasons = queue_reasons(&api, "/prod/big").await;
-        reasons.contains(&("not matching namespace 'prod' nodeSelector env=prod".into(), 1))
-            && reasons.contains(&("insufficient cpus".into(), 1))
+        reasons.contains(&(
+            "not matching namespace 'prod' nodeSelector env=prod".into(),
+            1,
+        )) && reasons.contains(&("insufficient cpus".into(), 1))
     })
     .await;
     // An app pinned to n2 by constraint, from another namespace, is told n2 is prod's.
@@ -369,7 +420,11 @@ async fn policies_refuse_until_the_namespace_allows() {
     assert_eq!(api.post("/v2/apps", &plain).await.status, 201);
 
     // Privileged, host PID, host IPC, host paths.
-    let privileged = docker("/team/priv", json!({"image": "busybox", "privileged": true}), json!([]));
+    let privileged = docker(
+        "/team/priv",
+        json!({"image": "busybox", "privileged": true}),
+        json!([]),
+    );
     let r = api.post("/v2/apps", &privileged).await;
     assert_refused(&r, "allowPrivileged");
     assert_eq!(r.detail_paths(), ["/container/docker/privileged"]);
@@ -382,7 +437,10 @@ async fn policies_refuse_until_the_namespace_allows() {
     assert_refused(&r, "allowHostPid");
     assert_eq!(
         r.detail_paths(),
-        ["/container/docker/parameters(0)", "/container/docker/parameters(1)"]
+        [
+            "/container/docker/parameters(0)",
+            "/container/docker/parameters(1)"
+        ]
     );
     let etc = docker(
         "/team/etc",
@@ -435,7 +493,10 @@ async fn policies_refuse_until_the_namespace_allows() {
 
     // Other namespaces keep the default policy.
     let r = api
-        .post("/v2/apps", &json!({"id": "/other/root", "cmd": "id", "user": "root", "instances": 0}))
+        .post(
+            "/v2/apps",
+            &json!({"id": "/other/root", "cmd": "id", "user": "root", "instances": 0}),
+        )
         .await;
     assert_refused(&r, "namespace 'other'");
 }
@@ -449,7 +510,10 @@ async fn a_root_default_user_needs_allow_root() {
     assert_refused(&r, "default task user is 'root'");
     // An app naming another user is fine.
     let r = api
-        .post("/v2/apps", &json!({"id": "/ops/www", "cmd": "id", "user": "nobody", "instances": 0}))
+        .post(
+            "/v2/apps",
+            &json!({"id": "/ops/www", "cmd": "id", "user": "nobody", "instances": 0}),
+        )
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     let r = put_namespace(api, "ops", json!({"policy": {"allowRoot": true}})).await;
