@@ -829,6 +829,7 @@ async fn poll_loop(s: Arc<Shared>) {
                     assignments: current.values().cloned().collect(),
                     removed: vec![],
                     apps: vec![],
+                    default_user: None,
                 });
                 // Always re-check soon even if the generation did not move: local state
                 // (a finished start, a kill) may need another pass.

@@ -512,6 +512,11 @@ pub fn proc_alive(pid: i32, start_time: u64) -> bool {
 }
 
 /// The few system calls std does not wrap. Each is a minimal `unsafe` wrapper.
+/// The name of the user this process runs as (`berth dev` runs tasks as it by default).
+pub fn current_user_name() -> Option<String> {
+    sys::current_user_name()
+}
+
 pub(crate) mod sys {
     use std::fs::File;
     use std::io;
@@ -597,6 +602,35 @@ pub(crate) mod sys {
                 Ok(())
             });
         }
+    }
+
+    /// The name of this process's effective user in the node's user database (NSS), if it
+    /// has one.
+    #[allow(unsafe_code)]
+    pub fn current_user_name() -> Option<String> {
+        // SAFETY: geteuid(2) cannot fail and takes no arguments.
+        let uid = unsafe { libc::geteuid() };
+        let mut buf: Vec<libc::c_char> = vec![0; 16 * 1024];
+        // SAFETY: an all-zero passwd is a valid value; it is only read after getpwuid_r
+        // filled it.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        loop {
+            // SAFETY: every pointer is valid for the call; `buf.len()` is the buffer's size.
+            let r =
+                unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+            match r {
+                0 => break,
+                libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+                _ => return None,
+            }
+        }
+        if found.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: getpwuid_r succeeded, so pw_name points to a NUL-terminated string in `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+        name.to_str().ok().map(str::to_string)
     }
 
     /// Looks a user up in the node's user database (NSS: files, LDAP, ...): `Ok(None)` when
@@ -714,6 +748,15 @@ mod tests {
         };
         let text = serde_json::to_string(&spec).unwrap();
         assert!(text.contains(r#""stdin_env":["DB_PASSWORD"]"#), "{text}");
+    }
+
+    #[test]
+    fn the_current_user_name_looks_up_back_to_this_uid() {
+        let name = current_user_name().expect("this process's user has a name");
+        let user = sys::lookup_user(&name).unwrap().unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").unwrap().uid();
+        assert_eq!(user.uid, uid);
     }
 
     #[test]

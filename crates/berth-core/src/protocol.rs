@@ -103,6 +103,11 @@ pub struct Assignments {
     /// Each app definition the assignments refer to, once (by `id` and `version`).
     #[serde(default)]
     pub apps: Vec<Arc<AppDefinition>>,
+    /// The user tasks run as when their app names none (`berth server
+    /// --default-task-user`); [`Assignments::resolve_apps`] fills it into those apps. `None`
+    /// (an older server): the agent's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_user: Option<String>,
 }
 
 fn yes() -> bool {
@@ -110,9 +115,21 @@ fn yes() -> bool {
 }
 
 impl Assignments {
-    /// Points every assignment at its app definition from [`Assignments::apps`]. Returns
+    /// Points every assignment at its app definition from [`Assignments::apps`] (with the
+    /// default user filled into apps without a `user`). Returns
     /// the ids of assignments whose definition is missing (they keep an empty one).
     pub fn resolve_apps(&mut self) -> Vec<String> {
+        if let Some(user) = self
+            .default_user
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
+            for app in &mut self.apps {
+                if app.user.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                    Arc::make_mut(app).user = Some(user.to_string());
+                }
+            }
+        }
         let by_version: HashMap<(&str, &str), &Arc<AppDefinition>> = self
             .apps
             .iter()
@@ -197,5 +214,35 @@ mod tls_tests {
         let req: RegisterTls =
             serde_json::from_value(serde_json::json!({"id": "n1", "csr": "R"})).unwrap();
         assert_eq!(req.csr.as_deref(), Some("R"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_user_fills_apps_without_one() {
+        let json = serde_json::json!({
+            "generation": 3,
+            "assignments": [
+                {"taskId": "t1", "appId": "/a", "version": "v1", "goal": "running", "ports": [],
+                 "host": "h", "resources": {"cpus": 1.0, "mem": 1.0, "disk": 0.0}},
+                {"taskId": "t2", "appId": "/b", "version": "v1", "goal": "running", "ports": [],
+                 "host": "h", "resources": {"cpus": 1.0, "mem": 1.0, "disk": 0.0}}
+            ],
+            "apps": [{"id": "/a", "version": "v1"}, {"id": "/b", "version": "v1", "user": "www"}],
+            "defaultUser": "nobody"
+        });
+        let mut list: Assignments = serde_json::from_value(json.clone()).unwrap();
+        assert!(list.resolve_apps().is_empty());
+        assert_eq!(list.assignments[0].app.user.as_deref(), Some("nobody"));
+        assert_eq!(list.assignments[1].app.user.as_deref(), Some("www"));
+        // An older server sends none: the app keeps no user (the agent's own).
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("defaultUser");
+        let mut list: Assignments = serde_json::from_value(old).unwrap();
+        list.resolve_apps();
+        assert_eq!(list.assignments[0].app.user, None);
     }
 }

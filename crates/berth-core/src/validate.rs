@@ -64,7 +64,7 @@ const PORT_PROTOCOLS: [&str; 3] = ["tcp", "udp", "udp,tcp"];
 
 /// Converts a serde path (`healthChecks[0].protocol`) into Marathon's form
 /// (`/healthChecks(0)/protocol`).
-fn marathon_path(p: &serde_path_to_error::Path) -> String {
+pub(crate) fn marathon_path(p: &serde_path_to_error::Path) -> String {
     let mut out = String::new();
     for seg in p.iter() {
         match seg {
@@ -85,7 +85,7 @@ fn marathon_path(p: &serde_path_to_error::Path) -> String {
 
 /// Rewrites serde's wording (`invalid type: string "x", expected i64`) into plain words
 /// (`expected an integer, got string "x"`), keeping it short.
-fn friendly_type_error(path: &str, msg: &str) -> String {
+pub(crate) fn friendly_type_error(path: &str, msg: &str) -> String {
     if path.starts_with("/env/") && msg.contains("untagged enum") {
         return "expected a string, or an object {\"secret\": \"<key in secrets>\"}".into();
     }
@@ -467,7 +467,7 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// A user-supplied value, shortened for inclusion in a message.
-fn echo(s: &str) -> String {
+pub(crate) fn echo(s: &str) -> String {
     truncate(s, MAX_ECHO)
 }
 

@@ -3,6 +3,7 @@
 
 use crate::fxhash::FxMap;
 use crate::model::{AppState, Cluster, HOSTNAME_FIELD, Interner, NodeHot, req_milli};
+use crate::tenancy::{NamespacePlacement, Tenancy, TenancyReject};
 use crate::{PlacementRequest, Unplaced, score};
 use berth_core::{Constraint, ConstraintOp};
 use regex::Regex;
@@ -117,6 +118,8 @@ pub(crate) enum Driver {
 #[derive(Clone, Copy)]
 pub(crate) enum Reject {
     NotSchedulable,
+    /// Namespace node selector or another namespace's dedicated node.
+    Tenancy(TenancyReject),
     Driver,
     Cpus,
     Mem,
@@ -154,12 +157,13 @@ pub(crate) struct Prepared<'a> {
     /// Per check; u32::MAX for checks that are not GROUP_BY.
     pub group_thresholds: Vec<u32>,
     pub has_group_by: bool,
+    pub tenancy: Tenancy<'a>,
     pub req: &'a PlacementRequest,
 }
 
 /// Resolves a constraint field to a field id: `hostname`/`@hostname` is the hostname,
 /// `@region`/`@zone` the `region`/`zone` attributes, anything else an attribute.
-fn field_id(c: &Cluster, field: &str) -> Option<u32> {
+pub(crate) fn field_id(c: &Cluster, field: &str) -> Option<u32> {
     match field {
         "hostname" | "@hostname" => Some(HOSTNAME_FIELD),
         "@region" => c.fields.get("region"),
@@ -169,7 +173,12 @@ fn field_id(c: &Cluster, field: &str) -> Option<u32> {
 }
 
 impl<'a> Prepared<'a> {
-    pub(crate) fn new(c: &'a Cluster, regexes: &'a RegexCache, req: &'a PlacementRequest) -> Self {
+    pub(crate) fn new(
+        c: &'a Cluster,
+        regexes: &'a RegexCache,
+        namespaces: &'a [NamespacePlacement],
+        req: &'a PlacementRequest,
+    ) -> Self {
         let app = c.app_ids.get(&req.app_id).map(|&a| &c.apps[a as usize]);
         let mut checks = Vec::with_capacity(req.constraints.len());
         let mut group_thresholds = Vec::with_capacity(req.constraints.len());
@@ -254,6 +263,7 @@ impl<'a> Prepared<'a> {
             checks,
             group_thresholds,
             has_group_by,
+            tenancy: Tenancy::new(c, namespaces, &req.namespace),
             req,
         }
     }
@@ -263,6 +273,9 @@ impl<'a> Prepared<'a> {
     fn check_base(&self, c: &Cluster, h: &NodeHot) -> Result<(), Reject> {
         if !h.schedulable {
             return Err(Reject::NotSchedulable);
+        }
+        if !self.tenancy.is_open() {
+            self.tenancy.check(c, h).map_err(Reject::Tenancy)?;
         }
         match self.driver {
             Driver::Any => {}
@@ -351,6 +364,10 @@ pub(crate) struct Tally {
     fixed: [usize; 8],
     host_ports: Vec<usize>,
     constraints: Vec<usize>,
+    /// Nodes not matching the namespace's selector.
+    selector: usize,
+    /// Per dedicated namespace of `Tenancy`: nodes it owns.
+    dedicated: Vec<usize>,
 }
 
 impl Tally {
@@ -359,6 +376,8 @@ impl Tally {
             fixed: [0; 8],
             host_ports: vec![0; p.exact_ports.len()],
             constraints: vec![0; p.checks.len()],
+            selector: 0,
+            dedicated: vec![0; p.tenancy.others_len()],
         }
     }
 
@@ -366,6 +385,8 @@ impl Tally {
     fn add(&mut self, r: Reject) {
         match r {
             Reject::NotSchedulable => self.fixed[0] += 1,
+            Reject::Tenancy(TenancyReject::Selector) => self.selector += 1,
+            Reject::Tenancy(TenancyReject::Dedicated(i)) => self.dedicated[i] += 1,
             Reject::Driver => self.fixed[1] += 1,
             Reject::Cpus => self.fixed[2] += 1,
             Reject::Mem => self.fixed[3] += 1,
@@ -399,6 +420,18 @@ impl Tally {
             if n > 0 {
                 *reasons
                     .entry(format!("port {} not available", p.exact_ports[i]))
+                    .or_insert(0) += n;
+            }
+        }
+        if self.selector > 0 {
+            *reasons
+                .entry(p.tenancy.reason(TenancyReject::Selector))
+                .or_insert(0) += self.selector;
+        }
+        for (i, &n) in self.dedicated.iter().enumerate() {
+            if n > 0 {
+                *reasons
+                    .entry(p.tenancy.reason(TenancyReject::Dedicated(i)))
                     .or_insert(0) += n;
             }
         }

@@ -13,6 +13,7 @@ mod filter;
 mod fxhash;
 mod model;
 mod score;
+mod tenancy;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +26,7 @@ use std::fmt;
 
 use filter::{Prepared, RegexCache, Tally};
 use model::Cluster;
+pub use tenancy::NamespacePlacement;
 
 /// A node as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +84,9 @@ pub struct PlacementRequest {
     pub strategy: Strategy,
     /// 0 = shared CPU.
     pub pinned_cores: u32,
+    /// The namespace of the app (see [`Scheduler::set_namespaces`]); empty: none, so no
+    /// node selector, and never on another namespace's dedicated nodes.
+    pub namespace: String,
 }
 
 impl PlacementRequest {
@@ -95,6 +100,7 @@ impl PlacementRequest {
             driver: String::new(),
             strategy: Strategy::BinPack,
             pinned_cores: 0,
+            namespace: String::new(),
         }
     }
 }
@@ -112,7 +118,8 @@ pub struct Placement {
 
 /// Why a request could not be placed: for each reason, how many nodes it ruled out. Each
 /// node is counted once, under the first filter it failed (filter order: schedulable,
-/// driver, cpus, mem, disk, ports, pinned cores, constraints in request order).
+/// namespace (node selector, dedicated nodes), driver, cpus, mem, disk, ports, pinned cores,
+/// constraints in request order).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Unplaced {
     pub nodes_total: usize,
@@ -175,6 +182,7 @@ pub struct Scheduler {
     rng: SmallRng,
     regexes: RegexCache,
     limit: CandidateLimit,
+    namespaces: Vec<NamespacePlacement>,
 }
 
 impl Scheduler {
@@ -184,6 +192,7 @@ impl Scheduler {
             rng: SmallRng::seed_from_u64(seed),
             regexes: RegexCache::default(),
             limit: CandidateLimit::Auto,
+            namespaces: Vec::new(),
         }
     }
 
@@ -199,6 +208,16 @@ impl Scheduler {
 
     pub fn candidate_limit(&self) -> CandidateLimit {
         self.limit
+    }
+
+    /// Replaces the namespace placement rules (node selectors, dedicated nodes). Tasks
+    /// already placed stay where they are; the rules apply to the next placements.
+    pub fn set_namespaces(&mut self, namespaces: Vec<NamespacePlacement>) {
+        self.namespaces = namespaces;
+    }
+
+    pub fn namespaces(&self) -> &[NamespacePlacement] {
+        &self.namespaces
     }
 
     /// Adds or replaces a node; tasks already on it stay (its attributes may change, and the
@@ -252,7 +271,7 @@ impl Scheduler {
         let start = rand::Rng::random_range(&mut self.rng, 0..n);
         let limit = self.effective_limit(req.strategy, n);
         let slot = {
-            let p = Prepared::new(&self.cluster, &self.regexes, req);
+            let p = Prepared::new(&self.cluster, &self.regexes, &self.namespaces, req);
             self.decide(&p, start, limit)?
         };
         Ok(self.cluster.commit(slot, task_id, req, &mut self.rng))

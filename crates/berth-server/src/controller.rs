@@ -397,6 +397,7 @@ pub fn placement_request(app: &AppDefinition) -> PlacementRequest {
         driver: app.driver().as_str().to_string(),
         strategy,
         pinned_cores,
+        namespace: berth_core::namespace::namespace_of(&app.id).to_string(),
     }
 }
 

@@ -12,6 +12,13 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("Object is not valid")]
     Invalid(ValidationErrors),
+    /// Valid, but refused by a namespace's quota or policy: 422 with the first reason as the
+    /// message and every reason by field in `details`.
+    #[error("{message}")]
+    Refused {
+        message: String,
+        details: ValidationErrors,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{message}")]
@@ -46,6 +53,19 @@ impl ApiError {
         Self::Invalid(ValidationErrors::single(path, msg))
     }
 
+    /// A [`ApiError::Refused`] whose message is the first of `details`' reasons.
+    pub fn refused(details: ValidationErrors) -> Self {
+        let mut reasons = details.0.iter().flat_map(|f| f.errors.iter());
+        let first = reasons.next().cloned().unwrap_or_default();
+        let more = reasons.count();
+        let message = match more {
+            0 => first,
+            1 => format!("{first} (and 1 more reason)"),
+            n => format!("{first} (and {n} more reasons)"),
+        };
+        Self::Refused { message, details }
+    }
+
     pub fn locked(deployments: Vec<String>) -> Self {
         let first = deployments.first().cloned().unwrap_or_default();
         Self::Conflict {
@@ -60,7 +80,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Invalid(_) | Self::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -78,6 +98,7 @@ impl ApiError {
                 "details": [{"path": "/", "errors": [msg]}],
             }),
             Self::Invalid(errs) => json!({"message": "Object is not valid", "details": errs.0}),
+            Self::Refused { message, details } => json!({"message": message, "details": details.0}),
             Self::Conflict {
                 message,
                 deployments,

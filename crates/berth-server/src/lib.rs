@@ -13,6 +13,7 @@ pub mod ops;
 pub mod render;
 pub mod secrets;
 pub mod state;
+pub mod tenancy;
 pub mod tls;
 
 use berth_core::event::Event;
@@ -51,6 +52,8 @@ pub struct ServerConfig {
     /// The secrets key (32 bytes, mode 0600), created when missing. `None`: a random key
     /// in memory, so secrets do not survive a restart (tests, simulations).
     pub secrets_key_file: Option<std::path::PathBuf>,
+    /// The default task user and the policy of namespaces without an object.
+    pub tasks: tenancy::TaskDefaults,
 }
 
 impl ServerConfig {
@@ -67,6 +70,7 @@ impl ServerConfig {
             auth: auth::AuthConfig::default(),
             tls: None,
             secrets_key_file: None,
+            tasks: tenancy::TaskDefaults::default(),
         }
     }
 }
@@ -216,7 +220,9 @@ impl Inner {
                 let mut st = self.state.write();
                 let feeds = std::mem::take(&mut st.feeds);
                 let revision = st.revision;
+                let defaults = st.task_defaults.clone();
                 *st = fresh;
+                st.task_defaults = defaults;
                 st.feeds = feeds;
                 st.revision = revision + 1;
                 // Every app's cached rendering is stale now.
@@ -271,6 +277,10 @@ fn note_changes(st: &mut Cluster, ch: &Changes) {
             }
         } else if let Some(node) = key.strip_prefix(state::K_NODES) {
             st.node_changed(node);
+        } else if key.starts_with(state::K_NAMESPACES) {
+            // A node selector or dedication changed: apps waiting for room try again.
+            let waiting: Vec<String> = st.unplaced.keys().cloned().collect();
+            st.dirty_apps.extend(waiting);
         } else if key.starts_with(state::K_TASKS)
             && matches!(op, berth_store::Op::Delete { .. })
             && !st.unplaced.is_empty()
@@ -304,7 +314,7 @@ impl Server {
             // The advertised address follows the real port when port 0 was asked for.
             config.advertise = addr.to_string();
         }
-        let cluster = Cluster::load(store.as_ref(), config.seed)
+        let mut cluster = Cluster::load(store.as_ref(), config.seed)
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
         let auth = auth::AuthState::load(config.auth.clone(), store.as_ref())
@@ -322,6 +332,7 @@ impl Server {
             tracing::warn!("authentication is off: every caller may do everything");
         }
         let secrets_key = open_secrets_key(config.secrets_key_file.as_deref(), &cluster)?;
+        cluster.task_defaults = config.tasks.clone();
         let (ptx, prx) = mpsc::unbounded_channel();
         tokio::spawn(state::run_persister(store.clone(), prx));
         let events = event_hub::EventHub::new(config.events);

@@ -6,6 +6,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::{
     Changes, Cluster, K_APPS, K_DELAYS, K_DEPLOYMENTS, K_FAILURES, K_GROUPS, version_key,
 };
+use crate::tenancy::{Change, admit};
 use berth_core::app::{AppDefinition, VersionInfo};
 use berth_core::deployment::{
     ActionKind, Deployment, DeploymentAction, DeploymentStep, steps_by_dependencies,
@@ -259,6 +260,7 @@ pub fn create_app(
     }
     crate::secrets::check_sources(st, &app)?;
     ctx.may_use_secrets(&app)?;
+    admit(st, &[Change::new(&app.id, Some(&app))])?;
     let (now, version) = next_version();
     let app = Arc::new(stamp_new(st, app, &version));
     let r = start_deployment(
@@ -325,7 +327,7 @@ impl AppUpdate {
 }
 
 /// Compares two definitions ignoring version stamps and instance count.
-fn same_config(a: &AppDefinition, b: &AppDefinition) -> bool {
+pub(crate) fn same_config(a: &AppDefinition, b: &AppDefinition) -> bool {
     let strip = |x: &AppDefinition| {
         let mut x = x.clone();
         x.version = None;
@@ -347,11 +349,13 @@ fn change_app(
 ) -> ApiResult<DeploymentRef> {
     crate::secrets::check_sources(st, &new)?;
     ctx.may_use_secrets(&new)?;
-    check_lock(st, ch, std::slice::from_ref(&old.id), force)?;
-    let (now, version) = next_version();
     // Service ports first: a body that leaves them 0 keeps the stored ones, and is then
     // the same configuration (re-sending an unchanged marathon.json restarts nothing).
+    // (This changes no state: ports are held only once the app is saved.)
     assign_service_ports(st, &mut new);
+    admit(st, &[Change::new(&old.id, Some(&new))])?;
+    check_lock(st, ch, std::slice::from_ref(&old.id), force)?;
+    let (now, version) = next_version();
     let scale_only = same_config(&old, &new);
     let old_info = old.version_info.clone().unwrap_or_default();
     new.version = Some(version.clone());
@@ -558,6 +562,16 @@ pub fn put_apps(
         .collect();
     // One step for independent apps, so a plan is linear in the number of apps.
     let steps = steps_by_dependencies(changes).map_err(|e| ApiError::invalid("/", e))?;
+    let planned: Vec<Change<'_>> = news
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Change {
+            id: &a.id,
+            new: Some(a),
+            at: format!("({i})"),
+        })
+        .collect();
+    admit(st, &planned)?;
     check_lock(st, ch, &ids, force)?;
     let (now, version) = next_version();
     let mut original = BTreeMap::new();
@@ -901,6 +915,8 @@ pub fn create_group(
             });
         }
     }
+    let planned: Vec<Change<'_>> = apps.iter().map(|a| Change::new(&a.id, Some(a))).collect();
+    admit(st, &planned)?;
     let steps = steps_by_dependencies(
         apps.iter()
             .map(|a| {
@@ -1009,17 +1025,27 @@ pub fn scale_group(
             }
         }
     }
+    let scaled: Vec<(Arc<AppDefinition>, AppDefinition)> = apps
+        .iter()
+        .filter_map(|id| st.apps.get(id).cloned())
+        .map(|old| {
+            let mut new = old.as_ref().clone();
+            new.instances = (old.instances as f64 * factor).ceil() as i64;
+            (old, new)
+        })
+        .collect();
+    let planned: Vec<Change<'_>> = scaled
+        .iter()
+        .map(|(old, new)| Change::new(&old.id, Some(new)))
+        .collect();
+    admit(st, &planned)?;
     check_lock(st, ch, &apps, force)?;
     let (now, version) = next_version();
     let mut original = BTreeMap::new();
     let mut target = BTreeMap::new();
     let mut actions = Vec::new();
-    for app_id in apps {
-        let Some(old) = st.apps.get(&app_id).cloned() else {
-            continue;
-        };
-        let mut new = old.as_ref().clone();
-        new.instances = (old.instances as f64 * factor).ceil() as i64;
+    for (old, mut new) in scaled {
+        let app_id = old.id.clone();
         new.version = Some(version.clone());
         new.version_info = Some(VersionInfo {
             last_scaling_at: version.clone(),
@@ -1055,6 +1081,15 @@ pub fn cancel_deployment(
     };
     for app in &d.affected_apps {
         ctx.may_change(app)?;
+    }
+    if !force {
+        // Rolling back changes desired state like any other write.
+        let planned: Vec<Change<'_>> = d
+            .original
+            .iter()
+            .map(|(app_id, before)| Change::new(app_id, before.as_ref()))
+            .collect();
+        admit(st, &planned)?;
     }
     st.deployments.remove(id);
     ch.delete(format!("{K_DEPLOYMENTS}{id}"));

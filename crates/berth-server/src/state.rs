@@ -10,6 +10,7 @@
 use berth_core::app::AppDefinition;
 use berth_core::deployment::Deployment;
 use berth_core::event::Event;
+use berth_core::namespace::{Namespace, Usage};
 use berth_core::node::Node;
 use berth_core::task::Task;
 use berth_scheduler::{SchedNode, Scheduler, TaskFootprint};
@@ -30,6 +31,7 @@ pub const K_FAILURES: &str = "/berth/failures/";
 pub const K_DELAYS: &str = "/berth/delays/";
 /// Secrets, sealed (see [`crate::secrets`]): the store never holds a value in the clear.
 pub const K_SECRETS: &str = "/berth/secrets/";
+pub const K_NAMESPACES: &str = "/berth/namespaces/";
 
 /// How many versions of an app are kept (Marathon's default `zk_max_versions` is 50).
 pub const MAX_VERSIONS: usize = 50;
@@ -240,6 +242,12 @@ pub struct Cluster {
     pub service_port_floor: i64,
     /// The secret store, by name: sealed records only (values are opened per assignment).
     pub secrets: BTreeMap<String, crate::secrets::StoredSecret>,
+    /// Namespaces with an object (quota, node selector, policy), by id.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Per namespace with apps: what its apps ask for (kept by `put_app`/`remove_app`).
+    pub ns_usage: HashMap<String, Usage>,
+    /// The default task user and policy (server configuration, not stored).
+    pub task_defaults: crate::tenancy::TaskDefaults,
 }
 
 impl Cluster {
@@ -272,13 +280,19 @@ impl Cluster {
             service_ports: HashMap::new(),
             service_port_floor: 0,
             secrets: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            ns_usage: HashMap::new(),
+            task_defaults: Default::default(),
         }
     }
 
     /// Makes `app` the current definition of its id, keeping the service port index true.
+    /// Also keeps the namespace usage true.
     pub fn put_app(&mut self, app: Arc<AppDefinition>) {
+        self.account_app(&app, true);
         if let Some(old) = self.apps.insert(app.id.clone(), app.clone()) {
             self.release_service_ports(&old);
+            self.account_app(&old, false);
         }
         for p in app.service_ports() {
             if p != 0 {
@@ -294,6 +308,7 @@ impl Cluster {
     pub fn remove_app(&mut self, id: &str) -> Option<Arc<AppDefinition>> {
         let old = self.apps.remove(id)?;
         self.release_service_ports(&old);
+        self.account_app(&old, false);
         Some(old)
     }
 
@@ -387,6 +402,10 @@ impl Cluster {
                         .insert(id.to_string(), d.affected_apps.clone());
                     c.deployments.insert(id.to_string(), d);
                 }
+            } else if key.starts_with(K_NAMESPACES) {
+                if let Ok(n) = decode_as::<Namespace>(key, v) {
+                    c.namespaces.insert(n.id.clone(), n);
+                }
             } else if let Some(id) = key.strip_prefix(K_GROUPS) {
                 c.groups.insert(id.to_string());
             } else if let Some(id) = key.strip_prefix(K_FAILURES) {
@@ -414,6 +433,7 @@ impl Cluster {
         for t in tasks {
             c.index_task(t);
         }
+        c.sync_sched_namespaces();
         Ok(c)
     }
 

@@ -29,6 +29,20 @@ pub struct DevArgs {
         value_delimiter = ','
     )]
     pub http_credentials: Vec<String>,
+    /// The user exec tasks run as when their app names none (default: the user running
+    /// `berth dev`). Root is allowed in every namespace without a policy of its own.
+    #[arg(long, value_parser = crate::server_cmd::parse_user)]
+    pub default_task_user: Option<String>,
+}
+
+/// `berth dev` is a single-user loopback tool: tasks run as its user, root included.
+fn dev_task_defaults(user: Option<String>) -> berth_server::tenancy::TaskDefaults {
+    berth_server::tenancy::TaskDefaults {
+        default_user: user
+            .or_else(berth_agent::shim::current_user_name)
+            .unwrap_or_else(|| "nobody".into()),
+        default_policy: berth_core::namespace::NamespacePolicy::allowing_root(),
+    }
 }
 
 pub async fn run(mut args: DevArgs) -> Result<()> {
@@ -66,6 +80,7 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
             basic_users,
             data_dir: None,
         },
+        &dev_task_defaults(args.default_task_user.clone()),
     )
     .await?;
     if auth_on && args.node.join.join_token.is_none() && args.node.join.join_token_file.is_none() {

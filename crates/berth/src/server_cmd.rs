@@ -1,6 +1,7 @@
 //! `berth server`.
 
 use anyhow::{Context, Result};
+use berth_server::tenancy::TaskDefaults;
 use berth_server::{Server, ServerConfig};
 use berth_store::RedbStore;
 use std::net::SocketAddr;
@@ -40,6 +41,8 @@ pub struct ServerArgs {
     /// without it the stored secrets cannot be read.
     #[arg(long)]
     pub secrets_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tasks: TaskArgs,
 }
 
 /// `user:password` pairs; a malformed one is an error naming it (without its password).
@@ -55,6 +58,39 @@ pub fn parse_credentials(pairs: &[String]) -> Result<Vec<(String, String)>> {
             ),
         })
         .collect()
+}
+
+/// What tasks get when their app and namespace say nothing (docs/operations.md,
+/// "Namespaces, quotas and task policies").
+#[derive(clap::Args, Debug, Clone)]
+pub struct TaskArgs {
+    /// The user exec tasks run as when their app names none (Marathon's `--mesos_user`).
+    /// An app whose effective user is root is refused unless its namespace's policy has
+    /// `allowRoot`.
+    #[arg(long, default_value = "nobody", value_parser = parse_user)]
+    pub default_task_user: String,
+}
+
+impl TaskArgs {
+    /// `berth server`'s defaults: this user, and a policy that allows nothing.
+    pub fn defaults(&self) -> TaskDefaults {
+        TaskDefaults {
+            default_user: self.default_task_user.clone(),
+            default_policy: Default::default(),
+        }
+    }
+}
+
+/// A user name: not empty, no whitespace, `:` or NUL.
+pub fn parse_user(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 256
+        || s.chars()
+            .any(|c| c.is_whitespace() || c == ':' || c == '\0')
+    {
+        return Err(format!("{s:?} is not a user name"));
+    }
+    Ok(s.to_string())
 }
 
 /// What one client may make the server hold (docs/api.md, "Limits").
@@ -79,8 +115,10 @@ pub fn config(
     node_timeout: u64,
     advertise: Option<String>,
     limits: &LimitArgs,
+    tasks: &TaskDefaults,
 ) -> ServerConfig {
     let mut c = ServerConfig::new(listen);
+    c.tasks = tasks.clone();
     c.node_timeout = Duration::from_secs(node_timeout.max(1));
     if let Some(a) = advertise {
         c.advertise = a;
@@ -99,6 +137,7 @@ pub async fn start(
     advertise: Option<String>,
     limits: &LimitArgs,
     auth: berth_server::auth::AuthConfig,
+    tasks: &TaskDefaults,
 ) -> Result<Server> {
     start_with_tls(
         listen,
@@ -109,6 +148,7 @@ pub async fn start(
         auth,
         None,
         None,
+        tasks,
     )
     .await
 }
@@ -125,6 +165,7 @@ pub async fn start_with_tls(
     mut auth: berth_server::auth::AuthConfig,
     tls: Option<Arc<berth_server::tls::ServerTls>>,
     secrets_key_file: Option<PathBuf>,
+    tasks: &TaskDefaults,
 ) -> Result<Server> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -137,7 +178,7 @@ pub async fn start_with_tls(
     auth.data_dir = Some(data_dir.to_path_buf());
     let store = RedbStore::open(data_dir)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    let mut config = config(listen, node_timeout, advertise, limits);
+    let mut config = config(listen, node_timeout, advertise, limits, tasks);
     config.auth = auth;
     config.tls = tls;
     config.secrets_key_file =
@@ -172,6 +213,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         },
         tls,
         args.secrets_key_file,
+        &args.tasks.defaults(),
     )
     .await?;
     tracing::info!(addr = %server.addr, scheme, data_dir = %args.data_dir.display(), "berth server listening");

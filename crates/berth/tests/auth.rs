@@ -195,6 +195,31 @@ async fn roles_and_scopes_decide_and_every_write_is_audited() {
     assert_denied(&r, 403, "apps:write", "operator POST");
     let r = prod.post("/api/v1/nodes/n1/cordon", &json!({})).await;
     assert_denied(&r, 403, "nodes:write", "app-admin cordon");
+    let r = prod.post("/api/v1/nodes/n1/drain", &json!({})).await;
+    assert_denied(&r, 403, "nodes:write", "app-admin drain");
+
+    // Namespaces (quotas, dedicated nodes, policies) are the cluster-admin's: not even the
+    // app-admin of `prod` may raise its own quota.
+    let quota = json!({"quota": {"cpus": 1000}});
+    for (who, api) in [
+        ("app-admin", &prod),
+        ("operator", &operator),
+        ("viewer", &viewer),
+    ] {
+        let r = api.put("/api/v1/namespaces/prod", &quota).await;
+        assert_denied(&r, 403, "cluster:write", &format!("{who} namespace PUT"));
+        let r = api
+            .send(Method::DELETE, "/api/v1/namespaces/prod", None)
+            .await;
+        assert_denied(&r, 403, "cluster:write", &format!("{who} namespace DELETE"));
+    }
+    assert_eq!(prod.get("/api/v1/namespaces/prod").await.status, 200);
+    assert_eq!(
+        admin.get_ok("/api/v1/namespaces/prod").await["defined"],
+        false
+    );
+    let r = admin.put("/api/v1/namespaces/prod", &quota).await;
+    assert_eq!(r.status, 201, "{}", r.text);
 
     // The audit log: who did what, and what was refused.
     let records = operator.get_ok("/api/v1/audit?limit=100").await["records"]

@@ -243,6 +243,8 @@ async fn an_exec_task_gets_its_secret_and_nothing_else_shows_it() {
         .path()
         .join("agent/exec/tasks")
         .join(&task_id)
+        // Not root: the task works in its sandbox/ (the task dir is root's).
+        .join("sandbox")
         .join("x.txt");
     wait_until(T, "the task wrote $X", || async {
         std::fs::read_to_string(&sandbox_file).is_ok_and(|s| s == value)
@@ -285,6 +287,7 @@ async fn an_exec_task_gets_its_secret_and_nothing_else_shows_it() {
         ("/api/v1/tasks", "task_id", task_id.as_str()),
         ("/api/v1/secrets", "name", "prod/db-password"),
         ("/api/v1/tokens", "id", "none"),
+        ("/api/v1/namespaces", "id", "sec"),
     ];
     let paths = with_embeds(every_get_path(&api, &fill).await);
     assert!(paths.len() > 20, "{paths:?}");
@@ -354,6 +357,8 @@ async fn an_exec_task_gets_its_secret_and_nothing_else_shows_it() {
         .path()
         .join("agent/exec/tasks")
         .join(&new_task)
+        // Not root: the task works in its sandbox/ (the task dir is root's).
+        .join("sandbox")
         .join("x.txt");
     wait_until(T, "the new task sees the new value", || async {
         std::fs::read_to_string(&new_file).is_ok_and(|s| s == newer)
@@ -473,6 +478,7 @@ async fn an_exec_task_gets_its_secret_and_nothing_else_shows_it() {
         .path()
         .join("agent/exec/tasks")
         .join(t[0]["id"].as_str().unwrap_or(""))
+        .join("sandbox")
         .join("x.txt");
     wait_until(
         T,
@@ -618,20 +624,9 @@ async fn a_docker_container_gets_its_secret_in_its_environment() {
         .append(true)
         .open(c.agent_log())
         .expect("agent log");
-    let child = Command::new(BERTH)
-        .args(["agent", "--server", &c.url(), "--data-dir"])
-        .arg(c.path().join("agent"))
-        .arg("--join-token-file")
-        .arg(c.join_token_file())
+    let child = c
+        .agent_command(&node, "agent")
         .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--address",
-            "127.0.0.1",
-            "--node-id",
-            &node,
-            "--hostname",
-            &node,
             "--cpus",
             "4",
             "--mem",
@@ -643,8 +638,6 @@ async fn a_docker_container_gets_its_secret_in_its_environment() {
             "--ports",
             &format!("{base}-{}", base + 7),
         ])
-        .env("BERTH_LOG", "info")
-        .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log fd"))
         .stderr(log)
         .spawn()

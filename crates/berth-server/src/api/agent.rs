@@ -188,6 +188,8 @@ struct AssignmentsOut {
     removed: Vec<String>,
     #[serde(serialize_with = "serialize_apps")]
     apps: Vec<Arc<AppDefinition>>,
+    /// The user tasks of apps without `user` run as (`--default-task-user`).
+    default_user: String,
 }
 
 fn serialize_apps<S: serde::Serializer>(
@@ -226,6 +228,7 @@ fn build_assignments(s: &Shared, node_id: &str, after: u64) -> ApiResult<Assignm
         assignments: Vec::new(),
         removed: Vec::new(),
         apps: Vec::new(),
+        default_user: st.task_defaults.default_user.clone(),
     };
     if !full && let Some(feed) = st.feeds.get(node_id) {
         out.removed = feed

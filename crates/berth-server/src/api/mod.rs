@@ -8,6 +8,7 @@ mod berth;
 mod events;
 mod groups;
 mod logs;
+mod namespaces;
 mod openapi;
 mod secrets;
 mod system;
@@ -109,6 +110,10 @@ routes! {
     GET "/api/v1/secrets/{*name}" ["/api/v1/secrets/{name}"] => secrets::get;
     PUT "/api/v1/secrets/{*name}" ["/api/v1/secrets/{name}"] => secrets::put;
     DELETE "/api/v1/secrets/{*name}" ["/api/v1/secrets/{name}"] => secrets::delete;
+    GET "/api/v1/namespaces" => namespaces::list;
+    GET "/api/v1/namespaces/{id}" => namespaces::get;
+    PUT "/api/v1/namespaces/{id}" => namespaces::put;
+    DELETE "/api/v1/namespaces/{id}" => namespaces::delete;
 }
 
 pub fn router(shared: Shared) -> Router {

@@ -548,6 +548,36 @@ impl Cluster {
         );
     }
 
+    /// `berth agent` for node `node` (id and hostname) joining this cluster: its server, the
+    /// join token, the CA when TLS is on, `<dir>/<data_dir>`, an endpoint on any free
+    /// loopback port. Callers add resources, drivers, ports and where its output goes.
+    pub fn agent_command(&self, node: &str, data_dir: &str) -> Command {
+        let mut cmd = Command::new(BERTH);
+        cmd.args(["agent", "--server", &self.url(), "--data-dir"])
+            .arg(self.path().join(data_dir))
+            .arg("--join-token-file")
+            .arg(self.join_token_file())
+            .args(
+                self.tls_ca
+                    .iter()
+                    .flat_map(|ca| [Path::new("--ca-cert"), ca]),
+            )
+            .args([
+                // The agent's own HTTP endpoint (logs, metrics): any free port.
+                "--listen",
+                "127.0.0.1:0",
+                "--address",
+                "127.0.0.1",
+                "--node-id",
+                node,
+                "--hostname",
+                node,
+            ])
+            .env("BERTH_LOG", "info")
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// Starts (or restarts) the agent; waits until node `n1` is ready on the server.
     pub async fn start_agent(&mut self) {
         self.start_agent_with_cpus("8").await;
@@ -558,21 +588,9 @@ impl Cluster {
         assert!(self.agent.is_none(), "agent already running");
         let log = Cluster::log_file(&self.agent_log());
         let stderr = log.try_clone().expect("log fd");
-        let child = Command::new(BERTH)
-            .args(["agent", "--server", &self.url(), "--data-dir"])
-            .arg(self.path().join("agent"))
-            .arg("--join-token-file")
-            .arg(self.join_token_file())
+        let child = self
+            .agent_command("n1", "agent")
             .args([
-                // The agent's own HTTP endpoint (logs, metrics): any free port.
-                "--listen",
-                "127.0.0.1:0",
-                "--address",
-                "127.0.0.1",
-                "--node-id",
-                "n1",
-                "--hostname",
-                "n1",
                 "--cpus",
                 cpus,
                 "--mem",
@@ -584,13 +602,6 @@ impl Cluster {
                 "--ports",
             ])
             .arg(format!("{}-{}", self.ports.0, self.ports.1))
-            .args(
-                self.tls_ca
-                    .iter()
-                    .flat_map(|ca| [Path::new("--ca-cert"), ca]),
-            )
-            .env("BERTH_LOG", "info")
-            .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
             .spawn()
