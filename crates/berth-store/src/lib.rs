@@ -5,7 +5,8 @@
 //! transactions with success/failure branches, prefix ranges read at a revision, and
 //! prefix watches that resume from a revision without gaps or duplicates. The
 //! embedded backend, [`RedbStore`], keeps everything in one redb file and batches
-//! concurrent transactions into one fsync'd commit (group commit).
+//! concurrent transactions into one fsync'd commit (group commit). [`EtcdStore`] gives the
+//! same semantics on an etcd cluster, for several servers.
 //!
 //! ```
 //! use berth_store::{Compare, Op, RedbStore, Store, StoreExt, Txn};
@@ -28,11 +29,13 @@
 
 mod codec;
 mod error;
+mod etcd_store;
 mod redb_store;
 mod types;
 mod watch;
 
 pub use error::StoreError;
+pub use etcd_store::{EtcdOptions, EtcdStore, parse_etcd_url};
 pub use redb_store::{RedbStore, StoreOptions, StoreStats};
 pub use types::{Compare, EventKind, KeyValue, Op, Revision, Txn, TxnResponse, WatchEvent};
 pub use watch::WatchStream;
@@ -170,5 +173,9 @@ pub trait StoreExt: Store {
 
 impl<S: Store + ?Sized> StoreExt for S {}
 
+#[cfg(test)]
+mod conformance;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 #[cfg(test)]
 mod tests;
