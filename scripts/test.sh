@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Berth's one test command: installs and starts what the tests need when it is missing
-# (Debian packages, dockerd, lxcfs, the busybox test image, marathon-python, schemathesis), then
+# (Debian packages, dockerd, lxcfs, etcd, the busybox test image, marathon-python, schemathesis), then
 # runs formatting, lints and every test. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,11 @@ command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v lxcfs >/dev/null 2>&1 || missing+=(lxcfs)
+# etcd-client compiles etcd's protobuf definitions: protoc and its include files.
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
+# The etcd store's tests run against a real etcd (each test starts its own member).
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   as_root apt-get update -qq

@@ -314,6 +314,7 @@ impl Server {
             // The advertised address follows the real port when port 0 was asked for.
             config.advertise = addr.to_string();
         }
+        state::check_store_format(store.as_ref()).await?;
         let mut cluster = Cluster::load(store.as_ref(), config.seed)
             .await
             .map_err(|e| StartError::Store(e.to_string()))?;
@@ -424,4 +425,7 @@ pub enum StartError {
     Store(String),
     #[error("cannot listen on {0}: {1}")]
     Bind(String, String),
+    /// The store holds data this version cannot read (a newer Berth wrote it).
+    #[error("{0}")]
+    Format(String),
 }

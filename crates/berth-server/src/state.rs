@@ -33,6 +33,42 @@ pub const K_DELAYS: &str = "/berth/delays/";
 pub const K_SECRETS: &str = "/berth/secrets/";
 pub const K_NAMESPACES: &str = "/berth/namespaces/";
 
+/// The layout of the records under `/berth/`: bumped when a change cannot be read by an
+/// older server, which then refuses to start on the store instead of misreading it.
+pub const K_FORMAT: &str = "/berth/meta/format";
+pub const STORE_FORMAT: u64 = 1;
+
+/// Writes the store format on first start; refuses a store written in a newer format.
+pub async fn check_store_format(store: &dyn Store) -> Result<(), crate::StartError> {
+    use berth_store::StoreExt;
+    let err = |e: StoreError| crate::StartError::Store(e.to_string());
+    match store.get(K_FORMAT).await.map_err(err)? {
+        None => {
+            let record =
+                serde_json::json!({"format": STORE_FORMAT, "writtenBy": env!("CARGO_PKG_VERSION")});
+            store
+                .create(K_FORMAT, record.to_string())
+                .await
+                .map_err(err)?;
+            Ok(())
+        }
+        Some(kv) => {
+            let v: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+            match v["format"].as_u64() {
+                Some(f) if f <= STORE_FORMAT => Ok(()),
+                _ => Err(crate::StartError::Format(format!(
+                    "the store holds Berth data in format {} (written by Berth {}), which \
+                     this server (format {STORE_FORMAT}, Berth {}) cannot read: upgrade this \
+                     server, or point it at another store",
+                    v["format"],
+                    v["writtenBy"].as_str().unwrap_or("?"),
+                    env!("CARGO_PKG_VERSION")
+                ))),
+            }
+        }
+    }
+}
+
 /// How many versions of an app are kept (Marathon's default `zk_max_versions` is 50).
 pub const MAX_VERSIONS: usize = 50;
 

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use berth_server::tenancy::TaskDefaults;
 use berth_server::{Server, ServerConfig};
-use berth_store::RedbStore;
+use berth_store::{EtcdOptions, EtcdStore, RedbStore, Store};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,9 +14,14 @@ pub struct ServerArgs {
     /// Address to serve the API on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where the embedded store keeps its data.
+    /// Where the server keeps its files: the embedded store, tokens, TLS, the secrets
+    /// key, the audit log.
     #[arg(long, default_value = "/var/lib/berth/server")]
     pub data_dir: PathBuf,
+    /// Where the cluster's state lives: `embedded` (a redb file in --data-dir) or
+    /// `etcd://host:port[,host:port...]` (an etcd v3 cluster).
+    #[arg(long, env = "BERTH_STORE", default_value = "embedded", value_parser = parse_store)]
+    pub store: StoreUrl,
     /// Seconds without a report after which a node is unreachable.
     #[arg(long, default_value_t = 20)]
     pub node_timeout: u64,
@@ -43,6 +48,44 @@ pub struct ServerArgs {
     pub secrets_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub tasks: TaskArgs,
+}
+
+/// `--store`: the embedded store or an etcd cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Embedded,
+    Etcd(Vec<String>),
+}
+
+pub fn parse_store(s: &str) -> Result<StoreUrl, String> {
+    if s == "embedded" {
+        return Ok(StoreUrl::Embedded);
+    }
+    if s.starts_with("etcd://") {
+        return berth_store::parse_etcd_url(s)
+            .map(StoreUrl::Etcd)
+            .map_err(|e| e.to_string());
+    }
+    Err(format!(
+        "{s:?}: expected `embedded` or etcd://host:port[,host:port...]"
+    ))
+}
+
+/// Opens the store `--store` names.
+pub async fn open_store(url: &StoreUrl, data_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
+    Ok(match url {
+        StoreUrl::Embedded => Arc::new(
+            RedbStore::open(data_dir)
+                .with_context(|| format!("opening the store in {}", data_dir.display()))?,
+        ),
+        StoreUrl::Etcd(endpoints) => {
+            let store = EtcdStore::connect(EtcdOptions::new(endpoints.clone()))
+                .await
+                .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+            tracing::info!(endpoints = ?endpoints, "state in etcd");
+            Arc::new(store)
+        }
+    })
 }
 
 /// `user:password` pairs; a malformed one is an error naming it (without its password).
@@ -149,6 +192,7 @@ pub async fn start(
         None,
         None,
         tasks,
+        &StoreUrl::Embedded,
     )
     .await
 }
@@ -166,6 +210,7 @@ pub async fn start_with_tls(
     tls: Option<Arc<berth_server::tls::ServerTls>>,
     secrets_key_file: Option<PathBuf>,
     tasks: &TaskDefaults,
+    store: &StoreUrl,
 ) -> Result<Server> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -176,14 +221,13 @@ pub async fn start_with_tls(
             .with_context(|| format!("restricting {}", data_dir.display()))?;
     }
     auth.data_dir = Some(data_dir.to_path_buf());
-    let store = RedbStore::open(data_dir)
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let store = open_store(store, data_dir).await?;
     let mut config = config(listen, node_timeout, advertise, limits, tasks);
     config.auth = auth;
     config.tls = tls;
     config.secrets_key_file =
         Some(secrets_key_file.unwrap_or_else(|| data_dir.join("secrets.key")));
-    let server = Server::start(config, Arc::new(store)).await?;
+    let server = Server::start(config, store).await?;
     Ok(server)
 }
 
@@ -214,6 +258,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         tls,
         args.secrets_key_file,
         &args.tasks.defaults(),
+        &args.store,
     )
     .await?;
     tracing::info!(addr = %server.addr, scheme, data_dir = %args.data_dir.display(), "berth server listening");
