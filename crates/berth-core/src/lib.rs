@@ -12,6 +12,7 @@ pub mod node;
 pub mod path;
 pub mod protocol;
 pub mod rbac;
+pub mod schedule;
 pub mod secret;
 pub mod task;
 pub mod time;
