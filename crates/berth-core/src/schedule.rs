@@ -155,11 +155,14 @@ impl Schedule {
     pub fn parse_iso_at(text: &str, tz: &str, now: Timestamp) -> Result<Schedule, ScheduleError> {
         check_len(text)?;
         let named = zone(tz)?;
-        let mut parts = text.splitn(3, '/');
-        let (Some(rep), Some(start), Some(period)) = (parts.next(), parts.next(), parts.next())
-        else {
+        // First and last slash, like Chronos' `(R[0-9]*)/(.*)/(P.*)`.
+        let (Some((rep, rest)), Some((middle, period))) = (
+            text.split_once('/'),
+            text.rsplit_once('/').filter(|(m, _)| m.len() > rep_len(text)),
+        ) else {
             return Err(ScheduleError::Shape(text.to_string()));
         };
+        let start = &rest[..middle.len() - rep.len() - 1];
         let repetitions = parse_repetitions(rep)?;
         let period = Period::parse(period)?;
         let (civil, start, zone) = if start.is_empty() {
@@ -346,6 +349,11 @@ impl Schedule {
 
 fn tz_name_of(named: Option<&TimeZone>, tz: &str) -> String {
     if named.is_some() { tz.to_string() } else { String::new() }
+}
+
+/// Length of the text before the first slash.
+fn rep_len(text: &str) -> usize {
+    text.find('/').unwrap_or(text.len())
 }
 
 fn parse_repetitions(rep: &str) -> Result<Option<u64>, ScheduleError> {
