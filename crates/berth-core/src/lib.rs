@@ -7,6 +7,7 @@ pub mod constraint;
 pub mod deployment;
 pub mod error;
 pub mod event;
+pub mod job;
 pub mod namespace;
 pub mod node;
 pub mod path;
