@@ -272,7 +272,11 @@ pub enum Trigger {
 impl Job {
     /// What the job runs on; `None` when it has none or several (which validation refuses).
     pub fn trigger(&self) -> Option<Trigger> {
-        match (self.has_schedule(), self.has_cron(), !self.parents.is_empty()) {
+        match (
+            self.has_schedule(),
+            self.has_cron(),
+            !self.parents.is_empty(),
+        ) {
             (true, false, false) => Some(Trigger::Schedule),
             (false, true, false) => Some(Trigger::Cron),
             (false, false, true) => Some(Trigger::Parents),
@@ -292,7 +296,10 @@ impl Job {
     /// becomes "now": store [`Schedule::to_string`] back into `schedule` once.
     pub fn parsed_schedule(&self) -> Option<Result<Schedule, ScheduleError>> {
         match self.trigger()? {
-            Trigger::Schedule => Some(Schedule::parse_iso(&self.schedule, &self.schedule_time_zone)),
+            Trigger::Schedule => Some(Schedule::parse_iso(
+                &self.schedule,
+                &self.schedule_time_zone,
+            )),
             Trigger::Cron => Some(Schedule::parse_cron(
                 self.cron.as_deref().unwrap_or_default(),
                 &self.schedule_time_zone,
@@ -373,17 +380,29 @@ pub fn validate_job(job: &Job) -> Result<(), ValidationErrors> {
         errs.add("/retries", format!("must be between 0 and {MAX_RETRIES}"));
     }
     if job.command.len() > MAX_LONG_STRING {
-        errs.add("/command", format!("must be at most {MAX_LONG_STRING} bytes"));
+        errs.add(
+            "/command",
+            format!("must be at most {MAX_LONG_STRING} bytes"),
+        );
     }
     if job.command.is_empty() && job.container.is_none() {
-        errs.add("/command", "is required unless a container image provides one");
+        errs.add(
+            "/command",
+            "is required unless a container image provides one",
+        );
     }
     if job.arguments.len() > MAX_MAP_ENTRIES {
-        errs.add("/arguments", format!("must have at most {MAX_MAP_ENTRIES} entries"));
+        errs.add(
+            "/arguments",
+            format!("must have at most {MAX_MAP_ENTRIES} entries"),
+        );
     }
     for (i, a) in job.arguments.iter().enumerate() {
         if a.len() > MAX_LONG_STRING {
-            errs.add(format!("/arguments({i})"), format!("must be at most {MAX_LONG_STRING} bytes"));
+            errs.add(
+                format!("/arguments({i})"),
+                format!("must be at most {MAX_LONG_STRING} bytes"),
+            );
         }
     }
     for (path, v) in [
@@ -397,7 +416,10 @@ pub fn validate_job(job: &Job) -> Result<(), ValidationErrors> {
         }
     }
     if job.description.len() > MAX_LONG_STRING {
-        errs.add("/description", format!("must be at most {MAX_LONG_STRING} bytes"));
+        errs.add(
+            "/description",
+            format!("must be at most {MAX_LONG_STRING} bytes"),
+        );
     }
     validate_lists(job, &mut errs);
     if let Some(c) = &job.container {
@@ -434,13 +456,19 @@ fn validate_trigger(job: &Job, errs: &mut ValidationErrors) {
             parse_error("/schedule", e);
         }
     }
-    if let Some(c) = job.cron.as_deref().filter(|c| !c.is_empty()) {
-        if let Err(e) = Schedule::parse_cron(c, tz) {
-            parse_error("/cron", e);
-        }
+    if let Some(Err(e)) = job
+        .cron
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| Schedule::parse_cron(c, tz))
+    {
+        parse_error("/cron", e);
     }
     if job.parents.len() > MAX_PARENTS {
-        errs.add("/parents", format!("must have at most {MAX_PARENTS} entries"));
+        errs.add(
+            "/parents",
+            format!("must have at most {MAX_PARENTS} entries"),
+        );
     }
     let mut seen = BTreeSet::new();
     for (i, p) in job.parents.iter().enumerate() {
@@ -467,7 +495,10 @@ fn validate_lists(job: &Job, errs: &mut ValidationErrors) {
     }
     for (i, u) in job.uris.iter().enumerate() {
         if u.is_empty() || u.len() > MAX_SHORT_STRING {
-            errs.add(format!("/uris({i})"), format!("must be 1 to {MAX_SHORT_STRING} bytes"));
+            errs.add(
+                format!("/uris({i})"),
+                format!("must be 1 to {MAX_SHORT_STRING} bytes"),
+            );
         }
     }
     if job.environment_variables.len() > MAX_MAP_ENTRIES {
@@ -500,12 +531,21 @@ fn validate_lists(job: &Job, errs: &mut ValidationErrors) {
             "EQUALS" => {}
             "LIKE" | "UNLIKE" => {
                 if regex::Regex::new(&format!("^(?:{value})$")).is_err() {
-                    errs.add(path, format!("'{}' is not a valid regular expression", crate::validate::echo(value)));
+                    errs.add(
+                        path,
+                        format!(
+                            "'{}' is not a valid regular expression",
+                            crate::validate::echo(value)
+                        ),
+                    );
                 }
             }
             _ => errs.add(
                 path,
-                format!("operator '{}' must be EQUALS, LIKE or UNLIKE", crate::validate::echo(op)),
+                format!(
+                    "operator '{}' must be EQUALS, LIKE or UNLIKE",
+                    crate::validate::echo(op)
+                ),
             ),
         }
     }
@@ -518,24 +558,36 @@ fn validate_container(c: &JobContainer, errs: &mut ValidationErrors) {
     if c.image.is_empty() {
         errs.add("/container/image", "is required");
     } else if c.image.len() > MAX_SHORT_STRING {
-        errs.add("/container/image", format!("must be at most {MAX_SHORT_STRING} bytes"));
+        errs.add(
+            "/container/image",
+            format!("must be at most {MAX_SHORT_STRING} bytes"),
+        );
     }
     if !matches!(c.network.as_str(), "BRIDGE" | "HOST" | "USER") {
         errs.add("/container/network", "must be BRIDGE, HOST or USER");
     }
     if c.volumes.len() > MAX_LIST_ITEMS {
-        errs.add("/container/volumes", format!("must have at most {MAX_LIST_ITEMS} entries"));
+        errs.add(
+            "/container/volumes",
+            format!("must have at most {MAX_LIST_ITEMS} entries"),
+        );
     }
     for (i, v) in c.volumes.iter().enumerate() {
         if v.container_path.is_empty() {
-            errs.add(format!("/container/volumes({i})/containerPath"), "is required");
+            errs.add(
+                format!("/container/volumes({i})/containerPath"),
+                "is required",
+            );
         }
         if !matches!(v.mode.as_str(), "RW" | "RO") {
             errs.add(format!("/container/volumes({i})/mode"), "must be RW or RO");
         }
     }
     if c.parameters.len() > MAX_MAP_ENTRIES {
-        errs.add("/container/parameters", format!("must have at most {MAX_MAP_ENTRIES} entries"));
+        errs.add(
+            "/container/parameters",
+            format!("must have at most {MAX_MAP_ENTRIES} entries"),
+        );
     }
     for (i, p) in c.parameters.iter().enumerate() {
         if p.key.is_empty() {

@@ -46,9 +46,14 @@ pub const MAX_COUNTED_CRON_RUNS: u64 = 1000;
 /// Why a schedule, cron expression or time zone was refused. Messages quote the bad part.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("'{}...' is {len} bytes long; at most {MAX_SCHEDULE_LEN} are allowed", prefix(text))]
+    #[error(
+        "'{}...' is {len} bytes long; at most {MAX_SCHEDULE_LEN} are allowed",
+        prefix(text)
+    )]
     TooLong { text: String, len: usize },
-    #[error("schedule '{0}' is not R[n]/<start>/<period> (for example R/2026-01-01T00:00:00Z/PT1H)")]
+    #[error(
+        "schedule '{0}' is not R[n]/<start>/<period> (for example R/2026-01-01T00:00:00Z/PT1H)"
+    )]
     Shape(String),
     #[error("repetitions '{0}' must be R (forever) or R followed by a count, like R5")]
     Repetitions(String),
@@ -158,7 +163,8 @@ impl Schedule {
         // First and last slash, like Chronos' `(R[0-9]*)/(.*)/(P.*)`.
         let (Some((rep, rest)), Some((middle, period))) = (
             text.split_once('/'),
-            text.rsplit_once('/').filter(|(m, _)| m.len() > rep_len(text)),
+            text.rsplit_once('/')
+                .filter(|(m, _)| m.len() > rep_len(text)),
         ) else {
             return Err(ScheduleError::Shape(text.to_string()));
         };
@@ -348,7 +354,11 @@ impl Schedule {
 }
 
 fn tz_name_of(named: Option<&TimeZone>, tz: &str) -> String {
-    if named.is_some() { tz.to_string() } else { String::new() }
+    if named.is_some() {
+        tz.to_string()
+    } else {
+        String::new()
+    }
 }
 
 /// Length of the text before the first slash.
@@ -441,7 +451,10 @@ impl Iso {
             return Some(self.start);
         }
         let base = if self.period.has_calendar_units() {
-            let civil = self.civil.checked_add(self.period.calendar_span_times(k)?).ok()?;
+            let civil = self
+                .civil
+                .checked_add(self.period.calendar_span_times(k)?)
+                .ok()?;
             resolve(tz, civil, None)?
         } else {
             self.start
@@ -531,7 +544,7 @@ fn write_offset(f: &mut fmt::Formatter<'_>, secs: i64, zulu: bool) -> fmt::Resul
     let sign = if secs < 0 { '-' } else { '+' };
     let a = secs.unsigned_abs();
     write!(f, "{sign}{:02}:{:02}", a / 3600, a / 60 % 60)?;
-    if a % 60 != 0 {
+    if !a.is_multiple_of(60) {
         write!(f, ":{:02}", a % 60)?;
     }
     Ok(())
@@ -561,9 +574,9 @@ fn cron_next_after(cron: &Cron, tz: &TimeZone, after: Timestamp) -> Option<Times
     for _ in 0..MAX_CRON_STEPS {
         let amb = tz.to_ambiguous_timestamp(m);
         let gap = match amb.offset() {
-            AmbiguousOffset::Gap { before, after } => {
-                Some(SignedDuration::from_secs(i64::from(after.seconds() - before.seconds())))
-            }
+            AmbiguousOffset::Gap { before, after } => Some(SignedDuration::from_secs(i64::from(
+                after.seconds() - before.seconds(),
+            ))),
             _ => None,
         };
         let t = amb.compatible().ok()?;
@@ -591,9 +604,15 @@ fn cron_next_after(cron: &Cron, tz: &TimeZone, after: Timestamp) -> Option<Times
 
 /// The length of a gap (clocks moving forward) that ended at most a day before `t`.
 fn recent_gap(tz: &TimeZone, t: Timestamp) -> Option<SignedDuration> {
-    let tr = tz.preceding(t.checked_add(SignedDuration::from_nanos(1)).ok()?).next()?;
+    let tr = tz
+        .preceding(t.checked_add(SignedDuration::from_nanos(1)).ok()?)
+        .next()?;
     let since = t.duration_since(tr.timestamp());
-    let before = tz.to_offset(tr.timestamp().checked_sub(SignedDuration::from_secs(1)).ok()?);
+    let before = tz.to_offset(
+        tr.timestamp()
+            .checked_sub(SignedDuration::from_secs(1))
+            .ok()?,
+    );
     let jump = i64::from(tr.offset().seconds() - before.seconds());
     let len = SignedDuration::from_secs(jump);
     (jump > 0 && since <= len + SignedDuration::from_hours(1)).then_some(len)

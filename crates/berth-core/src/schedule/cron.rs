@@ -50,12 +50,37 @@ struct Field {
 }
 
 const FIELDS: [Field; 5] = [
-    Field { name: "minute", min: 0, max: 59, names: &[] },
-    Field { name: "hour", min: 0, max: 23, names: &[] },
-    Field { name: "day of month", min: 1, max: 31, names: &[] },
-    Field { name: "month", min: 1, max: 12, names: &MONTHS },
+    Field {
+        name: "minute",
+        min: 0,
+        max: 59,
+        names: &[],
+    },
+    Field {
+        name: "hour",
+        min: 0,
+        max: 23,
+        names: &[],
+    },
+    Field {
+        name: "day of month",
+        min: 1,
+        max: 31,
+        names: &[],
+    },
+    Field {
+        name: "month",
+        min: 1,
+        max: 12,
+        names: &MONTHS,
+    },
     // 7 is accepted as Sunday and folded onto 0.
-    Field { name: "day of week", min: 0, max: 7, names: &DAYS },
+    Field {
+        name: "day of week",
+        min: 0,
+        max: 7,
+        names: &DAYS,
+    },
 ];
 
 impl Cron {
@@ -98,7 +123,11 @@ impl Cron {
             dow,
             dom_star: parts[2].starts_with('*'),
             dow_star: parts[4].starts_with('*'),
-            text: if expanded == trimmed { parts.join(" ") } else { trimmed.to_string() },
+            text: if expanded == trimmed {
+                parts.join(" ")
+            } else {
+                trimmed.to_string()
+            },
         };
         if cron.and_days() && !cron.some_month_has_day() {
             return Err(format!(
@@ -129,7 +158,11 @@ impl Cron {
     fn day_matches(&self, date: Date) -> bool {
         let dom = self.dom & (1 << date.day()) != 0;
         let dow = self.dow & (1 << date.weekday().to_sunday_zero_offset()) != 0;
-        if self.and_days() { dom && dow } else { dom || dow }
+        if self.and_days() {
+            dom && dow
+        } else {
+            dom || dow
+        }
     }
 
     /// The first civil minute at or after `from` (seconds ignored) that matches, within
@@ -207,14 +240,18 @@ fn parse_field(s: &str, field: &Field) -> Result<u64, String> {
                     .parse()
                     .map_err(|_| format!("has the step '{st}', which is not a number"))?;
                 if step == 0 || step > field.max {
-                    return Err(format!("has the step {step}; it must be 1 to {}", field.max));
+                    return Err(format!(
+                        "has the step {step}; it must be 1 to {}",
+                        field.max
+                    ));
                 }
                 (r, Some(step))
             }
             None => (item, None),
         };
         let (lo, hi) = if range == "*" {
-            (field.min, field.max.min(if field.max == 7 { 6 } else { field.max }))
+            // Day-of-week `*` is 0-6: 7 is only another name for 0.
+            (field.min, if field.max == 7 { 6 } else { field.max })
         } else if let Some((a, b)) = range.split_once('-') {
             let (a, b) = (value(a, field)?, value(b, field)?);
             if a > b {
@@ -237,11 +274,7 @@ fn parse_field(s: &str, field: &Field) -> Result<u64, String> {
 }
 
 fn value(s: &str, field: &Field) -> Result<u32, String> {
-    if let Some(i) = field
-        .names
-        .iter()
-        .position(|n| n.eq_ignore_ascii_case(s))
-    {
+    if let Some(i) = field.names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
         // Month names start at 1, day names at 0.
         return Ok(i as u32 + field.min);
     }
@@ -249,14 +282,14 @@ fn value(s: &str, field: &Field) -> Result<u32, String> {
         if field.names.is_empty() {
             format!("has '{s}', which is not a number")
         } else {
-            format!("has '{s}', which is not a number or a name like {}", field.names[0])
+            format!(
+                "has '{s}', which is not a number or a name like {}",
+                field.names[0]
+            )
         }
     })?;
     if v < field.min || v > field.max {
-        return Err(format!(
-            "has {v}, outside {}-{}",
-            field.min, field.max
-        ));
+        return Err(format!("has {v}, outside {}-{}", field.min, field.max));
     }
     Ok(v)
 }

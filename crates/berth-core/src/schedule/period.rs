@@ -50,16 +50,18 @@ impl Period {
             return Err(err("has no fields".into()));
         }
         if time == Some("") {
-            return Err(err("has 'T' but no hours, minutes or seconds after it".into()));
+            return Err(err(
+                "has 'T' but no hours, minutes or seconds after it".into()
+            ));
         }
         let mut p = Period::default();
-        parse_fields(date, &['Y', 'M', 'W', 'D'], "before 'T'", &mut p).map_err(err)?;
+        parse_fields(date, true, &mut p).map_err(err)?;
         if let Some(time) = time {
-            parse_fields(time, &['H', 'M', 'S'], "after 'T'", &mut p).map_err(err)?;
+            parse_fields(time, false, &mut p).map_err(err)?;
         }
         if p.is_zero() {
             return Err(err(
-                "is zero; a repeating schedule needs a positive period".into(),
+                "is zero; a repeating schedule needs a positive period".into()
             ));
         }
         Ok(p)
@@ -108,13 +110,14 @@ pub(crate) fn nanos_to_duration(n: i128) -> Option<SignedDuration> {
     Some(SignedDuration::new(secs, nanos))
 }
 
-/// Parses `<digits><unit>...` with the units in `units` order, each at most once.
-fn parse_fields(
-    mut s: &str,
-    units: &[char],
-    part: &str,
-    p: &mut Period,
-) -> Result<(), String> {
+/// Parses `<digits><unit>...` of the date part (`YMWD`, before any `T`) or the time part
+/// (`HMS`), the units in that order, each at most once.
+fn parse_fields(mut s: &str, date: bool, p: &mut Period) -> Result<(), String> {
+    let (units, part): (&[char], &str) = if date {
+        (&['Y', 'M', 'W', 'D'], "before 'T'")
+    } else {
+        (&['H', 'M', 'S'], "after 'T'")
+    };
     let mut next_unit = 0;
     while !s.is_empty() {
         let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -127,7 +130,7 @@ fn parse_fields(
             None => (None, rest),
         };
         let Some(unit) = rest.chars().next() else {
-            return Err(format!("ends with the number '{}' without a unit", &s[..]));
+            return Err(format!("ends with the number '{}' without a unit", s));
         };
         let upper = unit.to_ascii_uppercase();
         let Some(pos) = units.iter().position(|&u| u == upper) else {
@@ -143,7 +146,7 @@ fn parse_fields(
         let value: u64 = int
             .parse()
             .map_err(|_| format!("has a number too large before '{upper}'"))?;
-        let (slot, max, name) = match (part.starts_with("before"), upper) {
+        let (slot, max, name) = match (date, upper) {
             (true, 'Y') => (&mut p.years, MAX_YEARS, "years"),
             (true, 'M') => (&mut p.months, MAX_MONTHS, "months"),
             (true, 'W') => (&mut p.weeks, MAX_WEEKS, "weeks"),
@@ -158,7 +161,9 @@ fn parse_fields(
         *slot = value;
         if let Some(frac) = frac {
             if name != "seconds" {
-                return Err(format!("has a fraction on {name}; only seconds may have one"));
+                return Err(format!(
+                    "has a fraction on {name}; only seconds may have one"
+                ));
             }
             if frac.is_empty() || frac.len() > 9 {
                 return Err("has a fraction of seconds that is not 1 to 9 digits".into());

@@ -62,7 +62,12 @@ fn periods_parse_and_print() {
 
 #[test]
 fn period_errors_say_what_is_wrong() {
-    let e = |s: &str| Period::parse(s).map(|p| p.to_string()).unwrap_err().to_string();
+    let e = |s: &str| {
+        Period::parse(s)
+            .map(|p| p.to_string())
+            .unwrap_err()
+            .to_string()
+    };
     assert_eq!(e("PT"), "period 'PT' has no fields");
     assert_eq!(e("P"), "period 'P' has no fields");
     assert_eq!(e("1D"), "period '1D' must start with 'P'");
@@ -92,7 +97,9 @@ fn schedule_errors_point_at_the_part() {
         err("R/2026-01-01T00:00:00Z/PT1H", "Mars/Base"),
         "unknown time zone 'Mars/Base' (expected an IANA name like Europe/Berlin)"
     );
-    assert!(err("R/2026-01-01T00:00:00Z", "").starts_with("schedule 'R/2026-01-01T00:00:00Z' is not"));
+    assert!(
+        err("R/2026-01-01T00:00:00Z", "").starts_with("schedule 'R/2026-01-01T00:00:00Z' is not")
+    );
     assert!(err("X/2026-01-01T00:00:00Z/P1D", "").starts_with("repetitions 'X'"));
     assert!(err("R-1/2026-01-01T00:00:00Z/P1D", "").starts_with("repetitions 'R-1'"));
     assert!(err("R/2026-13-01T00:00:00Z/P1D", "").starts_with("start '2026-13-01T00:00:00Z'"));
@@ -102,9 +109,11 @@ fn schedule_errors_point_at_the_part() {
     assert!(err("R//", "").starts_with("period ''"));
     assert!(err("R/P1D", "").starts_with("schedule 'R/P1D' is not"));
     assert!(err(&format!("R/{}/P1D", "9".repeat(300)), "").contains("at most 256"));
-    assert!(Schedule::parse_iso("R/2026-01-01T00:00:00Z/PT1H", "Mars/Base")
-        .unwrap_err()
-        .is_time_zone());
+    assert!(
+        Schedule::parse_iso("R/2026-01-01T00:00:00Z/PT1H", "Mars/Base")
+            .unwrap_err()
+            .is_time_zone()
+    );
 }
 
 #[test]
@@ -189,10 +198,7 @@ fn rewritten_start_keeps_the_wall_clock_time_on_a_skipped_day() {
     let s = iso("R/2026-03-28T02:30:00+01:00/P1D", "Europe/Berlin");
     let after_gap = s.after_run(ts("2026-03-28T01:30:00Z"));
     // The start names the instant 03:30 CEST while keeping 02:30 as the wall-clock time.
-    assert_eq!(
-        after_gap.to_string(),
-        "R/2026-03-29T02:30:00+01:00/P1D"
-    );
+    assert_eq!(after_gap.to_string(), "R/2026-03-29T02:30:00+01:00/P1D");
     assert_eq!(after_gap.start(), Some(ts("2026-03-29T01:30:00Z")));
     let reparsed = iso(&after_gap.to_string(), "Europe/Berlin");
     assert_eq!(reparsed, after_gap);
@@ -205,7 +211,7 @@ fn schedule_time_zone_takes_the_wall_clock_fields() {
     // Chronos: the zone takes precedence over the start's offset (withZoneRetainFields).
     let s = iso("R/2026-01-10T18:32:00Z/PT60M", "America/Los_Angeles");
     assert_eq!(s.start(), Some(ts("2026-01-11T02:32:00Z")));
-    assert_eq!(s.to_string(), "R/2026-01-10T18:32:00-08:00/PT60M".replace("PT60M", "PT60M"));
+    assert_eq!(s.to_string(), "R/2026-01-10T18:32:00-08:00/PT60M");
     // Without a zone the offset is the zone.
     let s = iso("R/2026-01-10T18:32:00+05:30/P1D", "");
     assert_eq!(s.start(), Some(ts("2026-01-10T13:02:00Z")));
@@ -305,7 +311,10 @@ fn missed_periods_collapse_into_one_due() {
         s.due_between(ts("2026-01-01T01:00:00Z"), ts("2026-01-01T01:59:59Z")),
         None
     );
-    assert_eq!(s.due_between(ts("2026-01-01T05:00:00Z"), ts("2026-01-01T01:00:00Z")), None);
+    assert_eq!(
+        s.due_between(ts("2026-01-01T05:00:00Z"), ts("2026-01-01T01:00:00Z")),
+        None
+    );
     let r2 = iso("R2/2026-01-01T00:00:00Z/PT1H", "");
     let due = r2
         .due_between(ts("2025-01-01T00:00:00Z"), ts("2027-01-01T00:00:00Z"))
@@ -366,9 +375,16 @@ fn cron_fields() {
     let c = cron("50/5 0 * * 7", "");
     assert_eq!(
         nexts(&c, "2026-01-01T00:00:00Z", 3),
-        ["2026-01-04T00:50:00Z", "2026-01-04T00:55:00Z", "2026-01-11T00:50:00Z"]
+        [
+            "2026-01-04T00:50:00Z",
+            "2026-01-04T00:55:00Z",
+            "2026-01-11T00:50:00Z"
+        ]
     );
-    assert_eq!(cron("@daily", "").next_after(ts("2026-01-01T00:00:00Z")), Some(ts("2026-01-02T00:00:00Z")));
+    assert_eq!(
+        cron("@daily", "").next_after(ts("2026-01-01T00:00:00Z")),
+        Some(ts("2026-01-02T00:00:00Z"))
+    );
     assert_eq!(cron("  0   0  * * *", "").to_string(), "0 0 * * *");
     // February 29th only.
     assert_eq!(
@@ -413,13 +429,20 @@ fn cron_errors_name_the_field() {
         "cron expression '60 * * * *' field 1 (minute) '60' has 60, outside 0-59"
     );
     assert!(cron_err("* * 0 * *").contains("field 3 (day of month) '0' has 0, outside 1-31"));
-    assert!(cron_err("* * * FOO *").contains("field 4 (month) 'FOO' has 'FOO', which is not a number or a name like JAN"));
+    assert!(
+        cron_err("* * * FOO *")
+            .contains("field 4 (month) 'FOO' has 'FOO', which is not a number or a name like JAN")
+    );
     assert!(cron_err("* 5-2 * * *").contains("range 5-2, which runs backwards"));
     assert!(cron_err("*/0 * * * *").contains("step 0"));
     assert!(cron_err("1,,2 * * * *").contains("empty list item"));
     assert!(cron_err("@reboot").contains("unknown macro"));
     assert!(cron_err("0 0 30 2 *").contains("never matches"));
-    assert!(Schedule::parse_cron("0 0 * * *", "Mars/Base").unwrap_err().is_time_zone());
+    assert!(
+        Schedule::parse_cron("0 0 * * *", "Mars/Base")
+            .unwrap_err()
+            .is_time_zone()
+    );
     // Feb 30th or any Monday: Vixie OR semantics make it satisfiable.
     assert!(Schedule::parse_cron("0 0 30 2 MON", "").is_ok());
 }
@@ -475,16 +498,18 @@ fn arb_period() -> impl Strategy<Value = Period> {
         0u64..90,
         prop_oneof![Just(0u32), 0u32..1_000_000_000],
     )
-        .prop_map(|(years, months, weeks, days, hours, minutes, seconds, nanos)| Period {
-            years,
-            months,
-            weeks,
-            days,
-            hours,
-            minutes,
-            seconds,
-            nanos,
-        })
+        .prop_map(
+            |(years, months, weeks, days, hours, minutes, seconds, nanos)| Period {
+                years,
+                months,
+                weeks,
+                days,
+                hours,
+                minutes,
+                seconds,
+                nanos,
+            },
+        )
         .prop_filter("non-zero", |p| !p.is_zero())
 }
 
@@ -508,7 +533,10 @@ fn arb_instant() -> impl Strategy<Value = Timestamp> {
 
 fn arb_iso() -> impl Strategy<Value = String> {
     (
-        prop_oneof![Just(String::from("R")), (0u64..50).prop_map(|n| format!("R{n}"))],
+        prop_oneof![
+            Just(String::from("R")),
+            (0u64..50).prop_map(|n| format!("R{n}"))
+        ],
         arb_instant(),
         prop::sample::select(vec!["Z", "+00:00", "+01:00", "-05:00", "+05:30", "+02:00"]),
         arb_period(),
@@ -520,8 +548,13 @@ fn arb_iso() -> impl Strategy<Value = String> {
 }
 
 fn is_due_time(s: &Schedule, t: Timestamp) -> bool {
-    let Kind::Iso(iso) = &s.kind else { return false };
-    let k = iso.index_after(&s.tz, t.checked_sub(SignedDuration::from_nanos(1)).unwrap_or(t));
+    let Kind::Iso(iso) = &s.kind else {
+        return false;
+    };
+    let k = iso.index_after(
+        &s.tz,
+        t.checked_sub(SignedDuration::from_nanos(1)).unwrap_or(t),
+    );
     iso.due(&s.tz, k) == Some(t)
 }
 
