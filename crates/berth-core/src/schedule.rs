@@ -602,7 +602,8 @@ fn cron_next_after(cron: &Cron, tz: &TimeZone, after: Timestamp) -> Option<Times
     best
 }
 
-/// The length of a gap (clocks moving forward) that ended at most a day before `t`.
+/// The length of the last gap (clocks moving forward) if it ended so recently before `t` that
+/// wall-clock times skipped by it resolve to after `t` (plus an hour of slack).
 fn recent_gap(tz: &TimeZone, t: Timestamp) -> Option<SignedDuration> {
     let tr = tz
         .preceding(t.checked_add(SignedDuration::from_nanos(1)).ok()?)

@@ -15,8 +15,10 @@ use jiff::civil::{Date, DateTime};
 use std::fmt;
 
 /// Upper bound on how far ahead a match is searched for. Every expression accepted by
-/// [`Cron::parse`] matches at least once in any 28 years (Feb 29 + weekday combinations repeat).
-const SEARCH_YEARS: i16 = 30;
+/// [`Cron::parse`] matches within it: the rarest, Feb 29 on one weekday, recurs every 28 years
+/// but skips non-leap centuries (2088, then 2128). A year with no match costs about 12 + 31
+/// steps, so the bound is cheap.
+const SEARCH_YEARS: i16 = 100;
 
 const MONTHS: [&str; 12] = [
     "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",

@@ -386,10 +386,15 @@ fn cron_fields() {
         Some(ts("2026-01-02T00:00:00Z"))
     );
     assert_eq!(cron("  0   0  * * *", "").to_string(), "0 0 * * *");
-    // February 29th only.
+    // February 29th only; February 29th that is a Sunday (`*/7` starts with `*`: AND)
+    // skips 2100, which is not a leap year.
     assert_eq!(
         cron("0 0 29 2 *", "").next_after(ts("2026-01-01T00:00:00Z")),
         Some(ts("2028-02-29T00:00:00Z"))
+    );
+    assert_eq!(
+        cron("0 0 29 2 */7", "").next_after(ts("2090-01-01T00:00:00Z")),
+        Some(ts("2128-02-29T00:00:00Z"))
     );
 }
 
@@ -619,4 +624,42 @@ proptest! {
             prop_assert!(matched, "{} in {:?}: {} ({})", text, tz, next, civil);
         }
     }
+}
+
+#[test]
+fn a_skipped_day_runs_once() {
+    // Pacific/Apia skipped 2011-12-30 entirely (-10:00 to +14:00): its noon resolves to the
+    // same instant as the 31st's noon, and runs once.
+    let c = cron("0 12 * * *", "Pacific/Apia");
+    assert_eq!(
+        nexts(&c, "2011-12-29T00:00:00Z", 3),
+        [
+            "2011-12-29T22:00:00Z",
+            "2011-12-30T22:00:00Z",
+            "2011-12-31T22:00:00Z"
+        ]
+    );
+    // Asked from inside the skipped day's shadow, the shifted noon is still found.
+    assert_eq!(
+        c.next_after(ts("2011-12-30T12:00:00Z")),
+        Some(ts("2011-12-30T22:00:00Z"))
+    );
+    let s = iso("R/2011-12-28T12:00:00-10:00/P1D", "Pacific/Apia");
+    assert_eq!(
+        nexts(&s, "2011-12-29T00:00:00Z", 3),
+        [
+            "2011-12-29T22:00:00Z",
+            "2011-12-30T22:00:00Z",
+            "2011-12-31T22:00:00Z"
+        ]
+    );
+    let due = s
+        .due_between(ts("2011-12-30T00:00:00Z"), ts("2011-12-31T00:00:00Z"))
+        .expect("due");
+    // Due times 2 (the 30th) and 3 (the 31st) are the same instant.
+    assert_eq!((due.count, due.latest), (2, ts("2011-12-30T22:00:00Z")));
+    assert_eq!(
+        s.after_run(due.latest).to_string(),
+        "R/2012-01-01T12:00:00+14:00/P1D"
+    );
 }
