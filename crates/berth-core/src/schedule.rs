@@ -245,7 +245,7 @@ impl Schedule {
     }
 
     /// The first due time strictly after `after`, or `None` when no more are due (repetitions
-    /// used up, beyond year 9999, or a cron expression with no match in 30 years).
+    /// used up, beyond year 9999, or a cron expression with no match within 100 years).
     ///
     /// Bounded work: an ISO schedule whose start lies far in the past is not walked period by
     /// period (division for exact periods, a doubling-then-halving search for calendar ones).
