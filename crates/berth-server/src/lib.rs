@@ -8,6 +8,7 @@ pub mod auth;
 pub mod controller;
 pub mod error;
 pub mod event_hub;
+pub mod follower;
 mod keepalive;
 pub mod ops;
 pub mod render;
@@ -54,6 +55,11 @@ pub struct ServerConfig {
     pub secrets_key_file: Option<std::path::PathBuf>,
     /// The default task user and the policy of namespaces without an object.
     pub tasks: tenancy::TaskDefaults,
+    /// The leader's fence (several servers on etcd): every store write carries it.
+    pub fence: Option<berth_store::Compare>,
+    /// Leadership, when several servers share the store: `/v2/leader` and `DELETE
+    /// /v2/leader` use it.
+    pub leadership: Option<LeaderInfo>,
 }
 
 impl ServerConfig {
@@ -71,6 +77,8 @@ impl ServerConfig {
             tls: None,
             secrets_key_file: None,
             tasks: tenancy::TaskDefaults::default(),
+            fence: None,
+            leadership: None,
         }
     }
 }
@@ -335,7 +343,11 @@ impl Server {
         let secrets_key = open_secrets_key(config.secrets_key_file.as_deref(), &cluster)?;
         cluster.task_defaults = config.tasks.clone();
         let (ptx, prx) = mpsc::unbounded_channel();
-        tokio::spawn(state::run_persister(store.clone(), prx));
+        tokio::spawn(state::run_persister(
+            store.clone(),
+            config.fence.clone(),
+            prx,
+        ));
         let events = event_hub::EventHub::new(config.events);
         let shared = Arc::new(Inner {
             state: RwLock::new(cluster),
@@ -414,6 +426,15 @@ fn open_secrets_key(
         )));
     }
     Ok(key)
+}
+
+/// What a leading server knows of its election.
+#[derive(Debug, Clone)]
+pub struct LeaderInfo {
+    /// The revision this server won at (its fence).
+    pub fence_revision: u64,
+    /// Asks the process to give leadership up (`DELETE /v2/leader`).
+    pub abdicate: tokio::sync::mpsc::UnboundedSender<()>,
 }
 
 /// Why the server could not start.

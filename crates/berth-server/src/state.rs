@@ -178,7 +178,14 @@ pub struct PersistRequest {
 
 /// Writes queued op batches in order, coalescing everything pending into one transaction
 /// (and so one fsync): thousands of task updates a second cost a handful of commits.
-pub async fn run_persister(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<PersistRequest>) {
+/// Writes queued changes in coalesced batches. With a `fence` (the leader's guard, see
+/// `berth_store::election`), every batch carries it, and a refused batch fails its requests:
+/// a server that lost leadership writes nothing more.
+pub async fn run_persister(
+    store: Arc<dyn Store>,
+    fence: Option<berth_store::Compare>,
+    mut rx: mpsc::UnboundedReceiver<PersistRequest>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < 4096 {
@@ -201,15 +208,20 @@ pub async fn run_persister(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceive
         let result = if ops.is_empty() {
             Ok(())
         } else {
-            store
+            match store
                 .txn(berth_store::Txn {
-                    compares: vec![],
+                    compares: fence.iter().cloned().collect(),
                     success: ops,
                     failure: vec![],
                 })
                 .await
-                .map(|_| ())
-                .map_err(|e: StoreError| e.to_string())
+            {
+                Ok(r) if r.succeeded => Ok(()),
+                Ok(_) => Err("this server is no longer the leader (its fence no longer \
+                              holds): the write was refused"
+                    .to_string()),
+                Err(e) => Err(e.to_string()),
+            }
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write failed");

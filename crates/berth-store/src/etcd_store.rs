@@ -6,7 +6,9 @@
 //! - **Limits.** etcd refuses a transaction with more than `--max-txn-ops` (128) operations
 //!   in a branch, or a request over `--max-request-bytes` (1.5 MiB). An unconditional
 //!   transaction past either is written as several etcd transactions, in order (each
-//!   durable before the next is sent); a conditional one past them is refused with
+//!   durable before the next is sent). So is one whose compares only guard it (a leader's
+//!   fence, on a key no op writes): each part carries the compares, and the first refused
+//!   part ends it. Any other conditional one past them is refused with
 //!   [`StoreError::Invalid`], since splitting it would not be atomic.
 //! - **One key once.** etcd refuses a transaction that names a key twice (a put and a
 //!   delete of it, or a put inside a deleted prefix). Ops are folded the way they would
@@ -84,6 +86,16 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
+/// Failures that mean "no member answered this time", not "etcd refused".
+fn retryable(e: &etcd::Error) -> bool {
+    match e {
+        etcd::Error::TransportError(_) | etcd::Error::IoError(_) => true,
+        // gRPC's UNAVAILABLE (14): the channel could not reach a member.
+        etcd::Error::GRpcStatus(s) => i32::from(s.code()) == 14,
+        _ => false,
+    }
+}
+
 fn etcd_error(e: etcd::Error) -> StoreError {
     match &e {
         etcd::Error::GRpcStatus(s) => {
@@ -131,6 +143,24 @@ impl EtcdStore {
     /// Connects and reads the current revision: fails when no member answers (the
     /// client's `connect` alone succeeds on a dead endpoint).
     pub async fn connect(opts: EtcdOptions) -> Result<Self, StoreError> {
+        let store = Self::connect_unchecked(opts).await?;
+        let mut kv = store.client.kv_client();
+        let probe = tokio::time::timeout(store.opts.request_timeout, kv.get("\0berth-probe", None))
+            .await
+            .map_err(|_| {
+                StoreError::Backend(format!(
+                    "etcd: no member of {:?} answered within {:?}",
+                    store.opts.endpoints, store.opts.request_timeout
+                ))
+            })?
+            .map_err(etcd_error)?;
+        store.saw_header(probe.header());
+        Ok(store)
+    }
+
+    /// Connects without asking anything: for a server that must keep running while etcd
+    /// is away (calls fail until it is back).
+    pub async fn connect_unchecked(opts: EtcdOptions) -> Result<Self, StoreError> {
         let connect = etcd::ConnectOptions::new()
             .with_connect_timeout(opts.connect_timeout)
             .with_timeout(opts.request_timeout)
@@ -144,17 +174,6 @@ impl EtcdStore {
             revision: Arc::new(AtomicU64::new(0)),
             compacted: Arc::new(AtomicU64::new(0)),
         };
-        let mut kv = store.client.kv_client();
-        let probe = tokio::time::timeout(store.opts.request_timeout, kv.get("\0berth-probe", None))
-            .await
-            .map_err(|_| {
-                StoreError::Backend(format!(
-                    "etcd: no member of {:?} answered within {:?}",
-                    store.opts.endpoints, store.opts.request_timeout
-                ))
-            })?
-            .map_err(etcd_error)?;
-        store.saw_header(probe.header());
         if let Some(every) = store.opts.compact_interval {
             let weak = Arc::downgrade(&store.revision);
             let s = store.clone();
@@ -217,7 +236,32 @@ impl EtcdStore {
         Ok(self.revision.load(Ordering::Relaxed))
     }
 
+    /// Runs `call` again while it fails for want of a member (the one the channel used went
+    /// away: etcd's client moves to another), for up to the request timeout. Only for calls
+    /// that may apply twice with the same effect: reads, and writes of whole records.
+    async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, etcd::Error>
+    where
+        F: FnMut(etcd::KvClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd::Error>>,
+    {
+        let deadline = std::time::Instant::now() + self.opts.request_timeout;
+        loop {
+            match call(self.client.kv_client()).await {
+                Err(e) if retryable(&e) && std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "etcd call failed for want of a member; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn run_txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+        let success_keys: Vec<Op> = if txn.compares.is_empty() {
+            Vec::new()
+        } else {
+            txn.success.clone()
+        };
         let success = fold_ops(txn.success, &self.opts)?;
         let failure = fold_ops(txn.failure, &self.opts)?;
         let compares: Vec<etcd::Compare> = txn
@@ -233,23 +277,32 @@ impl EtcdStore {
             )));
         }
         let mut kv = self.client.kv_client();
-        if compares.is_empty() && success.len() > 1 {
-            // Unconditional and past the limits: chunk after chunk, in order.
-            let mut last = None;
+        let guards_only = failure.is_empty() && compares_untouched(&txn.compares, &success_keys);
+        if success.len() > 1 && guards_only {
+            // Past the limits, and the compares only guard (a leader's fence): chunk after
+            // chunk, in order, each guarded; the first refused chunk ends it.
+            let mut revision = self.revision.load(Ordering::Relaxed);
             for chunk in success {
-                let r = kv
-                    .txn(etcd::Txn::new().and_then(chunk))
+                let t = etcd::Txn::new().when(compares.clone()).and_then(chunk);
+                let r = self
+                    .retrying(|mut kv| {
+                        let t = t.clone();
+                        async move { kv.txn(t).await }
+                    })
                     .await
                     .map_err(etcd_error)?;
                 self.saw_header(r.header());
-                last = Some(r);
+                revision = r.header().map_or(revision, |h| h.revision().max(0) as u64);
+                if !r.succeeded() {
+                    return Ok(TxnResponse {
+                        succeeded: false,
+                        revision,
+                    });
+                }
             }
             return Ok(TxnResponse {
                 succeeded: true,
-                revision: last
-                    .as_ref()
-                    .and_then(|r| r.header())
-                    .map_or(0, |h| h.revision().max(0) as u64),
+                revision,
             });
         }
         if success.len() > 1 || failure.len() > 1 {
@@ -267,7 +320,17 @@ impl EtcdStore {
         if let Some(ops) = failure.into_iter().next() {
             t = t.or_else(ops);
         }
-        let r = kv.txn(t).await.map_err(etcd_error)?;
+        let r = if guards_only {
+            // Whole records under a guard at most: applying twice changes nothing more.
+            self.retrying(|mut kv| {
+                let t = t.clone();
+                async move { kv.txn(t).await }
+            })
+            .await
+        } else {
+            kv.txn(t).await
+        }
+        .map_err(etcd_error)?;
         self.saw_header(r.header());
         Ok(TxnResponse {
             succeeded: r.succeeded(),
@@ -289,7 +352,6 @@ impl EtcdStore {
     }
 
     async fn range_once(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-        let mut kv = self.client.kv_client();
         let (mut from, end) = key_range(prefix);
         let mut at: i64 = 0;
         let mut out = Vec::new();
@@ -300,7 +362,13 @@ impl EtcdStore {
             if at > 0 {
                 o = o.with_revision(at);
             }
-            let r = match kv.get(from.clone(), Some(o)).await {
+            let page = self
+                .retrying(|mut kv| {
+                    let (from, o) = (from.clone(), o.clone());
+                    async move { kv.get(from, Some(o)).await }
+                })
+                .await;
+            let r = match page {
                 Ok(r) => r,
                 Err(etcd::Error::GRpcStatus(s)) if s.message().contains("compacted") => {
                     return Err(StoreError::Compacted {
@@ -410,6 +478,18 @@ impl EtcdStore {
         });
         Ok(WatchStream::new(rx).abort_on_drop(task.abort_handle()))
     }
+}
+
+/// Whether no op touches a key the compares look at: then the compares only guard the
+/// ops (as a leader's fence does), and repeating them on every chunk keeps their meaning.
+fn compares_untouched(compares: &[Compare], ops: &[Op]) -> bool {
+    compares.iter().all(|c| {
+        let key = match c {
+            Compare::ModRevision { key, .. } | Compare::Exists(key) | Compare::Absent(key) => key,
+        };
+        let probe = Op::delete(key.clone());
+        !ops.iter().any(|op| overlaps(op, &probe))
+    })
 }
 
 fn compacted_or_canceled(r: &etcd::WatchResponse, after: Revision) -> StoreError {
@@ -598,8 +678,13 @@ impl Store for EtcdStore {
     fn get(&self, key: &str) -> BoxFuture<'_, Result<Option<KeyValue>, StoreError>> {
         let key = key.to_string();
         Box::pin(async move {
-            let mut kv = self.client.kv_client();
-            let r = kv.get(key, None).await.map_err(etcd_error)?;
+            let r = self
+                .retrying(|mut kv| {
+                    let key = key.clone();
+                    async move { kv.get(key, None).await }
+                })
+                .await
+                .map_err(etcd_error)?;
             self.saw_header(r.header());
             r.kvs().first().map(to_kv).transpose()
         })

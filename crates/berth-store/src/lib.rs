@@ -28,6 +28,7 @@
 //! ```
 
 mod codec;
+pub mod election;
 mod error;
 mod etcd_store;
 mod redb_store;

@@ -6,17 +6,31 @@ use crate::{EtcdOptions, EtcdStore};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// One etcd member on free loopback ports, in its own directory; killed on drop.
+/// An etcd cluster of one or more members on free loopback ports, each in its own
+/// directory; every member is killed on drop.
 pub struct EtcdProcess {
-    child: Child,
+    members: Vec<Member>,
+    /// The first member's client URL.
     pub endpoint: String,
-    _dir: tempfile::TempDir,
+    bin: String,
+    dir: tempfile::TempDir,
+}
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
 }
 
 impl Drop for EtcdProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
     }
 }
 
@@ -35,9 +49,14 @@ fn etcd_required() -> bool {
 }
 
 impl EtcdProcess {
-    /// Starts etcd, or `None` (the test skips) when there is no `etcd` and CI does not
-    /// require it.
+    /// Starts one etcd member, or `None` (the test skips) when there is no `etcd` and CI
+    /// does not require it.
     pub async fn start(test: &str) -> Option<EtcdProcess> {
+        EtcdProcess::start_cluster(test, 1).await
+    }
+
+    /// Starts `n` members forming one cluster; returns once every member answers.
+    pub async fn start_cluster(test: &str, n: usize) -> Option<EtcdProcess> {
         let bin = std::env::var("BERTH_ETCD").unwrap_or_else(|_| "etcd".into());
         if Command::new(&bin).arg("--version").output().is_err() {
             assert!(
@@ -48,54 +67,121 @@ impl EtcdProcess {
             eprintln!("{test}: skipped, no etcd (apt install etcd-server)");
             return None;
         }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
-        let child = Command::new(&bin)
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: free_port(),
+                peer: free_port(),
+                child: None,
+            })
+            .collect();
+        let endpoint = format!("http://127.0.0.1:{}", members[0].client);
+        let mut etcd = EtcdProcess {
+            members,
+            endpoint,
+            bin,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        for i in 0..n {
+            etcd.spawn(i);
+        }
+        for i in 0..n {
+            etcd.wait_answers(test, i).await;
+        }
+        Some(etcd)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let cluster: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect();
+        let m = &self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client);
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", m.name)))
+            .expect("etcd log");
+        let child = Command::new(&self.bin)
             .arg("--name")
-            .arg("t")
+            .arg(&m.name)
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(self.dir.path().join(&m.name))
             .arg("--listen-client-urls")
-            .arg(&endpoint)
+            .arg(&client)
             .arg("--advertise-client-urls")
-            .arg(&endpoint)
+            .arg(&client)
             .arg("--listen-peer-urls")
-            .arg(format!("http://127.0.0.1:{peer}"))
+            .arg(&peer)
             .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://127.0.0.1:{peer}"))
+            .arg(&peer)
             .arg("--initial-cluster")
-            .arg(format!("t=http://127.0.0.1:{peer}"))
+            .arg(cluster.join(","))
             .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawning etcd");
-        let etcd = EtcdProcess {
-            child,
-            endpoint,
-            _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        self.members[i].child = Some(child);
+    }
+
+    async fn wait_answers(&self, test: &str, i: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let endpoint = format!("http://127.0.0.1:{}", self.members[i].client);
         loop {
-            let mut o = EtcdOptions::new(vec![etcd.endpoint.clone()]);
+            let mut o = EtcdOptions::new(vec![endpoint.clone()]);
             o.request_timeout = Duration::from_secs(1);
             o.compact_interval = None;
             if EtcdStore::connect(o).await.is_ok() {
-                return Some(etcd);
+                return;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{test}: etcd did not answer within 20 s"
+                "{test}: etcd member {i} did not answer within 30 s"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect()
+    }
+
+    /// `etcd://127.0.0.1:p1,127.0.0.1:p2,...` for `berth server --store`.
+    pub fn store_flag(&self) -> String {
+        let hosts: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client))
+            .collect();
+        format!("etcd://{}", hosts.join(","))
+    }
+
+    /// `kill -9` member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data dir; returns once it answers.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        self.spawn(i);
+        self.wait_answers("restart", i).await;
+    }
+
     pub fn options(&self) -> EtcdOptions {
-        let mut o = EtcdOptions::new(vec![self.endpoint.clone()]);
+        let mut o = EtcdOptions::new(self.endpoints());
         o.compact_interval = None;
         // Small pages, so that the paging is exercised by a few hundred keys.
         o.range_page = 50;

@@ -397,7 +397,8 @@ async fn change_log_is_compacted_by_age() {
             dir.path(),
             StoreOptions {
                 retain_revisions: 1_000_000,
-                retain_age: Some(Duration::from_millis(300)),
+                // Long enough that ten fsync'd puts on a loaded machine stay young.
+                retain_age: Some(Duration::from_secs(2)),
                 ..StoreOptions::default()
             },
         )
@@ -408,7 +409,7 @@ async fn change_log_is_compacted_by_age() {
         s.put(format!("k/{i}"), "v").await.unwrap();
     }
     assert_eq!(s.compacted_revision(), 0, "young entries are kept");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
     // Compaction runs with the next write.
     assert_eq!(s.put("k/x", "v").await.unwrap(), 11);
     assert_eq!(s.compacted_revision(), 10);
@@ -430,7 +431,7 @@ async fn change_log_is_compacted_by_age() {
     assert_eq!(s.compacted_revision(), 10, "compacted revision is durable");
     s.put("k/y", "v").await.unwrap();
     assert_eq!(s.compacted_revision(), 10);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
     s.put("k/z", "v").await.unwrap();
     assert_eq!(s.compacted_revision(), 12);
 }

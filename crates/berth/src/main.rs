@@ -3,6 +3,7 @@
 
 mod agent_cmd;
 mod dev_cmd;
+mod ha_cmd;
 mod server_cmd;
 mod sim_cmd;
 mod tls_cmd;

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use berth_server::tenancy::TaskDefaults;
 use berth_server::{Server, ServerConfig};
-use berth_store::{EtcdOptions, EtcdStore, RedbStore, Store};
+use berth_store::{RedbStore, Store};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +22,11 @@ pub struct ServerArgs {
     /// `etcd://host:port[,host:port...]` (an etcd v3 cluster).
     #[arg(long, env = "BERTH_STORE", default_value = "embedded", value_parser = parse_store)]
     pub store: StoreUrl,
+    /// With etcd: seconds the leader's lease lives without renewal, i.e. how long a dead
+    /// leader keeps leadership before another server takes over (etcd's minimum is 2 with
+    /// its default 1 s election timeout).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub leader_ttl: u64,
     /// Seconds without a report after which a node is unreachable.
     #[arg(long, default_value_t = 20)]
     pub node_timeout: u64,
@@ -71,21 +76,19 @@ pub fn parse_store(s: &str) -> Result<StoreUrl, String> {
     ))
 }
 
-/// Opens the store `--store` names.
+/// Opens the embedded store (`--store embedded`).
 pub async fn open_store(url: &StoreUrl, data_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
-    Ok(match url {
-        StoreUrl::Embedded => Arc::new(
-            RedbStore::open(data_dir)
-                .with_context(|| format!("opening the store in {}", data_dir.display()))?,
-        ),
-        StoreUrl::Etcd(endpoints) => {
-            let store = EtcdStore::connect(EtcdOptions::new(endpoints.clone()))
-                .await
-                .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
-            tracing::info!(endpoints = ?endpoints, "state in etcd");
-            Arc::new(store)
+    match url {
+        StoreUrl::Embedded => {
+            Ok(Arc::new(RedbStore::open(data_dir).with_context(|| {
+                format!("opening the store in {}", data_dir.display())
+            })?))
         }
-    })
+        StoreUrl::Etcd(endpoints) => anyhow::bail!(
+            "etcd ({}) is opened by the election (berth server --store etcd://...)",
+            endpoints.join(",")
+        ),
+    }
 }
 
 /// `user:password` pairs; a malformed one is an error naming it (without its password).
@@ -192,7 +195,8 @@ pub async fn start(
         None,
         None,
         tasks,
-        &StoreUrl::Embedded,
+        None,
+        None,
     )
     .await
 }
@@ -210,25 +214,36 @@ pub async fn start_with_tls(
     tls: Option<Arc<berth_server::tls::ServerTls>>,
     secrets_key_file: Option<PathBuf>,
     tasks: &TaskDefaults,
-    store: &StoreUrl,
+    store: Option<Arc<dyn Store>>,
+    leadership: Option<(berth_store::Compare, berth_server::LeaderInfo)>,
 ) -> Result<Server> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    // The data dir holds the admin and join tokens: only its owner may look inside.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("restricting {}", data_dir.display()))?;
-    }
+    prepare_data_dir(data_dir)?;
     auth.data_dir = Some(data_dir.to_path_buf());
-    let store = open_store(store, data_dir).await?;
+    let store = match store {
+        Some(s) => s,
+        None => open_store(&StoreUrl::Embedded, data_dir).await?,
+    };
     let mut config = config(listen, node_timeout, advertise, limits, tasks);
+    if let Some((fence, info)) = leadership {
+        config.fence = Some(fence);
+        config.leadership = Some(info);
+    }
     config.auth = auth;
     config.tls = tls;
     config.secrets_key_file =
         Some(secrets_key_file.unwrap_or_else(|| data_dir.join("secrets.key")));
     let server = Server::start(config, store).await?;
     Ok(server)
+}
+
+/// Creates the data dir; it holds the admin and join tokens, so only its owner may look
+/// inside.
+pub fn prepare_data_dir(data_dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", data_dir.display()))
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
@@ -244,6 +259,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         ),
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
+    if let StoreUrl::Etcd(endpoints) = args.store.clone() {
+        return crate::ha_cmd::run(args, tls, endpoints).await;
+    }
     let server = start_with_tls(
         args.listen,
         &args.data_dir,
@@ -258,7 +276,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         tls,
         args.secrets_key_file,
         &args.tasks.defaults(),
-        &args.store,
+        None,
+        None,
     )
     .await?;
     tracing::info!(addr = %server.addr, scheme, data_dir = %args.data_dir.display(), "berth server listening");

@@ -61,9 +61,17 @@ pub async fn leader(State(s): State<Shared>) -> Response {
     ok(json!({"leader": s.config.advertise}))
 }
 
-pub async fn abdicate() -> Response {
-    // A single server (embedded store) stays leader: abdicating would leave no leader at all.
-    ok(json!({"message": "Leadership abdicated"}))
+pub async fn abdicate(State(s): State<Shared>) -> Response {
+    match &s.config.leadership {
+        // Several servers: this one resigns (the process steps down and comes back as a
+        // follower); another wins the election.
+        Some(l) => {
+            let _ = l.abdicate.send(());
+            ok(json!({"message": "Leadership abdicated"}))
+        }
+        // A single server (embedded store) stays leader: abdicating would leave no leader.
+        None => ok(json!({"message": "Leadership abdicated"})),
+    }
 }
 
 fn wants_prometheus(headers: &HeaderMap) -> bool {

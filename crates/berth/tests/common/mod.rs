@@ -411,7 +411,7 @@ impl Cluster {
     }
 
     /// A cluster's directory and port, nothing started.
-    fn prepare(name: &str, args: &[&str]) -> Cluster {
+    pub fn prepare(name: &str, args: &[&str]) -> Cluster {
         reap_stale_clusters();
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{name}-"))
@@ -464,6 +464,11 @@ impl Cluster {
 
     pub fn url(&self) -> String {
         self.api.base.clone()
+    }
+
+    /// The host ports this cluster's agent offers (`--ports`).
+    pub fn agent_ports(&self) -> String {
+        format!("{}-{}", self.ports.0, self.ports.1)
     }
 
     pub fn path(&self) -> &Path {
@@ -541,11 +546,27 @@ impl Cluster {
         })
         .await;
         // Every later request is the admin's (authentication is on for `berth server`).
+        // On etcd the server answers /ping as a follower before it is elected; the token
+        // is written, and /v2/info answers, once it leads.
+        let token_file = self.path().join("server").join("admin.token");
+        wait_until(Duration::from_secs(20), "the server's admin.token", || {
+            let f = token_file.clone();
+            async move { f.exists() }
+        })
+        .await;
         self.api = Api::with_token_and_ca(
             &self.api.base,
             Some(&self.admin_token()),
             self.tls_ca.as_deref(),
         );
+        let api = self.api.clone();
+        wait_until(Duration::from_secs(20), "the server leads (/v2/info)", || {
+            let api = api.clone();
+            async move {
+                matches!(api.try_raw(Method::GET, "/v2/info", None).await, Ok(r) if r.status == 200)
+            }
+        })
+        .await;
     }
 
     /// `berth agent` for node `node` (id and hostname) joining this cluster: its server, the
