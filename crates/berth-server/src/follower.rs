@@ -192,7 +192,8 @@ pub fn router(store: EtcdStore, me: String, client: reqwest::Client) -> Router {
     let f = Arc::new(Follower { store, me, client });
     Router::new()
         .route("/ping", axum::routing::get(ping))
-        .route("/v2/leader", axum::routing::get(leader))
+        // GET answers from the store; DELETE (abdicate) goes to the leader.
+        .route("/v2/leader", axum::routing::get(leader).fallback(proxy))
         .fallback(proxy)
         .with_state(f)
         .layer(axum::middleware::map_response(

@@ -60,6 +60,8 @@ pub struct ServerConfig {
     /// Leadership, when several servers share the store: `/v2/leader` and `DELETE
     /// /v2/leader` use it.
     pub leadership: Option<LeaderInfo>,
+    /// The etcd cluster the state is in (`GET /api/v1/cluster` shows its members).
+    pub etcd: Option<berth_store::EtcdStore>,
 }
 
 impl ServerConfig {
@@ -79,6 +81,7 @@ impl ServerConfig {
             tasks: tenancy::TaskDefaults::default(),
             fence: None,
             leadership: None,
+            etcd: None,
         }
     }
 }

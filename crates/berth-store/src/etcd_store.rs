@@ -67,6 +67,23 @@ impl EtcdOptions {
     }
 }
 
+/// One etcd member as [`EtcdStore::members`] found it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberHealth {
+    /// The member id, in hex as `etcdctl member list` shows it.
+    pub id: String,
+    pub name: String,
+    pub client_urls: Vec<String>,
+    /// It answered, with no alarm.
+    pub healthy: bool,
+    /// It leads etcd's raft (not Berth's leader).
+    pub raft_leader: bool,
+    pub db_size_bytes: u64,
+    pub version: String,
+    pub error: Option<String>,
+}
+
 /// [`Store`] on etcd. Cheap to clone (one gRPC channel).
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -192,6 +209,52 @@ impl EtcdStore {
             });
         }
         Ok(store)
+    }
+
+    /// The etcd cluster's members, each asked for its status directly (1 s each, all at
+    /// once): which answer, which leads etcd's raft, their database sizes.
+    pub async fn members(&self) -> Result<Vec<MemberHealth>, StoreError> {
+        let mut cc = self.client.cluster_client();
+        let list = cc.member_list().await.map_err(etcd_error)?;
+        let asks = list.members().iter().map(|m| {
+            let name = m.name().to_string();
+            let id = m.id();
+            let urls = m.client_urls().to_vec();
+            async move {
+                let mut health = MemberHealth {
+                    id: format!("{id:x}"),
+                    name,
+                    client_urls: urls.clone(),
+                    healthy: false,
+                    raft_leader: false,
+                    db_size_bytes: 0,
+                    version: String::new(),
+                    error: None,
+                };
+                let options = etcd::ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(1))
+                    .with_timeout(Duration::from_secs(1));
+                let status = async {
+                    let mut c = etcd::Client::connect(&urls, Some(options)).await?;
+                    c.status().await
+                };
+                match tokio::time::timeout(Duration::from_secs(2), status).await {
+                    Ok(Ok(st)) => {
+                        health.healthy = st.errors().is_empty();
+                        health.raft_leader = st.leader() == id;
+                        health.db_size_bytes = st.db_size().max(0) as u64;
+                        health.version = st.version().to_string();
+                        if !st.errors().is_empty() {
+                            health.error = Some(st.errors().join("; "));
+                        }
+                    }
+                    Ok(Err(e)) => health.error = Some(e.to_string()),
+                    Err(_) => health.error = Some("no answer within 2 s".into()),
+                }
+                health
+            }
+        });
+        Ok(futures::future::join_all(asks).await)
     }
 
     /// The client, for leader election and member status.

@@ -36,7 +36,7 @@ mod types;
 mod watch;
 
 pub use error::StoreError;
-pub use etcd_store::{EtcdOptions, EtcdStore, parse_etcd_url};
+pub use etcd_store::{EtcdOptions, EtcdStore, MemberHealth, parse_etcd_url};
 pub use redb_store::{RedbStore, StoreOptions, StoreStats};
 pub use types::{Compare, EventKind, KeyValue, Op, Revision, Txn, TxnResponse, WatchEvent};
 pub use watch::WatchStream;

@@ -109,8 +109,8 @@ pub async fn run(
         tls,
         args.secrets_key_file.clone(),
         &args.tasks.defaults(),
-        Some(Arc::new(store)),
-        Some((leadership.fence(), info)),
+        Some(Arc::new(store.clone())),
+        Some((leadership.fence(), info, store)),
     )
     .await?;
     tracing::info!(addr = %server.addr, scheme, "berth server listening as the leader");

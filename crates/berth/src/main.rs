@@ -139,13 +139,42 @@ async fn client(opts: ClientOpts, cmd: ClientCommand) -> Result<()> {
     }
 }
 
+/// With several servers (`--server a,b,c`, all of one cluster: followers proxy to the
+/// leader), the first whose port accepts a connection within a second; the first named
+/// when none does (the command then says it is unreachable).
+fn first_live(servers: &[String]) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    if servers.len() <= 1 {
+        return servers.first().cloned();
+    }
+    let reachable = |url: &str| {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let with_port = if hostport
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:{}", if scheme == "https" { 443 } else { 80 })
+        };
+        with_port.to_socket_addrs().is_ok_and(|mut addrs| {
+            addrs.any(|a| {
+                std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok()
+            })
+        })
+    };
+    servers
+        .iter()
+        .find(|s| reachable(s))
+        .or(servers.first())
+        .cloned()
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let kept = berth_cli::config::load();
     let opts = ClientOpts {
-        server: cli
-            .servers
-            .first()
-            .cloned()
+        server: first_live(&cli.servers)
             .or(kept.server.clone())
             .unwrap_or_else(|| "http://127.0.0.1:8080".into()),
         output: cli.output,

@@ -215,7 +215,11 @@ pub async fn start_with_tls(
     secrets_key_file: Option<PathBuf>,
     tasks: &TaskDefaults,
     store: Option<Arc<dyn Store>>,
-    leadership: Option<(berth_store::Compare, berth_server::LeaderInfo)>,
+    leadership: Option<(
+        berth_store::Compare,
+        berth_server::LeaderInfo,
+        berth_store::EtcdStore,
+    )>,
 ) -> Result<Server> {
     prepare_data_dir(data_dir)?;
     auth.data_dir = Some(data_dir.to_path_buf());
@@ -224,7 +228,8 @@ pub async fn start_with_tls(
         None => open_store(&StoreUrl::Embedded, data_dir).await?,
     };
     let mut config = config(listen, node_timeout, advertise, limits, tasks);
-    if let Some((fence, info)) = leadership {
+    if let Some((fence, info, etcd)) = leadership {
+        config.etcd = Some(etcd);
         config.fence = Some(fence);
         config.leadership = Some(info);
     }

@@ -342,6 +342,63 @@ async fn kill_9_of_the_leader_mid_upgrade_moves_leadership_and_loses_nothing() {
     servers[0].spawn();
     let all: Vec<&HaServer> = servers.iter().collect();
     assert_eq!(wait_leader(&token, &all, &all).await, new_leader);
+
+    // The cluster API: who leads, and etcd's three members, all healthy, one raft leader.
+    let cluster = via_c.get_ok("/api/v1/cluster").await;
+    assert_eq!(cluster["store"], "etcd", "{cluster}");
+    assert_eq!(cluster["leader"], new_leader.as_str(), "{cluster}");
+    let members = cluster["etcd"]["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(members.len(), 3, "{cluster}");
+    assert!(members.iter().all(|m| m["healthy"] == true), "{cluster}");
+    assert_eq!(
+        members.iter().filter(|m| m["raftLeader"] == true).count(),
+        1,
+        "{cluster}"
+    );
+
+    // The CLI, given a dead server first, uses a live one.
+    let out = Command::new(BERTH)
+        .args(["--server"])
+        .arg(format!(
+            "http://127.0.0.1:{},{}",
+            free_port(),
+            servers[0].url()
+        ))
+        .args(["--token", &token, "-o", "json", "app", "list"])
+        .output()
+        .expect("berth app list");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("/ha/steady"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // DELETE /v2/leader: the leader abdicates and another server takes over.
+    let r = via_c
+        .send(reqwest::Method::DELETE, "/v2/leader", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let next = wait_for(T, "another server leads after the abdication", || {
+        let via_c = via_c.clone();
+        let new_leader = new_leader.clone();
+        async move {
+            let l = leader_seen_by(&via_c).await?;
+            (l != new_leader && !l.is_empty()).then_some(l)
+        }
+    })
+    .await;
+    let all: Vec<&HaServer> = servers.iter().collect();
+    assert_eq!(wait_leader(&token, &all, &all).await, next);
+    via_c.wait_running("/ha/steady", 2, T).await;
+    assert_eq!(
+        pids_of(&c, "/ha/steady"),
+        steady_pids_before,
+        "abdication restarted no task"
+    );
 }
 
 /// A leader paused past its lease: a successor leads and writes; the old one, continued,

@@ -60,6 +60,7 @@ routes! {
     GET "/v2/info" => system::info;
     GET "/v2/leader" => system::leader;
     DELETE "/v2/leader" => system::abdicate;
+    GET "/api/v1/cluster" => system::cluster;
     GET "/v2/queue" => system::queue;
     DELETE "/v2/queue/{*rest}" ["/v2/queue/{appId}/delay"] => system::reset_delay;
     GET "/v2/events" => events::stream;

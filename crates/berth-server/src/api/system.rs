@@ -61,6 +61,26 @@ pub async fn leader(State(s): State<Shared>) -> Response {
     ok(json!({"leader": s.config.advertise}))
 }
 
+/// `GET /api/v1/cluster`: where the state is, which server leads, and with etcd its
+/// members and their health.
+pub async fn cluster(State(s): State<Shared>) -> Response {
+    let me = s.config.advertise.clone();
+    let Some(etcd) = &s.config.etcd else {
+        return ok(json!({"store": "embedded", "leader": me, "self": me, "servers": [me]}));
+    };
+    let members = match etcd.members().await {
+        Ok(m) => serde_json::to_value(m).unwrap_or_default(),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    ok(json!({
+        "store": "etcd",
+        "leader": me,
+        "self": me,
+        "fenceRevision": s.config.leadership.as_ref().map(|l| l.fence_revision),
+        "etcd": {"members": members},
+    }))
+}
+
 pub async fn abdicate(State(s): State<Shared>) -> Response {
     match &s.config.leadership {
         // Several servers: this one resigns (the process steps down and comes back as a
