@@ -7,6 +7,8 @@
 #   bench/control_plane.sh --quick    # 200 nodes, 20 apps x 100 instances
 #   bench/control_plane.sh --nodes 10000 --apps 100 --instances 100
 #   bench/control_plane.sh --mem 8 --constraint hostname:MAX_PER:5 --no-driver-label
+#   bench/control_plane.sh --store etcd     # the state in etcd (one member the bench starts)
+#   bench/control_plane.sh --both [...]     # embedded, then etcd, same arguments
 #
 # Exits 1, saying how many tasks run and why the rest wait (GET /v2/queue), when not all
 # run within --timeout seconds (600) or none more starts for --stall seconds (60).
@@ -14,4 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release -q -p berth --bin berth --example control_plane
-exec "$CARGO_TARGET_DIR/release/examples/control_plane" --berth "$CARGO_TARGET_DIR/release/berth" "$@"
+bench=("$CARGO_TARGET_DIR/release/examples/control_plane" --berth "$CARGO_TARGET_DIR/release/berth")
+if [ "${1:-}" = "--both" ]; then
+  shift
+  "${bench[@]}" --store embedded "$@"
+  echo
+  exec "${bench[@]}" --store etcd "$@"
+fi
+exec "${bench[@]}" "$@"

@@ -31,6 +31,8 @@ struct Opts {
     constraints: Vec<Vec<String>>,
     /// Post apps as a new user would, without `BERTH_DRIVER=fake` (they ask for `exec`).
     driver_label: bool,
+    /// `embedded` (redb in the data dir) or `etcd` (one etcd member the bench starts).
+    store: String,
 }
 
 fn opts() -> Res<Opts> {
@@ -50,6 +52,7 @@ fn opts() -> Res<Opts> {
         mem: 1.0,
         constraints: Vec::new(),
         driver_label: true,
+        store: "embedded".into(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -90,6 +93,12 @@ fn opts() -> Res<Opts> {
                 o.constraints.push(c);
             }
             "--berth" => o.berth = val(i)?.into(),
+            "--store" => {
+                o.store = val(i)?.clone();
+                if o.store != "embedded" && o.store != "etcd" {
+                    return Err(format!("--store {}: embedded or etcd", o.store).into());
+                }
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
         i += 2;
@@ -320,31 +329,65 @@ async fn main() -> Res<()> {
     let quiet = |c: &mut Command| {
         c.stdout(Stdio::null()).stderr(Stdio::inherit());
     };
+    // The etcd member lives as long as `_etcd` (killed on drop).
+    let _etcd = if o.store == "etcd" {
+        Some(
+            berth_store::testkit::EtcdProcess::start("control_plane")
+                .await
+                .ok_or("--store etcd needs etcd (apt install etcd-server)")?,
+        )
+    } else {
+        None
+    };
     let mut server = Command::new(&o.berth);
     server
         .args(["server", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
-        .arg(dir.path().join("server"))
-        .env(
-            "BERTH_LOG",
-            std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-        );
+        .arg(dir.path().join("server"));
+    if let Some(etcd) = &_etcd {
+        server.args(["--store", &etcd.store_flag()]);
+    }
+    server.env(
+        "BERTH_LOG",
+        std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     quiet(&mut server);
     let mut procs = Procs(vec![server.spawn()?]);
     let server_pid = procs.0[0].id();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()?;
+    // Authentication is on: the first start writes the admin and join tokens.
+    let admin_token = dir.path().join("server").join("admin.token");
     let t = Instant::now();
-    while http.get(format!("{base}/ping")).send().await.is_err() {
+    while !admin_token.exists() {
         if t.elapsed() > Duration::from_secs(30) {
-            return Err("the server did not come up".into());
+            return Err("the server did not come up (no admin.token)".into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = std::fs::read_to_string(&admin_token)?.trim().to_string();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .default_headers(headers)
+        .build()?;
+    // /v2/info answers once the server leads (on etcd it first follows).
+    loop {
+        match http.get(format!("{base}/v2/info")).send().await {
+            Ok(r) if r.status().is_success() => break,
+            _ if t.elapsed() > Duration::from_secs(30) => {
+                return Err("the server did not come up".into());
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 
     let mut sim = Command::new(&o.berth);
     sim.args(["sim", "--server", &base, "--nodes", &o.nodes.to_string()])
+        .arg("--join-token-file")
+        .arg(dir.path().join("server").join("join.token"))
         .args([
             "--attributes",
             "rack=r1..r40",
@@ -499,6 +542,7 @@ async fn main() -> Res<()> {
             "no driver label (exec, simulated)"
         }
     );
+    println!("store: {}", o.store);
     println!("| metric | Berth | target | anchor |");
     println!("|---|---|---|---|");
     println!(
@@ -536,9 +580,32 @@ async fn main() -> Res<()> {
     println!(
         "| state changes during the API load | {revisions} | | (each one invalidates the cached /v2/apps) |"
     );
+    let on_disk = if o.store == "etcd" {
+        let cluster: serde_json::Value = http
+            .get(format!("{base}/api/v1/cluster"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        cluster["etcd"]["members"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|x| x["dbSizeBytes"].as_u64())
+                    .sum::<u64>()
+            })
+            .unwrap_or(0)
+    } else {
+        dir_bytes(&dir.path().join("server"))
+    };
     println!(
-        "| server store on disk | {:.0} MB | | |",
-        dir_bytes(&dir.path().join("server")) as f64 / 1e6
+        "| store on disk ({}) | {:.0} MB | | |",
+        if o.store == "etcd" {
+            "etcd's db"
+        } else {
+            "berth.redb and the data dir"
+        },
+        on_disk as f64 / 1e6
     );
     drop(procs);
     Ok(())
