@@ -1,3 +1,6 @@
+//! The embedded store's own behaviour (group commit, its change log, reopening). What every
+//! backend shares is in `conformance.rs`, run on redb and etcd alike.
+
 use super::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -12,53 +15,6 @@ async fn next_event(w: &mut WatchStream) -> WatchEvent {
         .expect("watch timed out")
         .expect("watch ended")
         .expect("watch error")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cas_exactly_one_wins_and_loser_runs_failure_ops() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
-    let rev = s.put("job/leader", "none").await.unwrap();
-    let contender = |name: &'static str| {
-        Txn::new()
-            .when(Compare::mod_revision("job/leader", rev))
-            .then(Op::put("job/leader", name))
-            .otherwise(Op::put(format!("lost/{name}"), "1"))
-    };
-    let (a, b) = tokio::join!(s.txn(contender("a")), s.txn(contender("b")));
-    let (a, b) = (a.unwrap(), b.unwrap());
-    assert!(
-        a.succeeded ^ b.succeeded,
-        "exactly one must win: {a:?} {b:?}"
-    );
-    let (winner, loser) = if a.succeeded { ("a", "b") } else { ("b", "a") };
-    let kv = s.get("job/leader").await.unwrap().unwrap();
-    assert_eq!(kv.value, winner.as_bytes());
-    assert!(s.get(&format!("lost/{loser}")).await.unwrap().is_some());
-    assert!(s.get(&format!("lost/{winner}")).await.unwrap().is_none());
-    // Both changed something, so each has its own revision.
-    assert_ne!(a.revision, b.revision);
-    assert_eq!(s.revision(), rev + 2);
-
-    // ModRevision 0 means "absent".
-    let r = s
-        .txn(
-            Txn::new()
-                .when(Compare::mod_revision("fresh", 0))
-                .then(Op::put("fresh", "x")),
-        )
-        .await
-        .unwrap();
-    assert!(r.succeeded);
-    let r = s
-        .txn(
-            Txn::new()
-                .when(Compare::mod_revision("fresh", 0))
-                .then(Op::put("fresh", "y")),
-        )
-        .await
-        .unwrap();
-    assert!(!r.succeeded);
 }
 
 #[tokio::test]
@@ -110,95 +66,6 @@ async fn multi_key_txn_is_all_or_nothing() {
     let r = s.delete("nope").await.unwrap();
     assert_eq!(r, before + 1);
     assert_eq!(s.commit_count(), commits + 1);
-}
-
-#[tokio::test]
-async fn prefix_range_delete_prefix_and_revisions() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
-    let mut last = 0;
-    for k in ["app/b", "app/a", "app/c/1", "apple", "zz", "ap"] {
-        let r = s.put(k, k).await.unwrap();
-        assert!(r > last, "revisions must increase");
-        last = r;
-    }
-    let (kvs, at) = s.range("app/").await.unwrap();
-    let keys: Vec<_> = kvs.iter().map(|kv| kv.key.as_str()).collect();
-    assert_eq!(keys, ["app/a", "app/b", "app/c/1"]);
-    assert_eq!(at, s.revision());
-    let (all, _) = s.range("").await.unwrap();
-    assert_eq!(all.len(), 6);
-
-    // create_revision survives updates; mod_revision moves.
-    let first = s.get("app/a").await.unwrap().unwrap();
-    let r = s.put("app/a", "v2").await.unwrap();
-    let second = s.get("app/a").await.unwrap().unwrap();
-    assert_eq!(second.create_revision, first.create_revision);
-    assert_eq!(second.mod_revision, r);
-    assert_eq!(second.value, b"v2");
-
-    // Delete prefix: one revision for all removed keys; neighbours untouched.
-    let r = s
-        .txn(Txn::new().then(Op::delete_prefix("app/")))
-        .await
-        .unwrap();
-    assert_eq!(r.revision, s.revision());
-    assert!(s.range("app/").await.unwrap().0.is_empty());
-    let (rest, _) = s.range("").await.unwrap();
-    let keys: Vec<_> = rest.iter().map(|kv| kv.key.as_str()).collect();
-    assert_eq!(keys, ["ap", "apple", "zz"]);
-
-    // Re-created key gets a fresh create_revision.
-    let r = s.put("app/a", "v3").await.unwrap();
-    assert_eq!(s.get("app/a").await.unwrap().unwrap().create_revision, r);
-}
-
-#[tokio::test]
-async fn watch_resumes_from_revision_then_goes_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
-    for i in 1..=10u64 {
-        assert_eq!(s.put(format!("k/{i:02}"), i.to_string()).await.unwrap(), i);
-    }
-    s.put("other/x", "not watched").await.unwrap(); // revision 11
-    let mut w = s.watch("k/", 5).await.unwrap();
-    for rev in 6..=10 {
-        let e = next_event(&mut w).await;
-        assert_eq!(e.kind, EventKind::Put);
-        assert_eq!(e.revision(), rev);
-        assert_eq!(e.kv.key, format!("k/{rev:02}"));
-    }
-    // Live events, including a delete, arrive next (revision 11 was another prefix).
-    s.put("k/live", "x").await.unwrap();
-    s.delete("k/01").await.unwrap();
-    let e = next_event(&mut w).await;
-    assert_eq!(
-        (e.kind, e.revision(), e.kv.key.as_str()),
-        (EventKind::Put, 12, "k/live")
-    );
-    let e = next_event(&mut w).await;
-    assert_eq!(
-        (e.kind, e.revision(), e.kv.key.as_str()),
-        (EventKind::Delete, 13, "k/01")
-    );
-    assert!(e.kv.value.is_empty());
-    // Nothing else is pending.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), w.next())
-            .await
-            .is_err()
-    );
-}
-
-#[tokio::test]
-async fn watch_from_range_revision_sees_no_gap() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
-    s.put("t/1", "a").await.unwrap();
-    let (_, at) = s.range("t/").await.unwrap();
-    s.put("t/2", "b").await.unwrap();
-    let mut w = s.watch("t/", at).await.unwrap();
-    assert_eq!(next_event(&mut w).await.kv.key, "t/2");
 }
 
 #[tokio::test]

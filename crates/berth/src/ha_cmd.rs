@@ -5,7 +5,7 @@
 //! starting over as a follower: the process re-executes itself, so no state of its time as
 //! leader survives into its time as follower.
 
-use crate::server_cmd::{ServerArgs, parse_credentials, prepare_data_dir, start_with_tls};
+use crate::server_cmd::{ServerArgs, auth_config, prepare_data_dir, start_with_tls};
 use anyhow::{Context, Result};
 use berth_server::follower::{self, LeaderRecord};
 use berth_server::tls::ServerTls;
@@ -101,11 +101,7 @@ pub async fn run(
         args.node_timeout,
         Some(advertise),
         &args.limits,
-        berth_server::auth::AuthConfig {
-            enabled: true,
-            basic_users: parse_credentials(&args.http_credentials)?,
-            data_dir: None,
-        },
+        auth_config(&args)?,
         tls,
         args.secrets_key_file.clone(),
         &args.tasks.defaults(),

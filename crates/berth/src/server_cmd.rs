@@ -91,6 +91,15 @@ pub async fn open_store(url: &StoreUrl, data_dir: &std::path::Path) -> Result<Ar
     }
 }
 
+/// `berth server`'s authentication: always on, with `--http-credentials` users.
+pub fn auth_config(args: &ServerArgs) -> Result<berth_server::auth::AuthConfig> {
+    Ok(berth_server::auth::AuthConfig {
+        enabled: true,
+        basic_users: parse_credentials(&args.http_credentials)?,
+        data_dir: None,
+    })
+}
+
 /// `user:password` pairs; a malformed one is an error naming it (without its password).
 pub fn parse_credentials(pairs: &[String]) -> Result<Vec<(String, String)>> {
     pairs
@@ -267,17 +276,14 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     if let StoreUrl::Etcd(endpoints) = args.store.clone() {
         return crate::ha_cmd::run(args, tls, endpoints).await;
     }
+    let auth = auth_config(&args)?;
     let server = start_with_tls(
         args.listen,
         &args.data_dir,
         args.node_timeout,
         args.advertise,
         &args.limits,
-        berth_server::auth::AuthConfig {
-            enabled: true,
-            basic_users: parse_credentials(&args.http_credentials)?,
-            data_dir: None,
-        },
+        auth,
         tls,
         args.secrets_key_file,
         &args.tasks.defaults(),

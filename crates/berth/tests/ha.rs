@@ -28,10 +28,17 @@ struct HaServer {
 
 impl HaServer {
     fn start(c: &Cluster, name: &str, store: &str) -> HaServer {
+        // The first server is the cluster's own (its port, `server/` data dir with the
+        // tokens its first election writes), so the cluster's helpers find them.
+        let first = name == "a";
         let mut s = HaServer {
             name: name.to_string(),
-            port: free_port(),
-            data_dir: c.path().join(format!("server-{name}")),
+            port: if first { c.port } else { free_port() },
+            data_dir: c.path().join(if first {
+                "server".to_string()
+            } else {
+                format!("server-{name}")
+            }),
             log: c.path().join(format!("server-{name}.log")),
             child: None,
             args: vec![
@@ -155,43 +162,29 @@ async fn admin_token(first: &HaServer) -> String {
     read_token(&path)
 }
 
+/// The agent of node `n1`, naming every server (the first is the cluster's own).
 fn agent(c: &Cluster, servers: &[HaServer]) -> Child {
     let log = std::fs::File::create(c.agent_log()).expect("agent log");
-    let mut cmd = Command::new(BERTH);
-    cmd.arg("agent");
-    for s in servers {
+    let mut cmd = c.agent_command("n1", "agent");
+    for s in &servers[1..] {
         cmd.args(["--server", &s.url()]);
     }
-    cmd.arg("--data-dir")
-        .arg(c.path().join("agent"))
-        .arg("--join-token-file")
-        .arg(servers[0].data_dir.join("join.token"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--address",
-            "127.0.0.1",
-            "--node-id",
-            "n1",
-            "--hostname",
-            "n1",
-            "--cpus",
-            "8",
-            "--mem",
-            "8192",
-            "--disk",
-            "10000",
-            "--drivers",
-            "exec",
-            "--ports",
-        ])
-        .arg(c.agent_ports())
-        .env("BERTH_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log fd"))
-        .stderr(log)
-        .spawn()
-        .expect("spawning berth agent")
+    cmd.args([
+        "--cpus",
+        "8",
+        "--mem",
+        "8192",
+        "--disk",
+        "10000",
+        "--drivers",
+        "exec",
+        "--ports",
+    ])
+    .arg(c.agent_ports())
+    .stdout(log.try_clone().expect("log fd"))
+    .stderr(log)
+    .spawn()
+    .expect("spawning berth agent")
 }
 
 struct Agent(Child);
