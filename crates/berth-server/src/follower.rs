@@ -28,6 +28,10 @@ impl LeaderRecord {
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
+
+    pub fn decode(raw: &[u8]) -> Option<Self> {
+        serde_json::from_slice(raw).ok()
+    }
 }
 
 /// The client requests are proxied with: no overall timeout (long polls and event streams

@@ -95,6 +95,30 @@ pub async fn current_leader(store: &EtcdStore) -> Result<Option<Vec<u8>>, StoreE
     Ok(store.get(LEADER_KEY).await?.map(|kv| kv.value))
 }
 
+/// The current leader's record and the lease it holds leadership under.
+pub async fn current_leader_lease(store: &EtcdStore) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+    let mut kv = store.client().kv_client();
+    let r = kv
+        .get(LEADER_KEY, None)
+        .await
+        .map_err(|e| backend("reading the leader", e))?;
+    Ok(r.kvs().first().map(|kv| (kv.value().to_vec(), kv.lease())))
+}
+
+/// Ends another server's leadership by revoking its lease, for a follower that knows the
+/// leader is gone (its port refuses connections) sooner than the lease would expire.
+/// Fencing keeps this safe even if the follower is wrong: a deposed leader that lives
+/// writes nothing more and steps down.
+pub async fn depose(store: &EtcdStore, lease: i64) -> Result<(), StoreError> {
+    let mut lc = store.client().lease_client();
+    match lc.revoke(lease).await {
+        Ok(_) => Ok(()),
+        // Already gone: someone else deposed it, or it expired.
+        Err(etcd::Error::GRpcStatus(s)) if s.message().contains("not found") => Ok(()),
+        Err(e) => Err(backend("revoking the leader's lease", e)),
+    }
+}
+
 /// Campaigns until this candidate leads, then returns its leadership. `record` is what
 /// others read as the leader (the server's id and URL). Waits while another leads,
 /// watching for the key's deletion; `ttl` is the lease's, in whole seconds (at least 1).

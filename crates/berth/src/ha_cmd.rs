@@ -64,6 +64,7 @@ pub async fn run(
         "berth server following: requests go to the leader; campaigning for leadership"
     );
     let ttl = Duration::from_secs(args.leader_ttl);
+    let watchdog = tokio::spawn(watch_leader_port(store.clone(), record.id.clone()));
     let record = record.encode();
     let campaign = async {
         loop {
@@ -84,6 +85,7 @@ pub async fn run(
             return Ok(());
         }
     };
+    watchdog.abort();
     following.abort();
     let _ = following.await;
     tracing::info!(
@@ -126,6 +128,66 @@ pub async fn run(
             tracing::info!("shutting down: resigning leadership");
             let _ = leadership.resign().await;
             Ok(())
+        }
+    }
+}
+
+/// How long the leader's port must refuse connections before a follower deposes it.
+const REFUSED_FOR: Duration = Duration::from_millis(1_000);
+
+/// While following: probes the leader's address every 200 ms. A process that died (kill -9,
+/// a crash) leaves a port that refuses connections at once, long before its lease expires;
+/// after [`REFUSED_FOR`] of refusals the follower revokes the leader's lease, so the election
+/// takes that long instead of the TTL. Only refusals count: a leader that is paused, slow
+/// or cut off (timeouts) keeps its lease until it expires, and fencing covers a mistake.
+async fn watch_leader_port(store: EtcdStore, me: String) {
+    let mut refused_since: Option<(i64, std::time::Instant)> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(Some((raw, lease))) = election::current_leader_lease(&store).await else {
+            refused_since = None;
+            continue;
+        };
+        let Some(record) = LeaderRecord::decode(&raw) else {
+            continue;
+        };
+        if record.id == me || lease == 0 {
+            continue;
+        }
+        let refused = match tokio::net::lookup_host(record.leader.as_str()).await {
+            Ok(mut addrs) => match addrs.next() {
+                Some(addr) => matches!(
+                    tokio::time::timeout(
+                        Duration::from_millis(300),
+                        tokio::net::TcpStream::connect(addr)
+                    )
+                    .await,
+                    Ok(Err(ref e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+                ),
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if !refused {
+            refused_since = None;
+            continue;
+        }
+        let since = match refused_since {
+            Some((l, t)) if l == lease => t,
+            _ => {
+                refused_since = Some((lease, std::time::Instant::now()));
+                continue;
+            }
+        };
+        if since.elapsed() >= REFUSED_FOR {
+            tracing::warn!(
+                leader = %record.leader,
+                "the leader's port has refused connections for 1 s: deposing it (revoking its lease)"
+            );
+            if let Err(e) = election::depose(&store, lease).await {
+                tracing::warn!(error = %e, "deposing the leader failed");
+            }
+            refused_since = None;
         }
     }
 }
