@@ -320,12 +320,15 @@ impl EtcdStore {
     }
 
     async fn run_txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
-        let success_keys: Vec<Op> = if txn.compares.is_empty() {
-            Vec::new()
+        let guards_only = txn.failure.is_empty() && compares_untouched(&txn.compares, &txn.success);
+        // A batch of whole records (the persister's): only the last op on each key counts,
+        // so its parts name disjoint keys and may go to etcd side by side.
+        let (success_ops, disjoint) = if guards_only {
+            last_op_per_key(txn.success)
         } else {
-            txn.success.clone()
+            (txn.success, false)
         };
-        let success = fold_ops(txn.success, &self.opts)?;
+        let success = fold_ops(success_ops, &self.opts)?;
         let failure = fold_ops(txn.failure, &self.opts)?;
         let compares: Vec<etcd::Compare> = txn
             .compares
@@ -340,7 +343,9 @@ impl EtcdStore {
             )));
         }
         let mut kv = self.client.kv_client();
-        let guards_only = failure.is_empty() && compares_untouched(&txn.compares, &success_keys);
+        if success.len() > 1 && disjoint {
+            return self.run_parts_side_by_side(success, compares).await;
+        }
         if success.len() > 1 && guards_only {
             // Past the limits, and the compares only guard (a leader's fence): chunk after
             // chunk, in order, each guarded; the first refused chunk ends it.
@@ -398,6 +403,39 @@ impl EtcdStore {
         Ok(TxnResponse {
             succeeded: r.succeeded(),
             revision: r.header().map_or(0, |h| h.revision().max(0) as u64),
+        })
+    }
+
+    /// The parts of a batch whose keys are disjoint, [`PARTS_IN_FLIGHT`] at a time (etcd
+    /// commits concurrent proposals together), each with the guard compares.
+    async fn run_parts_side_by_side(
+        &self,
+        parts: Vec<Vec<etcd::TxnOp>>,
+        compares: Vec<etcd::Compare>,
+    ) -> Result<TxnResponse, StoreError> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        let answers: Vec<etcd::TxnResponse> = stream::iter(parts.into_iter().map(|part| {
+            let t = etcd::Txn::new().when(compares.clone()).and_then(part);
+            async move {
+                self.retrying(|mut kv| {
+                    let t = t.clone();
+                    async move { kv.txn(t).await }
+                })
+                .await
+            }
+        }))
+        .buffer_unordered(PARTS_IN_FLIGHT)
+        .try_collect()
+        .await
+        .map_err(etcd_error)?;
+        let mut revision = self.revision.load(Ordering::Relaxed);
+        for r in &answers {
+            self.saw_header(r.header());
+            revision = revision.max(r.header().map_or(0, |h| h.revision().max(0) as u64));
+        }
+        Ok(TxnResponse {
+            succeeded: answers.iter().all(|r| r.succeeded()),
+            revision,
         })
     }
 
@@ -541,6 +579,33 @@ impl EtcdStore {
         });
         Ok(WatchStream::new(rx).abort_on_drop(task.abort_handle()))
     }
+}
+
+/// Parts of one batch sent to etcd at once.
+const PARTS_IN_FLIGHT: usize = 8;
+
+/// Keeps the last op on each key, in first-seen order; `false` (and the ops as they were)
+/// when one deletes a prefix, since then the order between ops matters.
+fn last_op_per_key(ops: Vec<Op>) -> (Vec<Op>, bool) {
+    if ops.iter().any(|o| matches!(o, Op::DeletePrefix { .. })) {
+        return (ops, false);
+    }
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut out: Vec<Op> = Vec::with_capacity(ops.len());
+    for op in ops {
+        let key = match &op {
+            Op::Put { key, .. } | Op::Delete { key } => key.clone(),
+            Op::DeletePrefix { prefix } => prefix.clone(),
+        };
+        match at.get(&key) {
+            Some(&i) => out[i] = op,
+            None => {
+                at.insert(key, out.len());
+                out.push(op);
+            }
+        }
+    }
+    (out, true)
 }
 
 /// Whether no op touches a key the compares look at: then the compares only guard the
