@@ -179,7 +179,9 @@ fn check_nodes(st: &mut Cluster, ch: &mut Changes, now: i64, timeout: Duration) 
         .nodes
         .values()
         .filter(|n| {
-            n.status == NodeStatus::Ready && now - n.last_heartbeat > timeout.as_millis() as i64
+            n.status == NodeStatus::Ready
+                && now - n.last_heartbeat > timeout.as_millis() as i64
+                && !st.reports_in_flight.contains_key(&n.info.id)
         })
         .map(|n| n.info.id.clone())
         .collect();

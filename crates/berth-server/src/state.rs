@@ -288,6 +288,9 @@ pub struct Cluster {
     pub service_ports: HashMap<i64, Vec<String>>,
     /// Every service port below this one is held: where the search for a free one starts.
     pub service_port_floor: i64,
+    /// Per node: status reports being handled now (not stored). A node waiting for the
+    /// answer to its last report is alive, however slow the store is to make it durable.
+    pub reports_in_flight: HashMap<String, u32>,
     /// The secret store, by name: sealed records only (values are opened per assignment).
     pub secrets: BTreeMap<String, crate::secrets::StoredSecret>,
     /// Namespaces with an object (quota, node selector, policy), by id.
@@ -327,6 +330,7 @@ impl Cluster {
             counters: BTreeMap::new(),
             service_ports: HashMap::new(),
             service_port_floor: 0,
+            reports_in_flight: HashMap::new(),
             secrets: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             ns_usage: HashMap::new(),

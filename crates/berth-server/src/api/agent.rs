@@ -357,6 +357,43 @@ pub async fn assignments(
         .into_response())
 }
 
+/// Counts a node's status report as in flight until it is answered (or dropped), and
+/// then takes the answer time as the node's last heartbeat: the node is alive while it
+/// waits (see `Cluster::reports_in_flight`).
+struct ReportInFlight {
+    shared: Shared,
+    node: String,
+}
+
+impl ReportInFlight {
+    fn start(s: &Shared, node: &str) -> Option<ReportInFlight> {
+        let mut st = s.state.write();
+        if !st.nodes.contains_key(node) {
+            return None;
+        }
+        *st.reports_in_flight.entry(node.to_string()).or_default() += 1;
+        Some(ReportInFlight {
+            shared: s.clone(),
+            node: node.to_string(),
+        })
+    }
+}
+
+impl Drop for ReportInFlight {
+    fn drop(&mut self) {
+        let mut st = self.shared.state.write();
+        if let Some(n) = st.reports_in_flight.get_mut(&self.node) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.reports_in_flight.remove(&self.node);
+            }
+        }
+        if let Some(n) = st.nodes.get_mut(&self.node) {
+            n.last_heartbeat = n.last_heartbeat.max(berth_core::time::now_millis());
+        }
+    }
+}
+
 pub async fn status(
     State(s): State<Shared>,
     Caller(who): Caller,
@@ -371,6 +408,7 @@ pub async fn status(
         check_info(info)?;
     }
     let now = berth_core::time::now_millis();
+    let _in_flight = ReportInFlight::start(&s, &node);
     let unknown = s
         .apply(|st, ch| {
             let Some(n) = st.nodes.get_mut(&node) else {

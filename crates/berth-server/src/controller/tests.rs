@@ -365,6 +365,24 @@ fn unreachable_tasks_are_expunged() {
 }
 
 #[test]
+fn a_node_waiting_for_the_answer_to_its_report_is_not_unreachable() {
+    let mut st = cluster(2);
+    let mut ch = Changes::default();
+    for n in st.nodes.values_mut() {
+        n.last_heartbeat = 0;
+    }
+    // n0's last report is still being made durable (a slow store); n1 went quiet.
+    st.reports_in_flight.insert("n0".into(), 1);
+    reconcile(&mut st, &mut ch, 60_000, Duration::from_secs(10));
+    assert_eq!(st.nodes["n0"].status, NodeStatus::Ready);
+    assert_eq!(st.nodes["n1"].status, NodeStatus::Unreachable);
+    // Once answered, the usual timeout applies again.
+    st.reports_in_flight.clear();
+    reconcile(&mut st, &mut ch, 60_000, Duration::from_secs(10));
+    assert_eq!(st.nodes["n0"].status, NodeStatus::Unreachable);
+}
+
+#[test]
 fn backoff_grows_and_resets() {
     let mut st = cluster(1);
     let mut ch = Changes::default();
