@@ -175,16 +175,20 @@ fn expunge_unreachable(st: &mut Cluster, ch: &mut Changes, app_id: &str, now: i6
 
 /// Marks nodes unreachable after missed heartbeats; their tasks become TASK_UNREACHABLE.
 fn check_nodes(st: &mut Cluster, ch: &mut Changes, now: i64, timeout: Duration) {
-    let late: Vec<String> = st
-        .nodes
-        .values()
-        .filter(|n| {
-            n.status == NodeStatus::Ready
-                && now - n.last_heartbeat > timeout.as_millis() as i64
-                && !st.reports_in_flight.contains_key(&n.info.id)
-        })
-        .map(|n| n.info.id.clone())
-        .collect();
+    let late: Vec<String> = {
+        let reports = st.reports.lock();
+        st.nodes
+            .values()
+            .filter(|n| {
+                let r = reports.get(&n.info.id).copied().unwrap_or_default();
+                let last = n.last_heartbeat.max(r.answered_at);
+                n.status == NodeStatus::Ready
+                    && now - last > timeout.as_millis() as i64
+                    && r.handling == 0
+            })
+            .map(|n| n.info.id.clone())
+            .collect()
+    };
     for id in late {
         if let Some(n) = st.nodes.get_mut(&id) {
             n.status = NodeStatus::Unreachable;

@@ -69,6 +69,13 @@ pub async fn check_store_format(store: &dyn Store) -> Result<(), crate::StartErr
     }
 }
 
+/// A node's status reports in flight, and when its last one was answered (ms).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReportsInFlight {
+    pub handling: u32,
+    pub answered_at: i64,
+}
+
 /// How many versions of an app are kept (Marathon's default `zk_max_versions` is 50).
 pub const MAX_VERSIONS: usize = 50;
 
@@ -288,9 +295,10 @@ pub struct Cluster {
     pub service_ports: HashMap<i64, Vec<String>>,
     /// Every service port below this one is held: where the search for a free one starts.
     pub service_port_floor: i64,
-    /// Per node: status reports being handled now (not stored). A node waiting for the
-    /// answer to its last report is alive, however slow the store is to make it durable.
-    pub reports_in_flight: HashMap<String, u32>,
+    /// Per node: status reports being handled now, and when the last one was answered (not
+    /// stored). A node waiting for the answer to its last report is alive, however slow the
+    /// store is to make it durable. Its own lock, so reports do not take the state's twice.
+    pub reports: Arc<parking_lot::Mutex<HashMap<String, ReportsInFlight>>>,
     /// The secret store, by name: sealed records only (values are opened per assignment).
     pub secrets: BTreeMap<String, crate::secrets::StoredSecret>,
     /// Namespaces with an object (quota, node selector, policy), by id.
@@ -330,7 +338,7 @@ impl Cluster {
             counters: BTreeMap::new(),
             service_ports: HashMap::new(),
             service_port_floor: 0,
-            reports_in_flight: HashMap::new(),
+            reports: Default::default(),
             secrets: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             ns_usage: HashMap::new(),

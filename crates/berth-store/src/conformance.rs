@@ -195,8 +195,16 @@ async fn large_batches_of_records(s: &dyn Store) {
     let mut ops: Vec<Op> = (0..600)
         .map(|i| Op::put(format!("rec/{i:04}"), "first"))
         .collect();
-    ops.extend((0..600).step_by(2).map(|i| Op::put(format!("rec/{i:04}"), "second")));
-    ops.extend((0..600).step_by(3).map(|i| Op::delete(format!("rec/{i:04}"))));
+    ops.extend(
+        (0..600)
+            .step_by(2)
+            .map(|i| Op::put(format!("rec/{i:04}"), "second")),
+    );
+    ops.extend(
+        (0..600)
+            .step_by(3)
+            .map(|i| Op::delete(format!("rec/{i:04}"))),
+    );
     ops.push(Op::put("rec/0000", "last"));
     let r = s
         .txn(Txn {

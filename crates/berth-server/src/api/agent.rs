@@ -357,23 +357,27 @@ pub async fn assignments(
         .into_response())
 }
 
-/// Counts a node's status report as in flight until it is answered (or dropped), and
-/// then takes the answer time as the node's last heartbeat: the node is alive while it
-/// waits (see `Cluster::reports_in_flight`).
+/// Counts a node's status report as in flight until it is answered (or dropped), then
+/// notes the answer time: the node is alive while it waits (see `Cluster::reports`).
 struct ReportInFlight {
-    shared: Shared,
+    reports: std::sync::Arc<
+        parking_lot::Mutex<std::collections::HashMap<String, crate::state::ReportsInFlight>>,
+    >,
     node: String,
 }
 
 impl ReportInFlight {
     fn start(s: &Shared, node: &str) -> Option<ReportInFlight> {
-        let mut st = s.state.write();
-        if !st.nodes.contains_key(node) {
-            return None;
-        }
-        *st.reports_in_flight.entry(node.to_string()).or_default() += 1;
+        let reports = {
+            let st = s.state.read();
+            if !st.nodes.contains_key(node) {
+                return None;
+            }
+            st.reports.clone()
+        };
+        reports.lock().entry(node.to_string()).or_default().handling += 1;
         Some(ReportInFlight {
-            shared: s.clone(),
+            reports,
             node: node.to_string(),
         })
     }
@@ -381,15 +385,10 @@ impl ReportInFlight {
 
 impl Drop for ReportInFlight {
     fn drop(&mut self) {
-        let mut st = self.shared.state.write();
-        if let Some(n) = st.reports_in_flight.get_mut(&self.node) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                st.reports_in_flight.remove(&self.node);
-            }
-        }
-        if let Some(n) = st.nodes.get_mut(&self.node) {
-            n.last_heartbeat = n.last_heartbeat.max(berth_core::time::now_millis());
+        let mut reports = self.reports.lock();
+        if let Some(r) = reports.get_mut(&self.node) {
+            r.handling = r.handling.saturating_sub(1);
+            r.answered_at = berth_core::time::now_millis();
         }
     }
 }

@@ -372,13 +372,27 @@ fn a_node_waiting_for_the_answer_to_its_report_is_not_unreachable() {
         n.last_heartbeat = 0;
     }
     // n0's last report is still being made durable (a slow store); n1 went quiet.
-    st.reports_in_flight.insert("n0".into(), 1);
+    st.reports.lock().insert(
+        "n0".into(),
+        crate::state::ReportsInFlight {
+            handling: 1,
+            answered_at: 0,
+        },
+    );
     reconcile(&mut st, &mut ch, 60_000, Duration::from_secs(10));
     assert_eq!(st.nodes["n0"].status, NodeStatus::Ready);
     assert_eq!(st.nodes["n1"].status, NodeStatus::Unreachable);
-    // Once answered, the usual timeout applies again.
-    st.reports_in_flight.clear();
+    // Answered at 55 s: alive until 65 s, then the usual timeout applies again.
+    st.reports.lock().insert(
+        "n0".into(),
+        crate::state::ReportsInFlight {
+            handling: 0,
+            answered_at: 55_000,
+        },
+    );
     reconcile(&mut st, &mut ch, 60_000, Duration::from_secs(10));
+    assert_eq!(st.nodes["n0"].status, NodeStatus::Ready);
+    reconcile(&mut st, &mut ch, 66_000, Duration::from_secs(10));
     assert_eq!(st.nodes["n0"].status, NodeStatus::Unreachable);
 }
 
