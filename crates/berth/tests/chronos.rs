@@ -54,7 +54,10 @@ async fn chronos_routes_errors_and_persistence() {
     let mut c = Cluster::start_server_only("chronos").await;
     let api = c.api.clone();
     for pre in ["/scheduler", "/v1/scheduler"] {
-        assert_eq!(names(&api, &format!("{pre}/jobs")).await, Vec::<String>::new());
+        assert_eq!(
+            names(&api, &format!("{pre}/jobs")).await,
+            Vec::<String>::new()
+        );
     }
 
     // Upserts: iso8601 by POST, dependency by PUT on the 2.x prefix; 204 and no body.
@@ -187,11 +190,10 @@ async fn chronos_routes_errors_and_persistence() {
     );
 
     // Kill, mark success (fires the dependent), the dot graph, the leader.
-    assert_204(
-        &api.delete("/v1/scheduler/task/kill/etl").await,
-        "kill",
-    );
-    let r = api.send(Method::PUT, "/v1/scheduler/job/success/etl", None).await;
+    assert_204(&api.delete("/v1/scheduler/task/kill/etl").await, "kill");
+    let r = api
+        .send(Method::PUT, "/v1/scheduler/job/success/etl", None)
+        .await;
     assert_eq!((r.status, r.text.as_str()), (200, "true"));
     let etl = api.get_ok("/v1/scheduler/job/etl").await;
     assert_eq!(etl["successCount"], 1);
@@ -247,13 +249,16 @@ async fn scoped_app_admins_change_only_jobs_of_their_namespace() {
     let prod = Api::with_token(&c.url(), r.json["token"].as_str());
 
     assert_204(
-        &prod.post("/v1/scheduler/iso8601", &scheduled("prod.etl")).await,
+        &prod
+            .post("/v1/scheduler/iso8601", &scheduled("prod.etl"))
+            .await,
         "in scope",
     );
     for (what, r) in [
         (
             "other namespace",
-            prod.post("/v1/scheduler/iso8601", &scheduled("dev.etl")).await,
+            prod.post("/v1/scheduler/iso8601", &scheduled("dev.etl"))
+                .await,
         ),
         (
             "default namespace",
@@ -261,10 +266,16 @@ async fn scoped_app_admins_change_only_jobs_of_their_namespace() {
         ),
     ] {
         assert_eq!(r.status, 403, "{what}: {}", r.text);
-        assert!(r.message().contains("permission denied"), "{what}: {}", r.text);
+        assert!(
+            r.message().contains("permission denied"),
+            "{what}: {}",
+            r.text
+        );
     }
     assert_204(
-        &admin.post("/v1/scheduler/iso8601", &scheduled("dev.etl")).await,
+        &admin
+            .post("/v1/scheduler/iso8601", &scheduled("dev.etl"))
+            .await,
         "admin",
     );
     for (method, path) in [
@@ -279,12 +290,20 @@ async fn scoped_app_admins_change_only_jobs_of_their_namespace() {
     // Reads are not scoped; its own jobs it runs and deletes.
     assert_eq!(prod.get("/v1/scheduler/job/dev.etl").await.status, 200);
     assert_204(
-        &prod.send(Method::PUT, "/v1/scheduler/job/prod.etl", None).await,
+        &prod
+            .send(Method::PUT, "/v1/scheduler/job/prod.etl", None)
+            .await,
         "run own",
     );
-    assert_204(&prod.delete("/v1/scheduler/job/prod.etl").await, "delete own");
+    assert_204(
+        &prod.delete("/v1/scheduler/job/prod.etl").await,
+        "delete own",
+    );
     // Without credentials: 401 with a Basic challenge.
     let r = c.anonymous().get("/v1/scheduler/jobs").await;
     assert_eq!(r.status, 401);
-    assert!(r.header("www-authenticate").is_some_and(|h| h.starts_with("Basic")));
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|h| h.starts_with("Basic"))
+    );
 }

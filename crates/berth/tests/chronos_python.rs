@@ -225,7 +225,9 @@ fn chronos_python_client_against_berth_dev() {
     let refused = http_get(port, "/v1/scheduler/jobs").unwrap_or_default();
     assert!(
         refused.starts_with("HTTP/1.1 401")
-            && refused.to_ascii_lowercase().contains("www-authenticate: basic"),
+            && refused
+                .to_ascii_lowercase()
+                .contains("www-authenticate: basic"),
         "GET /v1/scheduler/jobs without credentials: {refused}"
     );
     let mut cmd = Command::new(&python);
