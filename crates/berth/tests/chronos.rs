@@ -224,6 +224,19 @@ async fn chronos_routes_errors_and_persistence() {
     let csv = api.get("/scheduler/graph/csv").await.text;
     assert!(csv.contains("node,report,fresh,queued\n"), "{csv}");
 
+    // Jobs named like the fixed segments of other routes are still reachable.
+    for name in ["success", "stat"] {
+        assert_204(
+            &api.post("/v1/scheduler/iso8601", &scheduled(name)).await,
+            name,
+        );
+        assert_eq!(
+            api.get_ok(&format!("/v1/scheduler/job/{name}")).await["name"],
+            name
+        );
+        assert_204(&api.delete(&format!("/scheduler/job/{name}")).await, name);
+    }
+
     // Delete: the child inherits the schedule; deleting again is a 404.
     assert_204(&api.delete("/v1/scheduler/job/etl").await, "delete");
     let report = api.get_ok("/v1/scheduler/job/report").await;
