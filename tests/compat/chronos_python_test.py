@@ -136,6 +136,14 @@ def _():
     expect(f"link,{PARENT},{CHILD}" in lines, lines)
 
 
+@check("metrics (unprefixed /metrics): version and gauges")
+def _():
+    m = client.metrics()
+    expect("version" in m and "gauges" in m, sorted(m))
+    expect(m["gauges"]["berth.jobs"]["value"] >= 2, m["gauges"].get("berth.jobs"))
+    expect(m["gauges"]["berth.jobs.runs.queued"]["value"] >= 1, m["gauges"].get("berth.jobs.runs.queued"))
+
+
 @check("delete_tasks (DELETE /v1/scheduler/task/kill/{name}, 204)")
 def _():
     expect(client.delete_tasks(PARENT) is None, "returned a body")
