@@ -387,16 +387,25 @@ fn fire_children(st: &mut Cluster, ch: &mut Changes, parent: &str, now_ms: i64) 
         };
         rec.parent_successes.insert(parent.to_string(), now_ms);
         ch.put(job_key(&c), &*rec);
-        let ready = rec
+        queue_if_ready(st, ch, &c, now_ms);
+    }
+}
+
+/// Queues a run of the dependent job `name` if every parent has succeeded since it last
+/// ran, it is enabled, and (with `concurrent=false`) no run of it is active. A child that
+/// was busy when its last parent succeeded is queued when that run ends.
+fn queue_if_ready(st: &mut Cluster, ch: &mut Changes, name: &str, now_ms: i64) {
+    let Some(rec) = st.jobs.get(name) else {
+        return;
+    };
+    let ready = !rec.job.parents.is_empty()
+        && rec
             .job
             .parents
             .iter()
             .all(|p| rec.parent_successes.contains_key(p));
-        let wanted = ready && !rec.job.disabled;
-        let concurrent = rec.job.concurrent;
-        if wanted && (concurrent || !has_active_run(st, &c)) {
-            queue_run(st, ch, &c, None, now_ms);
-        }
+    if ready && !rec.job.disabled && (rec.job.concurrent || !has_active_run(st, name)) {
+        queue_run(st, ch, name, None, now_ms);
     }
 }
 
@@ -486,6 +495,7 @@ pub fn record_run_outcome(
     if fires {
         fire_children(st, ch, name, outcome.ended_at);
     }
+    queue_if_ready(st, ch, name, outcome.ended_at);
     Ok(())
 }
 

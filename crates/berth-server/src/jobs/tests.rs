@@ -271,3 +271,62 @@ fn graph_summary_and_search() {
     assert_eq!(job_namespace("etl"), "default");
     assert_eq!(job_namespace(".x"), "default");
 }
+
+#[test]
+fn a_busy_child_is_queued_when_its_run_ends() {
+    let mut st = cluster();
+    put(&mut st, sched("a"), UpsertKind::Scheduled).unwrap();
+    put(&mut st, dep("c", &["a"]), UpsertKind::Dependent).unwrap();
+    let mut ch = Changes::default();
+    let id = run_now(&mut st, &mut ch, "c", None, NOW).unwrap().unwrap();
+    mark_run_started(&mut st, &mut ch, "c", id, "n1", "t1", NOW).unwrap();
+    // `a` succeeds while `c` runs: no second run of `c` yet, the progress is kept.
+    mark_success(&mut st, &mut ch, "a", NOW + 1).unwrap();
+    assert!(queued_runs(&st).is_empty());
+    assert!(st.jobs["c"].parent_successes.contains_key("a"));
+    let done = RunOutcome {
+        success: true,
+        exit_code: Some(0),
+        message: None,
+        ended_at: NOW + 2,
+    };
+    record_run_outcome(&mut st, &mut ch, "c", id, done).unwrap();
+    assert_eq!(queued_runs(&st), vec![("c".to_string(), id + 1)]);
+}
+
+#[test]
+fn soft_error_failures_fire_dependents() {
+    let mut st = cluster();
+    let mut v = sched("a");
+    v["softError"] = json!(true);
+    put(&mut st, v, UpsertKind::Scheduled).unwrap();
+    put(&mut st, dep("c", &["a"]), UpsertKind::Dependent).unwrap();
+    let mut ch = Changes::default();
+    let id = run_now(&mut st, &mut ch, "a", None, NOW).unwrap().unwrap();
+    let fail = RunOutcome {
+        success: false,
+        exit_code: Some(2),
+        message: None,
+        ended_at: NOW + 1,
+    };
+    record_run_outcome(&mut st, &mut ch, "a", id, fail).unwrap();
+    assert_eq!(st.jobs["a"].job.error_count, 1);
+    assert_eq!(queued_runs(&st), vec![("c".to_string(), 1)]);
+}
+
+#[test]
+fn records_round_trip_through_load_record() {
+    let mut st = cluster();
+    put(&mut st, sched("a"), UpsertKind::Scheduled).unwrap();
+    let mut ch = Changes::default();
+    run_now(&mut st, &mut ch, "a", None, NOW).unwrap();
+    let mut fresh = cluster();
+    let rec = serde_json::to_value(&st.jobs["a"]).unwrap();
+    let run = serde_json::to_value(&st.job_runs["a"][&1]).unwrap();
+    assert!(load_record(&mut fresh, &job_key("a"), rec));
+    assert!(load_record(&mut fresh, &run_key("a", 1), run));
+    assert!(!load_record(&mut fresh, "/berth/apps/x", json!({})));
+    assert_eq!(fresh.jobs, st.jobs);
+    assert_eq!(fresh.job_runs, st.job_runs);
+    assert_eq!(run_key("a", 1), "/berth/jobruns/a/00000000000000000001");
+}
