@@ -437,6 +437,12 @@ pub fn mark_run_started(
         .get_mut(name)
         .and_then(|r| r.get_mut(&id))
         .ok_or_else(|| ApiError::NotFound(format!("run {id} of job '{name}' does not exist")))?;
+    if run.status != RunStatus::Queued {
+        return Err(ApiError::BadRequest(format!(
+            "run {id} of job '{name}' is {:?}, not queued",
+            run.status
+        )));
+    }
     run.status = RunStatus::Running;
     run.attempts += 1;
     run.started_at = Some(now_ms);
@@ -456,7 +462,8 @@ pub struct RunOutcome {
 }
 
 /// The job controller's seam: records a run's end and updates the job's counters; a
-/// success (or, with `softError`, a failure) fires the dependents.
+/// success (or, with `softError`, a failure) fires the dependents. A run that already ended
+/// (killed, or reported before) is left as it is.
 pub fn record_run_outcome(
     st: &mut Cluster,
     ch: &mut Changes,
@@ -469,6 +476,10 @@ pub fn record_run_outcome(
         .get_mut(name)
         .and_then(|r| r.get_mut(&id))
         .ok_or_else(|| ApiError::NotFound(format!("run {id} of job '{name}' does not exist")))?;
+    if !run.status.is_active() {
+        // Already ended (killed, or reported twice): the first word stands.
+        return Ok(());
+    }
     run.status = if outcome.success {
         RunStatus::Success
     } else {

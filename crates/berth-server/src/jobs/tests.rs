@@ -330,3 +330,37 @@ fn records_round_trip_through_load_record() {
     assert_eq!(fresh.job_runs, st.job_runs);
     assert_eq!(run_key("a", 1), "/berth/jobruns/a/00000000000000000001");
 }
+
+#[test]
+fn a_killed_run_keeps_its_status() {
+    let mut st = cluster();
+    put(&mut st, sched("a"), UpsertKind::Scheduled).unwrap();
+    let mut ch = Changes::default();
+    let id = run_now(&mut st, &mut ch, "a", None, NOW).unwrap().unwrap();
+    kill(&mut st, &mut ch, "a", NOW).unwrap();
+    assert!(mark_run_started(&mut st, &mut ch, "a", id, "n", "t", NOW).is_err());
+    let out = RunOutcome {
+        success: true,
+        exit_code: Some(0),
+        message: None,
+        ended_at: NOW + 1,
+    };
+    record_run_outcome(&mut st, &mut ch, "a", id, out).unwrap();
+    assert_eq!(st.job_runs["a"][&id].status, RunStatus::Killed);
+    assert_eq!(st.jobs["a"].job.success_count, 0);
+    assert!(
+        record_run_outcome(
+            &mut st,
+            &mut ch,
+            "a",
+            99,
+            RunOutcome {
+                success: true,
+                exit_code: None,
+                message: None,
+                ended_at: NOW,
+            }
+        )
+        .is_err()
+    );
+}
