@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Berth's one test command: installs and starts what the tests need when it is missing
-# (Debian packages, dockerd, lxcfs, etcd, the busybox test image, marathon-python, schemathesis), then
+# (Debian packages, dockerd, lxcfs, etcd, the busybox test image, marathon-python, chronos-python, schemathesis), then
 # runs formatting, lints and every test. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,11 +49,17 @@ if [ -x scripts/test-image.sh ]; then
   scripts/test-image.sh
 fi
 
-# 3. marathon-python for the client compatibility test, schemathesis for the OpenAPI one.
+# 3. marathon-python and chronos-python for the client compatibility tests, schemathesis for
+# the OpenAPI one.
 if ! .venv-compat/bin/python -c 'import marathon' >/dev/null 2>&1; then
   log "installing marathon-python 0.13.0 into .venv-compat"
   python3 -m venv .venv-compat
   .venv-compat/bin/pip install -q 'marathon==0.13.0'
+fi
+if ! .venv-compat/bin/python -c 'import chronos, importlib.metadata as m; assert m.version("chronos-python") == "1.2.1"' >/dev/null 2>&1; then
+  log "installing chronos-python 1.2.1 into .venv-compat"
+  [ -x .venv-compat/bin/python ] || python3 -m venv .venv-compat
+  .venv-compat/bin/pip install -q 'chronos-python==1.2.1'
 fi
 export BERTH_PYTHON="$PWD/.venv-compat/bin/python"
 # schemathesis for the OpenAPI conformance test (crates/berth/tests/openapi_schemathesis.rs).

@@ -467,7 +467,7 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// A user-supplied value, shortened for inclusion in a message.
-pub(crate) fn echo(s: &str) -> String {
+pub fn echo(s: &str) -> String {
     truncate(s, MAX_ECHO)
 }
 

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod error;
 pub mod event_hub;
 pub mod follower;
+pub mod jobs;
 mod keepalive;
 pub mod ops;
 pub mod render;

@@ -32,6 +32,10 @@ pub const K_DELAYS: &str = "/berth/delays/";
 /// Secrets, sealed (see [`crate::secrets`]): the store never holds a value in the clear.
 pub const K_SECRETS: &str = "/berth/secrets/";
 pub const K_NAMESPACES: &str = "/berth/namespaces/";
+/// Chronos jobs ([`crate::jobs::JobRecord`]) by name.
+pub const K_JOBS: &str = "/berth/jobs/";
+/// Job runs: `{job}/{run id, 20 digits}`.
+pub const K_JOBRUNS: &str = "/berth/jobruns/";
 
 /// The layout of the records under `/berth/`: bumped when a change cannot be read by an
 /// older server, which then refuses to start on the store instead of misreading it.
@@ -307,6 +311,10 @@ pub struct Cluster {
     pub ns_usage: HashMap<String, Usage>,
     /// The default task user and policy (server configuration, not stored).
     pub task_defaults: crate::tenancy::TaskDefaults,
+    /// Chronos jobs by name (see [`crate::jobs`]), stored under [`K_JOBS`].
+    pub jobs: BTreeMap<String, crate::jobs::JobRecord>,
+    /// Per job: its recent runs by id, stored under [`K_JOBRUNS`].
+    pub job_runs: BTreeMap<String, BTreeMap<u64, crate::jobs::JobRun>>,
 }
 
 impl Cluster {
@@ -343,6 +351,8 @@ impl Cluster {
             namespaces: BTreeMap::new(),
             ns_usage: HashMap::new(),
             task_defaults: Default::default(),
+            jobs: BTreeMap::new(),
+            job_runs: BTreeMap::new(),
         }
     }
 
@@ -437,7 +447,9 @@ impl Cluster {
                 }
             };
             let Some(v) = decode("record") else { continue };
-            if key.starts_with(K_APPS) {
+            if key.starts_with(K_JOBS) || key.starts_with(K_JOBRUNS) {
+                crate::jobs::load_record(&mut c, key, v);
+            } else if key.starts_with(K_APPS) {
                 if let Ok(app) = decode_as(key, v) {
                     c.put_app(Arc::new(app));
                 }

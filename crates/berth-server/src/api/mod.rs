@@ -5,6 +5,7 @@ mod access;
 mod agent;
 mod apps;
 mod berth;
+mod chronos;
 mod events;
 mod groups;
 mod logs;
@@ -115,6 +116,40 @@ routes! {
     GET "/api/v1/namespaces/{id}" => namespaces::get;
     PUT "/api/v1/namespaces/{id}" => namespaces::put;
     DELETE "/api/v1/namespaces/{id}" => namespaces::delete;
+    GET "/scheduler/jobs" => chronos::list;
+    GET "/scheduler/jobs/search" => chronos::search;
+    GET "/scheduler/jobs/summary" => chronos::summary;
+    GET "/scheduler/job/{name}" => chronos::get;
+    PUT "/scheduler/job/{name}" => chronos::run;
+    DELETE "/scheduler/job/{name}" => chronos::delete;
+    PUT "/scheduler/job/success/{name}" => chronos::success;
+    GET "/scheduler/job/stat/{name}" => chronos::job_stat;
+    POST "/scheduler/iso8601" => chronos::iso8601;
+    PUT "/scheduler/iso8601" => chronos::iso8601;
+    POST "/scheduler/dependency" => chronos::dependency;
+    PUT "/scheduler/dependency" => chronos::dependency;
+    DELETE "/scheduler/task/kill/{name}" => chronos::kill;
+    GET "/scheduler/stats/{percentile}" => chronos::stats;
+    GET "/scheduler/graph/csv" => chronos::graph_csv;
+    GET "/scheduler/graph/dot" => chronos::graph_dot;
+    GET "/scheduler/leader" => chronos::leader;
+    GET "/v1/scheduler/jobs" => chronos::list;
+    GET "/v1/scheduler/jobs/search" => chronos::search;
+    GET "/v1/scheduler/jobs/summary" => chronos::summary;
+    GET "/v1/scheduler/job/{name}" => chronos::get;
+    PUT "/v1/scheduler/job/{name}" => chronos::run;
+    DELETE "/v1/scheduler/job/{name}" => chronos::delete;
+    PUT "/v1/scheduler/job/success/{name}" => chronos::success;
+    GET "/v1/scheduler/job/stat/{name}" => chronos::job_stat;
+    POST "/v1/scheduler/iso8601" => chronos::iso8601;
+    PUT "/v1/scheduler/iso8601" => chronos::iso8601;
+    POST "/v1/scheduler/dependency" => chronos::dependency;
+    PUT "/v1/scheduler/dependency" => chronos::dependency;
+    DELETE "/v1/scheduler/task/kill/{name}" => chronos::kill;
+    GET "/v1/scheduler/stats/{percentile}" => chronos::stats;
+    GET "/v1/scheduler/graph/csv" => chronos::graph_csv;
+    GET "/v1/scheduler/graph/dot" => chronos::graph_dot;
+    GET "/v1/scheduler/leader" => chronos::leader;
 }
 
 pub fn router(shared: Shared) -> Router {

@@ -101,7 +101,7 @@ fn wants_prometheus(headers: &HeaderMap) -> bool {
 }
 
 pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    let (apps, deployments, by_state, nodes, counters, unplaced) = {
+    let (apps, deployments, by_state, nodes, counters, unplaced, jobs, queued_runs) = {
         let st = s.state.read();
         let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
         for t in st.tasks.values() {
@@ -127,6 +127,8 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
             nodes,
             counters,
             unplaced,
+            st.jobs.len(),
+            crate::jobs::queued_runs(&st).len(),
         )
     };
     let uptime = (berth_core::time::now_millis() - s.started_at) as f64 / 1000.0;
@@ -140,6 +142,11 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
         let _ = writeln!(
             out,
             "# HELP berth_deployments Active deployments.\n# TYPE berth_deployments gauge\nberth_deployments {deployments}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP berth_jobs Chronos jobs.\n# TYPE berth_jobs gauge\nberth_jobs {jobs}\n\
+             # HELP berth_job_runs_queued Job runs waiting to start.\n# TYPE berth_job_runs_queued gauge\nberth_job_runs_queued {queued_runs}"
         );
         let _ = writeln!(
             out,
@@ -203,6 +210,11 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let mut gauges = serde_json::Map::new();
     gauges.insert("berth.apps".into(), json!({"value": apps}));
     gauges.insert("berth.deployments".into(), json!({"value": deployments}));
+    gauges.insert("berth.jobs".into(), json!({"value": jobs}));
+    gauges.insert(
+        "berth.jobs.runs.queued".into(),
+        json!({"value": queued_runs}),
+    );
     gauges.insert(
         "berth.instances.unplaced".into(),
         json!({"value": unplaced}),
