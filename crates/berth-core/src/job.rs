@@ -11,6 +11,7 @@
 //! all errors collected, each with the path of its field).
 
 pub mod graph;
+pub mod run;
 #[cfg(test)]
 mod tests;
 

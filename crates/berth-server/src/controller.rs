@@ -17,6 +17,7 @@ use serde_json::json;
 use std::time::Duration;
 
 mod deployments;
+pub mod jobs;
 use deployments::progress_deployments;
 
 /// Most tasks launched per app in one pass, so one huge app cannot starve the others.
@@ -116,6 +117,10 @@ pub fn reconcile_chunk(st: &mut Cluster, ch: &mut Changes, now: i64, task_budget
             break;
         };
         visited += 1 + st.tasks_by_app.get(&id).map_or(0, |t| t.len());
+        // Job runs' tasks are the job controller's (see `jobs`).
+        if berth_core::job::run::job_of_app_id(&id).is_some() {
+            continue;
+        }
         if let Some(app) = st.apps.get(&id).cloned() {
             let launched_before = ch.new_tasks.len();
             reconcile_app(st, ch, &app, now);
@@ -225,7 +230,10 @@ fn kill_orphans(st: &mut Cluster, ch: &mut Changes) {
     let orphans: Vec<String> = st
         .tasks_by_app
         .iter()
-        .filter(|(app_id, _)| !st.apps.contains_key(*app_id))
+        .filter(|(app_id, _)| {
+            !st.apps.contains_key(*app_id)
+                && berth_core::job::run::job_of_app_id(app_id).is_none()
+        })
         .flat_map(|(_, ids)| ids.iter())
         .filter_map(|id| st.tasks.get(id))
         .filter(|t| t.goal == TaskGoal::Running)
@@ -420,38 +428,7 @@ fn launch(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, count: usize,
     let (placed, unplaced) = st.scheduler.place_many(&ids, &req);
     let placed_n = placed.len();
     for (id, p) in placed {
-        let host = st
-            .nodes
-            .get(&p.node_id)
-            .map(|n| n.info.address.clone())
-            .unwrap_or(p.host.clone());
-        // Host networking: the task is reachable at its node's address (as in Marathon).
-        let ip_addresses = host
-            .parse::<std::net::IpAddr>()
-            .map(|ip| vec![ip.to_string()])
-            .unwrap_or_default();
-        let t = Task {
-            id,
-            app_id: app.id.clone(),
-            version: version.clone(),
-            config_version: app.config_version().to_string(),
-            node_id: p.node_id,
-            host,
-            ports: p.ports,
-            service_ports: vec![],
-            state: TaskState::Staging,
-            goal: TaskGoal::Running,
-            resources: req.resources,
-            driver: req.driver.clone(),
-            staged_at: now,
-            started_at: None,
-            updated_at: now,
-            message: None,
-            exit_code: None,
-            health: vec![],
-            ip_addresses,
-            cpuset: p.cpuset,
-        };
+        let t = placed_task(st, id, app, &version, &req, p, now);
         ch.event(status_event(&t, None));
         st.insert_new_task(t, ch);
     }
@@ -474,6 +451,50 @@ fn launch(st: &mut Cluster, ch: &mut Changes, app: &AppDefinition, count: usize,
         None => {
             st.unplaced.remove(&app.id);
         }
+    }
+}
+
+/// A new task of `app` at `version`, placed by the scheduler, about to be staged.
+pub(crate) fn placed_task(
+    st: &Cluster,
+    id: String,
+    app: &AppDefinition,
+    version: &str,
+    req: &PlacementRequest,
+    p: berth_scheduler::Placement,
+    now: i64,
+) -> Task {
+    let host = st
+        .nodes
+        .get(&p.node_id)
+        .map(|n| n.info.address.clone())
+        .unwrap_or(p.host.clone());
+    // Host networking: the task is reachable at its node's address (as in Marathon).
+    let ip_addresses = host
+        .parse::<std::net::IpAddr>()
+        .map(|ip| vec![ip.to_string()])
+        .unwrap_or_default();
+    Task {
+        id,
+        app_id: app.id.clone(),
+        version: version.to_string(),
+        config_version: app.config_version().to_string(),
+        node_id: p.node_id,
+        host,
+        ports: p.ports,
+        service_ports: vec![],
+        state: TaskState::Staging,
+        goal: TaskGoal::Running,
+        resources: req.resources,
+        driver: req.driver.clone(),
+        staged_at: now,
+        started_at: None,
+        updated_at: now,
+        message: None,
+        exit_code: None,
+        health: vec![],
+        ip_addresses,
+        cpuset: p.cpuset,
     }
 }
 
@@ -629,6 +650,10 @@ pub fn apply_statuses(
 
 /// Bookkeeping when a task ends: failures are recorded and slow down relaunches.
 fn on_terminal(st: &mut Cluster, ch: &mut Changes, t: &Task, now: i64) {
+    if let Some(job) = berth_core::job::run::job_of_app_id(&t.app_id) {
+        jobs::run_task_ended(st, ch, job, t, now);
+        return;
+    }
     let failed = matches!(
         t.state,
         TaskState::Failed | TaskState::Error | TaskState::Lost

@@ -38,6 +38,10 @@ pub struct JobRecord {
     /// The id the next run gets.
     #[serde(default)]
     pub next_run_id: u64,
+    /// Cron jobs: due times at or before this instant (epoch ms) have been handled. (An ISO
+    /// schedule carries its own progress: its start is rewritten after each run.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_checked_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +86,13 @@ pub struct JobRun {
     /// `?arguments=` of a manual run: replaces the job's arguments for this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments: Option<Vec<String>>,
+    /// The due time (epoch ms) a scheduled run stands for; `None` for manual and dependent
+    /// runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<i64>,
+    /// When the run's process was seen running (epoch ms), as its agent reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_at: Option<i64>,
 }
 
 impl JobRun {
@@ -213,10 +224,17 @@ pub fn upsert(
             job.errors_since_last_success = o.errors_since_last_success;
             let mut progress = old.parent_successes.clone();
             progress.retain(|p, _| job.parents.contains(p));
+            // A new cron expression starts counting now, not from the old one's progress.
+            let cron_checked_at = match (&job.cron, &o.cron) {
+                (Some(new), Some(was)) if new == was => old.cron_checked_at.or(Some(now_ms)),
+                (Some(_), _) => Some(now_ms),
+                (None, _) => None,
+            };
             JobRecord {
                 job,
                 parent_successes: progress,
                 next_run_id: old.next_run_id,
+                cron_checked_at,
             }
         }
         None => {
@@ -230,14 +248,17 @@ pub fn upsert(
             job.last_success.clear();
             job.last_error.clear();
             job.errors_since_last_success = 0;
+            let cron_checked_at = job.cron.as_ref().map(|_| now_ms);
             JobRecord {
                 job,
                 parent_successes: BTreeMap::new(),
                 next_run_id: 1,
+                cron_checked_at,
             }
         }
     };
     ch.put(job_key(&name), &record);
+    ch.jobs = true;
     st.jobs.insert(name.clone(), record);
     Ok(name)
 }
@@ -256,6 +277,7 @@ pub fn delete(st: &mut Cluster, ch: &mut Changes, name: &str) -> ApiResult<()> {
             ch.put(job_key(&rec.job.name), &*rec);
         }
     }
+    kill_run_tasks(st, ch, name);
     st.jobs.remove(name);
     st.job_runs.remove(name);
     ch.delete(job_key(name));
@@ -265,7 +287,32 @@ pub fn delete(st: &mut Cluster, ch: &mut Changes, name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-fn has_active_run(st: &Cluster, name: &str) -> bool {
+/// Asks the agents to stop the tasks of `name`'s running runs.
+fn kill_run_tasks(st: &mut Cluster, ch: &mut Changes, name: &str) {
+    let tasks: Vec<String> = st
+        .job_runs
+        .get(name)
+        .into_iter()
+        .flat_map(|runs| runs.values())
+        .filter(|r| r.status == RunStatus::Running)
+        .filter_map(|r| r.task_id.clone())
+        .collect();
+    for id in tasks {
+        kill_task(st, ch, &id);
+    }
+}
+
+/// Sets a task's goal to killed (its agent stops it; its end then changes nothing more).
+pub fn kill_task(st: &mut Cluster, ch: &mut Changes, task_id: &str) {
+    if let Some(t) = st.tasks.get_mut(task_id)
+        && t.goal != berth_core::task::TaskGoal::Killed
+    {
+        t.goal = berth_core::task::TaskGoal::Killed;
+        st.save_task(task_id, ch);
+    }
+}
+
+pub fn has_active_run(st: &Cluster, name: &str) -> bool {
     st.job_runs
         .get(name)
         .is_some_and(|runs| runs.values().any(|r| r.status.is_active()))
@@ -286,15 +333,16 @@ pub fn run_now(
     if !rec.job.concurrent && has_active_run(st, name) {
         return Ok(None);
     }
-    Ok(Some(queue_run(st, ch, name, arguments, now_ms)))
+    Ok(Some(queue_run(st, ch, name, arguments, None, now_ms)))
 }
 
 /// Records a new queued run (the job exists) and trims the history.
-fn queue_run(
+pub fn queue_run(
     st: &mut Cluster,
     ch: &mut Changes,
     name: &str,
     arguments: Option<Vec<String>>,
+    scheduled_for: Option<i64>,
     now_ms: i64,
 ) -> u64 {
     let Some(rec) = st.jobs.get_mut(name) else {
@@ -317,8 +365,11 @@ fn queue_run(
         exit_code: None,
         message: None,
         arguments,
+        scheduled_for,
+        running_at: None,
     };
     ch.put(run_key(name, id), &run);
+    ch.jobs = true;
     let runs = st.job_runs.entry(name.to_string()).or_default();
     runs.insert(id, run);
     while runs.len() > MAX_RUNS_PER_JOB {
@@ -340,6 +391,7 @@ pub fn kill(st: &mut Cluster, ch: &mut Changes, name: &str, now_ms: i64) -> ApiR
     if !st.jobs.contains_key(name) {
         return Err(not_found(name));
     }
+    kill_run_tasks(st, ch, name);
     let mut n = 0;
     for run in st
         .job_runs
@@ -405,7 +457,7 @@ fn queue_if_ready(st: &mut Cluster, ch: &mut Changes, name: &str, now_ms: i64) {
             .iter()
             .all(|p| rec.parent_successes.contains_key(p));
     if ready && !rec.job.disabled && (rec.job.concurrent || !has_active_run(st, name)) {
-        queue_run(st, ch, name, None, now_ms);
+        queue_run(st, ch, name, None, None, now_ms);
     }
 }
 
@@ -489,6 +541,15 @@ pub fn record_run_outcome(
     run.message = outcome.message;
     run.ended_at = Some(outcome.ended_at);
     ch.put(run_key(name, id), &*run);
+    ch.jobs = true;
+    st.count(
+        if outcome.success {
+            "job_runs_succeeded"
+        } else {
+            "job_runs_failed"
+        },
+        1,
+    );
     let Some(rec) = st.jobs.get_mut(name) else {
         return Ok(());
     };

@@ -95,6 +95,8 @@ pub struct Inner {
     pub events: event_hub::EventHub,
     /// Wakes the controller after a change.
     pub wake: Notify,
+    /// Wakes the job controller after a change to jobs or their runs.
+    pub job_wake: Notify,
     pub config: ServerConfig,
     pub started_at: i64,
     /// The last rendering of a read-heavy listing, reused while the state is unchanged.
@@ -222,6 +224,9 @@ impl Inner {
         }
         if changed {
             self.wake.notify_one();
+        }
+        if ch.jobs {
+            self.job_wake.notify_one();
         }
     }
 
@@ -359,6 +364,7 @@ impl Server {
             persist: ptx,
             events,
             wake: Notify::new(),
+            job_wake: Notify::new(),
             config,
             started_at: berth_core::time::now_millis(),
             render_cache: RenderCache::default(),
@@ -389,6 +395,7 @@ impl Server {
             }
         });
         tokio::spawn(controller::run(shared.clone()));
+        tokio::spawn(controller::jobs::run(shared.clone()));
         Ok(Server { shared, addr })
     }
 }

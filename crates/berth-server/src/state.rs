@@ -125,6 +125,8 @@ pub struct Changes {
     pub apps: BTreeSet<String>,
     /// Set once `ops` were handed to the persister.
     pub persisted: bool,
+    /// Jobs or their runs changed: the job controller looks again.
+    pub jobs: bool,
 }
 
 impl Changes {
@@ -637,6 +639,9 @@ impl Cluster {
 
     /// The definition a task was launched from (falls back to the current one).
     pub fn app_at(&self, app_id: &str, version: &str) -> Option<Arc<AppDefinition>> {
+        if let Some(job) = berth_core::job::run::job_of_app_id(app_id) {
+            return crate::controller::jobs::run_definition(self, job, version).map(Arc::new);
+        }
         self.versions
             .get(app_id)
             .and_then(|v| v.get(version))

@@ -33,7 +33,7 @@ fn node(id: &str) -> Node {
     }
 }
 
-fn cluster(nodes: usize) -> Cluster {
+pub(super) fn cluster(nodes: usize) -> Cluster {
     let mut st = Cluster::new(7);
     for i in 0..nodes {
         let n = node(&format!("n{i}"));

@@ -99,6 +99,7 @@ fn job_limit_is_a_400() {
             },
             parent_successes: BTreeMap::new(),
             next_run_id: 1,
+            cron_checked_at: None,
         };
         st.jobs.insert(rec.job.name.clone(), rec);
     }
