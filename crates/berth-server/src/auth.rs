@@ -532,7 +532,9 @@ pub fn requirement(method: &Method, path: &str) -> Requirement {
     let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
     if matches!(*method, Method::GET | Method::HEAD) {
         return Requirement::User(
-            if path.starts_with("/api/v1/tasks/") && path.ends_with("/logs") {
+            if (path.starts_with("/api/v1/tasks/") || path.starts_with("/api/v1/jobs/"))
+                && path.ends_with("/logs")
+            {
                 ReadLogs
             } else if under("/api/v1/audit") {
                 ReadAudit

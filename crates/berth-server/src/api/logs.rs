@@ -85,42 +85,46 @@ pub async fn task_logs(
                     ),
                 ))
             }
-            Some(t) => match st.nodes.get(&t.node_id) {
-                // Not a failure of the server nor of an agent: these logs are not to be had.
-                None => Err(error(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "task '{task_id}' has no logs: its node '{}' is not known",
-                        t.node_id
-                    ),
-                )),
-                Some(n) => match &n.info.agent_url {
-                    Some(url) => Ok((url.clone(), t.node_id.clone())),
-                    None => Err(error(
-                        StatusCode::NOT_FOUND,
-                        format!(
-                            "task '{task_id}' has no logs: the agent of node '{}' serves none \
-                             (it advertises no agent URL)",
-                            t.node_id
-                        ),
-                    )),
-                },
-            },
+            // Not a failure of the server nor of an agent when there is no agent to ask.
+            Some(t) => agent_base(&st, &t.node_id, &task_id).map(|b| (b, t.node_id.clone())),
         }
     };
-    let (base, node) = match target {
-        Ok(t) => t,
-        Err(resp) => return resp,
-    };
+    match target {
+        Ok((base, node)) => proxy_logs(&s, &base, &node, &task_id, &uri).await,
+        Err(resp) => resp,
+    }
+}
+
+/// The agent URL of `node` to read a task's logs from, or the 404 saying why there is none.
+pub(crate) fn agent_base(st: &crate::state::Cluster, node: &str, task_id: &str) -> Result<String, Response> {
+    match st.nodes.get(node) {
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("task '{task_id}' has no logs: its node '{node}' is not known"),
+        )),
+        Some(n) => n.info.agent_url.clone().ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "task '{task_id}' has no logs: the agent of node '{node}' serves none \
+                     (it advertises no agent URL)"
+                ),
+            )
+        }),
+    }
+}
+
+/// Streams `task_id`'s logs from the agent at `base` (node `node`), passing on the query.
+pub(crate) async fn proxy_logs(s: &Shared, base: &str, node: &str, task_id: &str, uri: &Uri) -> Response {
     let url = format!(
         "{}/v1/tasks/{task_id}/logs{}",
         base.trim_end_matches('/'),
-        agent_query(&uri)
+        agent_query(uri)
     );
     // With TLS, the server presents its client certificate and trusts only the agents CA.
-    let client = crate::tls::agent_client(&s).unwrap_or_else(|| client().clone());
+    let client = crate::tls::agent_client(s).unwrap_or_else(|| client().clone());
     let mut request = client.get(&url);
-    if let Some(secret) = s.auth.node_secret(&node) {
+    if let Some(secret) = s.auth.node_secret(node) {
         request = request.bearer_auth(secret);
     }
     let resp = match request.send().await {

@@ -6,6 +6,7 @@ mod agent;
 mod apps;
 mod berth;
 mod chronos;
+mod jobs;
 mod events;
 mod groups;
 mod logs;
@@ -101,6 +102,8 @@ routes! {
     POST "/api/v1/nodes/{id}/uncordon" => berth::uncordon;
     POST "/api/v1/nodes/{id}/drain" => berth::drain;
     GET "/api/v1/tasks/{task_id}/logs" => logs::task_logs;
+    GET "/api/v1/jobs/{name}/runs" => jobs::runs;
+    GET "/api/v1/jobs/{name}/runs/{id}/logs" => jobs::run_logs;
     GET "/api/v1/deployments" => berth::deployments;
     GET "/api/v1/deployments/{id}" => berth::deployment;
     POST "/api/v1/tokens" => access::create_token;
