@@ -12,6 +12,7 @@ pub mod config;
 mod deployment;
 mod error;
 mod events;
+mod job;
 mod node;
 mod progress;
 mod table;
@@ -27,6 +28,7 @@ pub use error::{CliError, ErrorDetail};
 pub use events::{EventsArgs, SseEvent, SseParser};
 pub use node::{NodeCmd, NodeSubcommand};
 pub use table::{Table, truncate};
+pub use job::{JobCmd, JobSubcommand};
 pub use task::{TaskCmd, TaskSubcommand};
 
 use serde_json::Value;
@@ -39,6 +41,8 @@ pub enum ClientCommand {
     App(AppCmd),
     /// List and kill tasks.
     Task(TaskCmd),
+    /// Chronos jobs: list, show, add, run, kill, delete, history, logs.
+    Job(JobCmd),
     /// List, show and cancel deployments.
     Deployment(DeploymentCmd),
     /// Follow the server's event stream (until Ctrl-C).
@@ -116,6 +120,7 @@ async fn run_inner(
     let result = match cmd {
         ClientCommand::App(c) => app::run(&mut ctx, c.command).await,
         ClientCommand::Task(c) => task::run(&mut ctx, c.command).await,
+        ClientCommand::Job(c) => job::run(&mut ctx, c.command).await,
         ClientCommand::Deployment(c) => deployment::run(&mut ctx, c.command).await,
         ClientCommand::Events(a) => events::run(&mut ctx, a).await,
         ClientCommand::Node(c) => node::run(&mut ctx, c.command).await,

@@ -88,6 +88,21 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, cmd: TaskSubcommand) -> Result<(), Cl
     }
 }
 
+/// The query of a logs request: `stream`, `tail`, `follow`.
+pub(crate) fn logs_query(follow: bool, tail: Option<usize>, stderr: bool) -> String {
+    let mut q = vec![(
+        "stream",
+        if stderr { "stderr" } else { "stdout" }.to_string(),
+    )];
+    if let Some(n) = tail {
+        q.push(("tail", n.to_string()));
+    }
+    if follow {
+        q.push(("follow", "true".to_string()));
+    }
+    query(&q)
+}
+
 /// The path of `GET /api/v1/tasks/{id}/logs` with its query.
 fn logs_path(
     id: &str,
@@ -99,20 +114,10 @@ fn logs_path(
     if id.is_empty() || id.contains('/') {
         return Err(CliError::Input(format!("invalid task id '{id}'")));
     }
-    let mut q = vec![(
-        "stream",
-        if stderr { "stderr" } else { "stdout" }.to_string(),
-    )];
-    if let Some(n) = tail {
-        q.push(("tail", n.to_string()));
-    }
-    if follow {
-        q.push(("follow", "true".to_string()));
-    }
     Ok(format!(
         "/api/v1/tasks/{}/logs{}",
         crate::client::encode(id, false),
-        query(&q)
+        logs_query(follow, tail, stderr)
     ))
 }
 
@@ -124,8 +129,14 @@ async fn logs(
     tail: Option<usize>,
     stderr: bool,
 ) -> Result<(), CliError> {
-    use futures::StreamExt;
     let path = logs_path(id, follow, tail, stderr)?;
+    copy_stream(ctx, &path).await
+}
+
+/// Copies a streamed text response (logs) to the output as it arrives.
+pub(crate) async fn copy_stream(ctx: &mut Ctx<'_>, path: &str) -> Result<(), CliError> {
+    use futures::StreamExt;
+    let path = path.to_string();
     let resp = ctx.client.stream(&path, "text/plain").await?;
     let url = ctx.client.url(&path);
     let mut body = resp.bytes_stream();

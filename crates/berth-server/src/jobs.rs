@@ -616,6 +616,57 @@ pub fn histogram(st: &Cluster, name: &str) -> Histogram {
     }
 }
 
+/// Per-job series for `/metrics` (Prometheus text): finished runs by outcome (Chronos'
+/// counters, kept across restarts), active runs, and the durations of the kept successful
+/// runs as a summary. Job names are `[A-Za-z0-9_.-]`, so they need no label escaping.
+pub fn prometheus(st: &Cluster) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP berth_job_runs_total Finished runs of each job, by outcome.\n# TYPE berth_job_runs_total counter"
+    );
+    for (n, r) in &st.jobs {
+        let _ = writeln!(
+            out,
+            "berth_job_runs_total{{job=\"{n}\",outcome=\"success\"}} {}\nberth_job_runs_total{{job=\"{n}\",outcome=\"failure\"}} {}",
+            r.job.success_count, r.job.error_count
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP berth_job_runs_active Queued or running runs of each job.\n# TYPE berth_job_runs_active gauge"
+    );
+    for n in st.jobs.keys() {
+        let active = st
+            .job_runs
+            .get(n)
+            .map_or(0, |runs| runs.values().filter(|r| r.status.is_active()).count());
+        let _ = writeln!(out, "berth_job_runs_active{{job=\"{n}\"}} {active}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP berth_job_run_duration_seconds Durations of the kept successful runs of each job.\n# TYPE berth_job_run_duration_seconds summary"
+    );
+    for n in st.jobs.keys() {
+        let h = histogram(st, n);
+        for (q, v) in [("0.5", h.median), ("0.95", h.p95), ("0.99", h.p99)] {
+            let _ = writeln!(
+                out,
+                "berth_job_run_duration_seconds{{job=\"{n}\",quantile=\"{q}\"}} {}",
+                v / 1000.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "berth_job_run_duration_seconds_sum{{job=\"{n}\"}} {}\nberth_job_run_duration_seconds_count{{job=\"{n}\"}} {}",
+            h.mean * h.count as f64 / 1000.0,
+            h.count
+        );
+    }
+    out
+}
+
 /// `GET /scheduler/job/stat/{name}`.
 pub fn job_stat_json(st: &Cluster, name: &str) -> ApiResult<Value> {
     if !st.jobs.contains_key(name) {

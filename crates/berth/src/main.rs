@@ -62,6 +62,8 @@ enum Command {
     App(AppCmd),
     /// List and kill tasks.
     Task(TaskCmd),
+    /// Chronos jobs: list, show, add, run, kill, delete, history, logs.
+    Job(berth_cli::JobCmd),
     /// List and cancel deployments.
     Deployment(DeploymentCmd),
     /// Follow the event stream.
@@ -218,6 +220,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::App(cmd) => client(opts, ClientCommand::App(cmd)).await,
         Command::Task(cmd) => client(opts, ClientCommand::Task(cmd)).await,
+        Command::Job(cmd) => client(opts, ClientCommand::Job(cmd)).await,
         Command::Deployment(cmd) => client(opts, ClientCommand::Deployment(cmd)).await,
         Command::Events(args) => client(opts, ClientCommand::Events(args)).await,
         Command::Node(cmd) => client(opts, ClientCommand::Node(cmd)).await,

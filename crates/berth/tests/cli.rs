@@ -262,3 +262,58 @@ fn agent_with_a_taken_listen_port_says_to_pass_listen() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_commands_add_run_history_logs_kill_delete() {
+    let c = Cluster::start("cli-jobs").await;
+    let later = berth_core::time::format_millis(berth_core::time::now_millis() + 3_600_000);
+    let file = write(
+        &c,
+        "hello.json",
+        &json!({"name": "hello", "command": "echo hello from $MESOS_TASK_ID",
+                "schedule": format!("R/{later}/PT1H")})
+        .to_string(),
+    );
+    assert!(ok(&c, &["job", "add", "-f", &file]).await.contains("Saved job hello"));
+    let list = ok(&c, &["job", "list"]).await;
+    assert!(list.contains("hello") && list.contains("fresh"), "{list}");
+    let shown = ok(&c, &["job", "show", "hello"]).await;
+    assert!(shown.contains("echo hello from"), "{shown}");
+    assert!(ok(&c, &["job", "run", "hello"]).await.contains("Started a run"));
+    let runs = wait_for(T, "the run succeeds", || async {
+        let v = json_out(&c, &["job", "history", "hello"]).await;
+        let runs = v["runs"].as_array().cloned().unwrap_or_default();
+        (runs.len() == 1 && runs[0]["status"] == "success").then_some(runs)
+    })
+    .await;
+    let table = ok(&c, &["job", "history", "hello"]).await;
+    assert!(table.contains("success") && table.contains("RUN"), "{table}");
+    let logs = ok(&c, &["job", "logs", "hello"]).await;
+    assert_eq!(
+        logs.trim(),
+        format!("hello from {}", runs[0]["taskId"].as_str().unwrap())
+    );
+    // A long run, killed.
+    let file = write(
+        &c,
+        "nap.json",
+        &json!({"name": "nap", "command": "sleep 60", "schedule": format!("R/{later}/PT1H")})
+            .to_string(),
+    );
+    ok(&c, &["job", "add", "-f", &file]).await;
+    ok(&c, &["job", "run", "nap"]).await;
+    wait_for(T, "the nap runs", || async {
+        let v = json_out(&c, &["job", "history", "nap"]).await;
+        (v["runs"][0]["status"] == "running").then_some(())
+    })
+    .await;
+    ok(&c, &["job", "kill", "nap"]).await;
+    let v = json_out(&c, &["job", "history", "nap"]).await;
+    assert_eq!(v["runs"][0]["status"], "killed", "{v}");
+    ok(&c, &["job", "delete", "nap"]).await;
+    let gone = berth(&c, &["job", "show", "nap"]).await;
+    assert_ne!(gone.code, 0);
+    assert!(gone.stderr.contains("nap"), "{}", gone.stderr);
+    let bad = berth(&c, &["job", "show", "no/such"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}

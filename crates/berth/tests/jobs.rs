@@ -98,6 +98,25 @@ async fn r3_every_2s_runs_three_times_then_the_job_is_disabled() {
     assert_eq!(runs(&api, "tick").await.len(), 3);
     let stat = api.get_ok("/scheduler/job/stat/tick").await;
     assert_eq!(stat["histogram"]["count"], 3, "{stat}");
+    // Prometheus: runs by outcome and durations, per job.
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", c.url()))
+        .bearer_auth(c.admin_token())
+        .header("Accept", "text/plain")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "berth_job_runs_total{job=\"tick\",outcome=\"success\"} 3",
+        "berth_job_runs_total{job=\"tick\",outcome=\"failure\"} 0",
+        "berth_job_runs_active{job=\"tick\"} 0",
+        "berth_job_run_duration_seconds_count{job=\"tick\"} 3",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,7 +101,7 @@ fn wants_prometheus(headers: &HeaderMap) -> bool {
 }
 
 pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    let (apps, deployments, by_state, nodes, counters, unplaced, jobs, queued_runs) = {
+    let (apps, deployments, by_state, nodes, counters, unplaced, jobs, queued_runs, job_series) = {
         let st = s.state.read();
         let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
         for t in st.tasks.values() {
@@ -129,6 +129,11 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
             unplaced,
             st.jobs.len(),
             crate::jobs::queued_runs(&st).len(),
+            if wants_prometheus(&headers) {
+                crate::jobs::prometheus(&st)
+            } else {
+                String::new()
+            },
         )
     };
     let uptime = (berth_core::time::now_millis() - s.started_at) as f64 / 1000.0;
@@ -148,6 +153,7 @@ pub async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
             "# HELP berth_jobs Chronos jobs.\n# TYPE berth_jobs gauge\nberth_jobs {jobs}\n\
              # HELP berth_job_runs_queued Job runs waiting to start.\n# TYPE berth_job_runs_queued gauge\nberth_job_runs_queued {queued_runs}"
         );
+        out.push_str(&job_series);
         let _ = writeln!(
             out,
             "# HELP berth_tasks Tasks by state.\n# TYPE berth_tasks gauge"
