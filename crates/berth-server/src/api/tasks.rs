@@ -44,6 +44,8 @@ pub async fn list(State(s): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiR
     let mut tasks: Vec<_> = st
         .tasks
         .values()
+        // Job runs are Chronos' (`/api/v1/jobs/{name}/runs`), not Marathon's tasks.
+        .filter(|t| berth_core::job::run::job_of_app_id(&t.app_id).is_none())
         .filter(|t| {
             wanted.is_empty()
                 || wanted.iter().any(|w| match w {
