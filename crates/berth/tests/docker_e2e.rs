@@ -1457,3 +1457,117 @@ fn run_ok(cmd: &str, args: &[&str]) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// Containers of `node` created since `since` (a `date +%s.%N` instant), from docker events.
+fn containers_created_since(node: &str, since: &str) -> usize {
+    let until = format!(
+        "{:.3}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    );
+    let (ok, out) = docker(&[
+        "events",
+        "--since",
+        since,
+        "--until",
+        &until,
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--filter",
+        &format!("label=berth.node_id={node}"),
+    ]);
+    assert!(ok, "docker events: {out}");
+    out.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+fn unix_now() -> String {
+    format!(
+        "{:.3}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    )
+}
+
+/// Runs job `name` `n` times, one after the other; returns its runs (newest first).
+async fn run_job_times(api: &Api, name: &str, n: u64) -> Vec<Value> {
+    let ended = |j: &Value| {
+        j["successCount"].as_u64().unwrap_or(0) + j["errorCount"].as_u64().unwrap_or(0)
+    };
+    let before = ended(&api.get_ok(&format!("/scheduler/job/{name}")).await);
+    for k in 1..=n {
+        let r = api.put(&format!("/scheduler/job/{name}"), &json!({})).await;
+        assert_eq!(r.status, 204, "run {k} of {name}: {}", r.text);
+        wait_until(T, &format!("run {k} of {name} ends"), || {
+            let api = api.clone();
+            let name = name.to_string();
+            async move {
+                let j = api.get_ok(&format!("/scheduler/job/{name}")).await;
+                ended(&j) >= before + k
+            }
+        })
+        .await;
+    }
+    let v = api.get_ok(&format!("/api/v1/jobs/{name}/runs")).await;
+    v["runs"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_job_runs_share_one_container_and_per_run_jobs_get_one_each() {
+    if !docker_available("warm_job_runs_share_one_container_and_per_run_jobs_get_one_each") {
+        return;
+    }
+    let d = DockerCluster::start("warmjobs").await;
+    let api = d.api().clone();
+    let later = berth_core::time::format_millis(berth_core::time::now_millis() + 3_600_000);
+    for (name, mode) in [("warm20", "warm"), ("cold20", "per-run")] {
+        let r = api
+            .post(
+                "/scheduler/iso8601",
+                &json!({"name": name, "command": "echo run $MESOS_TASK_ID", "runMode": mode,
+                        "retries": 0, "cpus": 0.1, "mem": 32,
+                        "container": {"type": "DOCKER", "image": IMAGE},
+                        "schedule": format!("R/{later}/PT1H")}),
+            )
+            .await;
+        assert_eq!(r.status, 204, "{name}: {}", r.text);
+    }
+    let since = unix_now();
+    let warm = run_job_times(&api, "warm20", 20).await;
+    let warm_created = containers_created_since(&d.node, &since);
+    assert_eq!(warm.len(), 20);
+    assert!(warm.iter().all(|r| r["status"] == "success" && r["exitCode"] == 0), "{warm:#?}");
+    assert_eq!(warm_created, 1, "20 warm runs, one container");
+    // Each run's output is its own, through the same logs API.
+    for r in warm.iter().take(3) {
+        let logs = api
+            .get(&format!("/api/v1/jobs/warm20/runs/{}/logs", r["id"]))
+            .await;
+        assert_eq!(logs.status, 200, "{}", logs.text);
+        assert_eq!(logs.text.trim(), format!("run {}", r["taskId"].as_str().unwrap()));
+    }
+    let since = unix_now();
+    let cold = run_job_times(&api, "cold20", 20).await;
+    assert!(cold.iter().all(|r| r["status"] == "success"), "{cold:#?}");
+    assert_eq!(containers_created_since(&d.node, &since), 20, "one container per run");
+    // A failing warm run reports its exit code; the container stays and is reused.
+    let r = api
+        .post(
+            "/scheduler/iso8601",
+            &json!({"name": "warm20", "command": "exit 3", "runMode": "warm", "retries": 0,
+                    "cpus": 0.1, "mem": 32, "container": {"type": "DOCKER", "image": IMAGE},
+                    "schedule": format!("R/{later}/PT1H")}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let since = unix_now();
+    let runs = run_job_times(&api, "warm20", 1).await;
+    assert_eq!(runs[0]["status"], "failure", "{}", runs[0]);
+    assert_eq!(runs[0]["exitCode"], 3, "{}", runs[0]);
+    assert_eq!(containers_created_since(&d.node, &since), 0, "the warm container is reused");
+}
