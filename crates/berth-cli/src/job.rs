@@ -321,7 +321,10 @@ mod tests {
             json!({"id": 2, "status": "failure", "attempts": 3, "node": "n1", "startedAt": "2030-01-01T00:00:00.000Z", "durationMs": 1500, "exitCode": 3, "message": "TASK_FAILED with exit code 3"}),
         ];
         let text = history_table(&runs).render();
-        assert!(text.contains("failure") && text.contains("1.5s") && text.contains("n1"), "{text}");
+        assert!(
+            text.contains("failure") && text.contains("1.5s") && text.contains("n1"),
+            "{text}"
+        );
         assert!(check_name("bad/name").is_err());
         assert_eq!(check_name(" ok.name ").unwrap(), "ok.name");
     }

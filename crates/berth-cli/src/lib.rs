@@ -26,9 +26,9 @@ pub use client::{Client, Reply, encode, normalize_id, query};
 pub use deployment::{DeploymentCmd, DeploymentSubcommand};
 pub use error::{CliError, ErrorDetail};
 pub use events::{EventsArgs, SseEvent, SseParser};
+pub use job::{JobCmd, JobSubcommand};
 pub use node::{NodeCmd, NodeSubcommand};
 pub use table::{Table, truncate};
-pub use job::{JobCmd, JobSubcommand};
 pub use task::{TaskCmd, TaskSubcommand};
 
 use serde_json::Value;

@@ -231,8 +231,7 @@ fn kill_orphans(st: &mut Cluster, ch: &mut Changes) {
         .tasks_by_app
         .iter()
         .filter(|(app_id, _)| {
-            !st.apps.contains_key(*app_id)
-                && berth_core::job::run::job_of_app_id(app_id).is_none()
+            !st.apps.contains_key(*app_id) && berth_core::job::run::job_of_app_id(app_id).is_none()
         })
         .flat_map(|(_, ids)| ids.iter())
         .filter_map(|id| st.tasks.get(id))

@@ -638,10 +638,9 @@ pub fn prometheus(st: &Cluster) -> String {
         "# HELP berth_job_runs_active Queued or running runs of each job.\n# TYPE berth_job_runs_active gauge"
     );
     for n in st.jobs.keys() {
-        let active = st
-            .job_runs
-            .get(n)
-            .map_or(0, |runs| runs.values().filter(|r| r.status.is_active()).count());
+        let active = st.job_runs.get(n).map_or(0, |runs| {
+            runs.values().filter(|r| r.status.is_active()).count()
+        });
         let _ = writeln!(out, "berth_job_runs_active{{job=\"{n}\"}} {active}");
     }
     let _ = writeln!(

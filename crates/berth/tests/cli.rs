@@ -274,12 +274,20 @@ async fn job_commands_add_run_history_logs_kill_delete() {
                 "schedule": format!("R/{later}/PT1H")})
         .to_string(),
     );
-    assert!(ok(&c, &["job", "add", "-f", &file]).await.contains("Saved job hello"));
+    assert!(
+        ok(&c, &["job", "add", "-f", &file])
+            .await
+            .contains("Saved job hello")
+    );
     let list = ok(&c, &["job", "list"]).await;
     assert!(list.contains("hello") && list.contains("fresh"), "{list}");
     let shown = ok(&c, &["job", "show", "hello"]).await;
     assert!(shown.contains("echo hello from"), "{shown}");
-    assert!(ok(&c, &["job", "run", "hello"]).await.contains("Started a run"));
+    assert!(
+        ok(&c, &["job", "run", "hello"])
+            .await
+            .contains("Started a run")
+    );
     let runs = wait_for(T, "the run succeeds", || async {
         let v = json_out(&c, &["job", "history", "hello"]).await;
         let runs = v["runs"].as_array().cloned().unwrap_or_default();
@@ -287,7 +295,10 @@ async fn job_commands_add_run_history_logs_kill_delete() {
     })
     .await;
     let table = ok(&c, &["job", "history", "hello"]).await;
-    assert!(table.contains("success") && table.contains("RUN"), "{table}");
+    assert!(
+        table.contains("success") && table.contains("RUN"),
+        "{table}"
+    );
     let logs = ok(&c, &["job", "logs", "hello"]).await;
     assert_eq!(
         logs.trim(),

@@ -1496,9 +1496,8 @@ fn unix_now() -> String {
 
 /// Runs job `name` `n` times, one after the other; returns its runs (newest first).
 async fn run_job_times(api: &Api, name: &str, n: u64) -> Vec<Value> {
-    let ended = |j: &Value| {
-        j["successCount"].as_u64().unwrap_or(0) + j["errorCount"].as_u64().unwrap_or(0)
-    };
+    let ended =
+        |j: &Value| j["successCount"].as_u64().unwrap_or(0) + j["errorCount"].as_u64().unwrap_or(0);
     let before = ended(&api.get_ok(&format!("/scheduler/job/{name}")).await);
     for k in 1..=n {
         let r = api.put(&format!("/scheduler/job/{name}"), &json!({})).await;
@@ -1541,7 +1540,11 @@ async fn warm_job_runs_share_one_container_and_per_run_jobs_get_one_each() {
     let warm = run_job_times(&api, "warm20", 20).await;
     let warm_created = containers_created_since(&d.node, &since);
     assert_eq!(warm.len(), 20);
-    assert!(warm.iter().all(|r| r["status"] == "success" && r["exitCode"] == 0), "{warm:#?}");
+    assert!(
+        warm.iter()
+            .all(|r| r["status"] == "success" && r["exitCode"] == 0),
+        "{warm:#?}"
+    );
     assert_eq!(warm_created, 1, "20 warm runs, one container");
     // Each run's output is its own, through the same logs API.
     for r in warm.iter().take(3) {
@@ -1549,12 +1552,19 @@ async fn warm_job_runs_share_one_container_and_per_run_jobs_get_one_each() {
             .get(&format!("/api/v1/jobs/warm20/runs/{}/logs", r["id"]))
             .await;
         assert_eq!(logs.status, 200, "{}", logs.text);
-        assert_eq!(logs.text.trim(), format!("run {}", r["taskId"].as_str().unwrap()));
+        assert_eq!(
+            logs.text.trim(),
+            format!("run {}", r["taskId"].as_str().unwrap())
+        );
     }
     let since = unix_now();
     let cold = run_job_times(&api, "cold20", 20).await;
     assert!(cold.iter().all(|r| r["status"] == "success"), "{cold:#?}");
-    assert_eq!(containers_created_since(&d.node, &since), 20, "one container per run");
+    assert_eq!(
+        containers_created_since(&d.node, &since),
+        20,
+        "one container per run"
+    );
     // A failing warm run reports its exit code; the container stays and is reused.
     let r = api
         .post(
@@ -1569,5 +1579,9 @@ async fn warm_job_runs_share_one_container_and_per_run_jobs_get_one_each() {
     let runs = run_job_times(&api, "warm20", 1).await;
     assert_eq!(runs[0]["status"], "failure", "{}", runs[0]);
     assert_eq!(runs[0]["exitCode"], 3, "{}", runs[0]);
-    assert_eq!(containers_created_since(&d.node, &since), 0, "the warm container is reused");
+    assert_eq!(
+        containers_created_since(&d.node, &since),
+        0,
+        "the warm container is reused"
+    );
 }

@@ -45,7 +45,10 @@ async fn wait_statuses(api: &Api, job: &str, want: &[&str], timeout: Duration) -
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{job}: runs {:?}, wanted {want:?}: {last:#?}", statuses(&last));
+    panic!(
+        "{job}: runs {:?}, wanted {want:?}: {last:#?}",
+        statuses(&last)
+    );
 }
 
 async fn post_job(api: &Api, path: &str, job: Value) {
@@ -83,7 +86,10 @@ async fn r3_every_2s_runs_three_times_then_the_job_is_disabled() {
     let job = api.get_ok("/scheduler/job/tick").await;
     assert_eq!(job["disabled"], true, "{job}");
     assert_eq!(job["successCount"], 3, "{job}");
-    assert!(job["schedule"].as_str().unwrap().starts_with("R0/"), "{job}");
+    assert!(
+        job["schedule"].as_str().unwrap().starts_with("R0/"),
+        "{job}"
+    );
     // Each run stands for its own due time, 2 s apart, and ran on the node as a task.
     for (k, r) in done.iter().enumerate() {
         assert_eq!(r["scheduledFor"], iso(start + 2000 * k as i64), "{r}");
@@ -115,7 +121,10 @@ async fn r3_every_2s_runs_three_times_then_the_job_is_disabled() {
         "berth_job_runs_active{job=\"tick\"} 0",
         "berth_job_run_duration_seconds_count{job=\"tick\"} 3",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
     }
 }
 
@@ -147,13 +156,20 @@ async fn a_child_runs_after_both_parents_and_a_failing_parent_is_retried() {
     wait_statuses(&api, "p1", &["success"], Duration::from_secs(15)).await;
     assert_eq!(api.put("/scheduler/job/p2", &json!({})).await.status, 204);
     let failed = wait_statuses(&api, "p2", &["failure"], Duration::from_secs(20)).await;
-    assert_eq!(failed[0]["attempts"], 3, "retries + 1 attempts: {}", failed[0]);
+    assert_eq!(
+        failed[0]["attempts"], 3,
+        "retries + 1 attempts: {}",
+        failed[0]
+    );
     assert_eq!(failed[0]["exitCode"], 3, "{}", failed[0]);
     let p2 = api.get_ok("/scheduler/job/p2").await;
     assert_eq!(p2["errorCount"], 1, "{p2}");
     assert!(!p2["lastError"].as_str().unwrap().is_empty(), "{p2}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(runs(&api, "child").await.is_empty(), "a failed parent does not count");
+    assert!(
+        runs(&api, "child").await.is_empty(),
+        "a failed parent does not count"
+    );
     // p2 fixed: once it succeeds, both parents have, and the child runs.
     post_job(
         &api,
@@ -202,7 +218,10 @@ async fn five_periods_missed_while_down_give_one_catch_up_run() {
     );
     // It stands for the latest due time missed; none was queued while the server was down.
     let missed = during[0]["scheduledFor"].as_str().unwrap().to_string();
-    assert!(missed > iso(up_at - 2_100) && missed <= iso(up_at), "{missed}");
+    assert!(
+        missed > iso(up_at - 2_100) && missed <= iso(up_at),
+        "{missed}"
+    );
     assert!(
         all.iter()
             .all(|r| r["queuedAt"].as_str().unwrap() < iso(down_at).as_str()
@@ -235,12 +254,24 @@ async fn kill_9_of_the_server_during_a_run_neither_loses_nor_repeats_it() {
     c.start_server().await;
     let api = c.api.clone();
     let done = wait_statuses(&api, "long", &["success"], Duration::from_secs(20)).await;
-    assert_eq!(done[0]["taskId"], task.as_str(), "the same task: {}", done[0]);
+    assert_eq!(
+        done[0]["taskId"],
+        task.as_str(),
+        "the same task: {}",
+        done[0]
+    );
     assert_eq!(done[0]["attempts"], 1, "{}", done[0]);
     let log = run_log(&api, "long", &done[0]).await;
-    assert_eq!(log.lines().collect::<Vec<_>>(), ["begin", "end"], "ran once");
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["begin", "end"],
+        "ran once"
+    );
     let job = api.get_ok("/scheduler/job/long").await;
-    assert_eq!((job["successCount"].as_u64(), job["errorCount"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (job["successCount"].as_u64(), job["errorCount"].as_u64()),
+        (Some(1), Some(0))
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(runs(&api, "long").await.len(), 1);
 }
@@ -260,7 +291,10 @@ async fn a_run_past_max_completion_time_is_killed_and_kill_stops_a_run() {
     assert_eq!(api.put("/scheduler/job/slow", &json!({})).await.status, 204);
     let failed = wait_statuses(&api, "slow", &["failure"], Duration::from_secs(15)).await;
     assert!(
-        failed[0]["message"].as_str().unwrap().contains("maxCompletionTime"),
+        failed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maxCompletionTime"),
         "{}",
         failed[0]
     );
@@ -268,10 +302,14 @@ async fn a_run_past_max_completion_time_is_killed_and_kill_stops_a_run() {
     assert!((2000..6000).contains(&ran), "{}", failed[0]);
     // Its process is gone.
     let task = failed[0]["taskId"].as_str().unwrap().to_string();
-    common::wait_until(Duration::from_secs(10), "the timed-out run's process ends", || {
-        let task = task.clone();
-        async move { common::task_processes(&task, "sleep").is_empty() }
-    })
+    common::wait_until(
+        Duration::from_secs(10),
+        "the timed-out run's process ends",
+        || {
+            let task = task.clone();
+            async move { common::task_processes(&task, "sleep").is_empty() }
+        },
+    )
     .await;
     // DELETE /scheduler/task/kill/{job} stops a running run.
     post_job(
@@ -280,7 +318,10 @@ async fn a_run_past_max_completion_time_is_killed_and_kill_stops_a_run() {
         json!({"name": "victim", "command": "sleep 60", "schedule": format!("R/{later}/PT1H")}),
     )
     .await;
-    assert_eq!(api.put("/scheduler/job/victim", &json!({})).await.status, 204);
+    assert_eq!(
+        api.put("/scheduler/job/victim", &json!({})).await.status,
+        204
+    );
     let running = wait_statuses(&api, "victim", &["running"], Duration::from_secs(10)).await;
     let task = running[0]["taskId"].as_str().unwrap().to_string();
     common::wait_until(Duration::from_secs(10), "the run's process starts", || {
@@ -290,9 +331,13 @@ async fn a_run_past_max_completion_time_is_killed_and_kill_stops_a_run() {
     .await;
     assert_eq!(api.delete("/scheduler/task/kill/victim").await.status, 204);
     wait_statuses(&api, "victim", &["killed"], Duration::from_secs(5)).await;
-    common::wait_until(Duration::from_secs(10), "the killed run's process ends", || {
-        let task = task.clone();
-        async move { common::task_processes(&task, "sleep").is_empty() }
-    })
+    common::wait_until(
+        Duration::from_secs(10),
+        "the killed run's process ends",
+        || {
+            let task = task.clone();
+            async move { common::task_processes(&task, "sleep").is_empty() }
+        },
+    )
     .await;
 }

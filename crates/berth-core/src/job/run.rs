@@ -159,7 +159,10 @@ mod tests {
         assert_eq!(def.args, None);
         assert_eq!((def.cpus, def.mem), (0.5, 64.0));
         assert_eq!(def.env.get("X"), Some(&EnvValue::Plain("1".into())));
-        assert_eq!(def.labels.get(LABEL_RUN_JOB).map(String::as_str), Some("etl.daily"));
+        assert_eq!(
+            def.labels.get(LABEL_RUN_JOB).map(String::as_str),
+            Some("etl.daily")
+        );
         assert!(!def.labels.contains_key(LABEL_RUN_MODE_NAME));
         assert_eq!(def.version.as_deref(), Some("run-1"));
         assert_eq!(def.driver(), crate::app::DriverKind::Exec);
@@ -187,9 +190,15 @@ mod tests {
         };
         let def = job.run_definition("v", Some(&["y".to_string()]));
         assert_eq!(def.cmd, None);
-        assert_eq!(def.args, Some(vec!["/bin/run".to_string(), "y".to_string()]));
+        assert_eq!(
+            def.args,
+            Some(vec!["/bin/run".to_string(), "y".to_string()])
+        );
         assert_eq!(def.driver(), crate::app::DriverKind::Docker);
         assert_eq!(def.networks.len(), 1);
-        assert_eq!(def.labels.get(LABEL_RUN_MODE_NAME).map(String::as_str), Some("warm"));
+        assert_eq!(
+            def.labels.get(LABEL_RUN_MODE_NAME).map(String::as_str),
+            Some("warm")
+        );
     }
 }

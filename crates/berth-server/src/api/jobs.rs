@@ -75,7 +75,7 @@ pub async fn run_logs(
 ) -> Response {
     match run_logs_target(&s, &who, p) {
         Ok((base, node, task)) => super::logs::proxy_logs(&s, &base, &node, &task, &uri).await,
-        Err(e) => e,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -83,33 +83,31 @@ fn run_logs_target(
     s: &Shared,
     who: &crate::auth::Principal,
     p: Result<Path<(String, String)>, PathRejection>,
-) -> Result<(String, String, String), Response> {
-    let err = |e: ApiError| e.into_response();
-    let Path((name, id)) = p.map_err(|e| err(ApiError::BadRequest(e.body_text())))?;
+) -> ApiResult<(String, String, String)> {
+    let Path((name, id)) = p.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if !berth_core::job::is_valid_job_name(&name) {
-        return Err(err(not_found(&name)));
+        return Err(not_found(&name));
     }
-    who.check_on(Permission::ReadLogs, &jobs::scope_id(&name))
-        .map_err(err)?;
+    who.check_on(Permission::ReadLogs, &jobs::scope_id(&name))?;
     let id: u64 = id.parse().map_err(|_| {
-        err(ApiError::BadRequest(format!(
+        ApiError::BadRequest(format!(
             "run id '{}' is not a number",
             berth_core::validate::echo(&id)
-        )))
+        ))
     })?;
     let st = s.state.read();
     if !st.jobs.contains_key(&name) {
-        return Err(err(not_found(&name)));
+        return Err(not_found(&name));
     }
     let run = st
         .job_runs
         .get(&name)
         .and_then(|r| r.get(&id))
-        .ok_or_else(|| err(ApiError::NotFound(format!("run {id} of job '{name}' does not exist"))))?;
+        .ok_or_else(|| ApiError::NotFound(format!("run {id} of job '{name}' does not exist")))?;
     let (Some(node), Some(task)) = (run.node.clone(), run.task_id.clone()) else {
-        return Err(err(ApiError::NotFound(format!(
+        return Err(ApiError::NotFound(format!(
             "run {id} of job '{name}' has no logs: it has not started"
-        ))));
+        )));
     };
     let base = super::logs::agent_base(&st, &node, &task)?;
     Ok((base, node, task))

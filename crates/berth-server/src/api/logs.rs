@@ -86,7 +86,9 @@ pub async fn task_logs(
                 ))
             }
             // Not a failure of the server nor of an agent when there is no agent to ask.
-            Some(t) => agent_base(&st, &t.node_id, &task_id).map(|b| (b, t.node_id.clone())),
+            Some(t) => agent_base(&st, &t.node_id, &task_id)
+                .map(|b| (b, t.node_id.clone()))
+                .map_err(IntoResponse::into_response),
         }
     };
     match target {
@@ -96,26 +98,33 @@ pub async fn task_logs(
 }
 
 /// The agent URL of `node` to read a task's logs from, or the 404 saying why there is none.
-pub(crate) fn agent_base(st: &crate::state::Cluster, node: &str, task_id: &str) -> Result<String, Response> {
+pub(crate) fn agent_base(
+    st: &crate::state::Cluster,
+    node: &str,
+    task_id: &str,
+) -> Result<String, crate::error::ApiError> {
+    use crate::error::ApiError;
     match st.nodes.get(node) {
-        None => Err(error(
-            StatusCode::NOT_FOUND,
-            format!("task '{task_id}' has no logs: its node '{node}' is not known"),
-        )),
+        None => Err(ApiError::NotFound(format!(
+            "task '{task_id}' has no logs: its node '{node}' is not known"
+        ))),
         Some(n) => n.info.agent_url.clone().ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "task '{task_id}' has no logs: the agent of node '{node}' serves none \
-                     (it advertises no agent URL)"
-                ),
-            )
+            ApiError::NotFound(format!(
+                "task '{task_id}' has no logs: the agent of node '{node}' serves none \
+                 (it advertises no agent URL)"
+            ))
         }),
     }
 }
 
 /// Streams `task_id`'s logs from the agent at `base` (node `node`), passing on the query.
-pub(crate) async fn proxy_logs(s: &Shared, base: &str, node: &str, task_id: &str, uri: &Uri) -> Response {
+pub(crate) async fn proxy_logs(
+    s: &Shared,
+    base: &str,
+    node: &str,
+    task_id: &str,
+    uri: &Uri,
+) -> Response {
     let url = format!(
         "{}/v1/tasks/{task_id}/logs{}",
         base.trim_end_matches('/'),

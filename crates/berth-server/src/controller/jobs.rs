@@ -165,14 +165,7 @@ fn fire_due_schedules(st: &mut Cluster, ch: &mut Changes, now: i64, next: &mut R
             tracing::info!(job = %name, "skipping a due run: the previous one is still active (concurrent=false)");
             st.count("job_runs_skipped", 1);
         } else {
-            jobs::queue_run(
-                st,
-                ch,
-                &name,
-                None,
-                Some(due.latest.as_millisecond()),
-                now,
-            );
+            jobs::queue_run(st, ch, &name, None, Some(due.latest.as_millisecond()), now);
         }
         if let Some(s) = st
             .jobs

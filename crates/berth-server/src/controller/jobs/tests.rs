@@ -89,8 +89,14 @@ fn r3_every_2s_runs_three_times_then_disables_the_job() {
             })
             .collect();
         assert!(keys.contains(&"/berth/jobs/tick"), "{keys:?}");
-        assert!(keys.iter().any(|k| k.starts_with("/berth/jobruns/tick/")), "{keys:?}");
-        assert!(keys.iter().any(|k| k.starts_with("/berth/tasks/tick.run-")), "{keys:?}");
+        assert!(
+            keys.iter().any(|k| k.starts_with("/berth/jobruns/tick/")),
+            "{keys:?}"
+        );
+        assert!(
+            keys.iter().any(|k| k.starts_with("/berth/tasks/tick.run-")),
+            "{keys:?}"
+        );
         // A second look at the same instant starts nothing more.
         pass(&mut st, now);
         assert_eq!(runs(&st, "tick").len(), k as usize + 1);
@@ -103,7 +109,11 @@ fn r3_every_2s_runs_three_times_then_disables_the_job() {
     let (r, _) = pass(&mut st, start + 60_000);
     assert_eq!(r, Requeue::Idle);
     assert_eq!(runs(&st, "tick").len(), 3);
-    assert!(runs(&st, "tick").iter().all(|r| r.status == RunStatus::Success));
+    assert!(
+        runs(&st, "tick")
+            .iter()
+            .all(|r| r.status == RunStatus::Success)
+    );
 }
 
 #[test]
@@ -203,7 +213,10 @@ fn a_child_runs_only_after_both_parents_succeed() {
     assert!(runs(&st, "child").is_empty(), "one parent is not enough");
     end_task(&mut st, "p2", TaskState::Failed, 2, T0 + 30);
     pass(&mut st, T0 + 40);
-    assert!(runs(&st, "child").is_empty(), "a failed parent does not count");
+    assert!(
+        runs(&st, "child").is_empty(),
+        "a failed parent does not count"
+    );
     // p2 succeeds on a manual run.
     let mut ch = Changes::default();
     jobs::run_now(&mut st, &mut ch, "p2", None, T0 + 50).unwrap();
@@ -226,7 +239,11 @@ fn a_run_past_max_completion_time_is_killed_and_fails() {
         T0,
     );
     let (r, _) = pass(&mut st, T0);
-    assert_eq!(r, Requeue::At(T0 + 3000), "the deadline is when to look again");
+    assert_eq!(
+        r,
+        Requeue::At(T0 + 3000),
+        "the deadline is when to look again"
+    );
     let task = runs(&st, "slow")[0].task_id.clone().unwrap();
     pass(&mut st, T0 + 2999);
     assert_eq!(st.tasks[&task].goal, berth_core::task::TaskGoal::Running);
@@ -234,7 +251,13 @@ fn a_run_past_max_completion_time_is_killed_and_fails() {
     assert_eq!(st.tasks[&task].goal, berth_core::task::TaskGoal::Killed);
     let run = &runs(&st, "slow")[0];
     assert_eq!(run.status, RunStatus::Failure);
-    assert!(run.message.as_deref().unwrap().contains("maxCompletionTime"), "{run:?}");
+    assert!(
+        run.message
+            .as_deref()
+            .unwrap()
+            .contains("maxCompletionTime"),
+        "{run:?}"
+    );
     // The agent's report of the kill changes nothing more.
     let node = st.tasks[&task].node_id.clone();
     let mut ch = Changes::default();
