@@ -248,6 +248,13 @@ async fn kill_9_of_the_server_during_a_run_neither_loses_nor_repeats_it() {
     assert_eq!(api.put("/scheduler/job/long", &json!({})).await.status, 204);
     let running = wait_statuses(&api, "long", &["running"], Duration::from_secs(10)).await;
     let task = running[0]["taskId"].as_str().unwrap().to_string();
+    // Its process runs: the launch is durable (agents only see durable tasks). Killed before
+    // that, the server would relaunch the run, once, as a new task after the restart.
+    common::wait_until(Duration::from_secs(10), "the run's process starts", || {
+        let task = task.clone();
+        async move { !common::task_processes(&task, "sleep").is_empty() }
+    })
+    .await;
     c.kill_server();
     // The run ends while the server is down; its agent keeps the outcome until told.
     tokio::time::sleep(Duration::from_secs(4)).await;
