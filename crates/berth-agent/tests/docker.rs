@@ -4,13 +4,15 @@
 
 use berth_agent::driver::docker::{
     ContainerInfo, DockerConfig, DockerDriver, LABEL_APP_ID, LABEL_CPUSET, LABEL_NODE_ID,
-    LABEL_TASK_ID, LABEL_VERSION, check_parameters, container_name,
+    LABEL_TASK_ID, LABEL_VERSION, LABEL_WARM_FINGERPRINT, LABEL_WARM_JOB, check_parameters,
+    container_name,
 };
-use berth_agent::driver::{Driver, DriverError, TaskSpec, TaskStatus};
+use berth_agent::driver::{Driver, DriverError, LogStream, TaskSpec, TaskStatus};
 use berth_core::app::{AppDefinition, DockerParameter};
 use berth_core::node::NodeResources;
 use berth_core::task::TaskState;
 use bollard::query_parameters::InspectContainerOptions;
+use futures::StreamExt;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -922,4 +924,468 @@ async fn shared_containers_move_off_pinned_cores() {
     for id in [&a, &b, &c] {
         d.kill(id, Duration::ZERO).await.unwrap();
     }
+}
+
+// ---- Warm mode: the runs of a job execute in one long-lived container of the job. ----
+
+/// A run of job `job` in warm mode.
+fn warm_spec(task_id: &str, node: &str, job: &str, app: serde_json::Value) -> TaskSpec {
+    let mut app = app;
+    app["id"] = json!("/test/warm");
+    app["labels"]["BERTH_JOB"] = json!(job);
+    app["labels"]["BERTH_RUN_MODE"] = json!("warm");
+    if app.get("container").is_none() {
+        app["container"] = json!({"docker": {}});
+    }
+    spec(task_id, node, app, vec![])
+}
+
+/// `docker ps -a` of the job's warm containers on `node`: `(name, id, state)`.
+fn warm_containers(job: &str, node: &str) -> Vec<(String, String, String)> {
+    docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label={LABEL_WARM_JOB}={job}"),
+        "--filter",
+        &format!("label={LABEL_NODE_ID}={node}"),
+        "--format",
+        "{{.Names}} {{.ID}} {{.State}}",
+    ])
+    .lines()
+    .filter_map(|l| {
+        let mut p = l.split_whitespace();
+        Some((p.next()?.into(), p.next()?.into(), p.next()?.into()))
+    })
+    .collect()
+}
+
+/// Removes the warm containers of a test's node however the test ends.
+struct WarmCleanup(String);
+
+impl Drop for WarmCleanup {
+    fn drop(&mut self) {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label={LABEL_NODE_ID}={}", self.0),
+            ])
+            .output();
+        if let Ok(out) = out {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+    }
+}
+
+async fn read_log(d: &DockerDriver, task: &str, stream: LogStream) -> String {
+    let mut chunks = d.logs(task, stream, None, false).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(c) = chunks.next().await {
+        out.extend_from_slice(&c.unwrap());
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn driver_with(
+    dir: &Path,
+    node: &str,
+    tune: impl FnOnce(&mut DockerConfig),
+) -> (DockerDriver, UnboundedReceiver<TaskStatus>) {
+    let (tx, rx) = unbounded_channel();
+    let mut cfg = DockerConfig::new(dir.join("docker"));
+    cfg.node_id = Some(node.to_string());
+    cfg.resync_interval = Duration::from_secs(2);
+    tune(&mut cfg);
+    let driver = DockerDriver::connect(cfg, tx).await.unwrap();
+    (driver, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_runs_share_one_container_and_report_exit_codes_and_logs() {
+    let Some(_lock) =
+        docker_ready("warm_runs_share_one_container_and_report_exit_codes_and_logs").await
+    else {
+        return;
+    };
+    let mut h = harness().await;
+    let _cleanup = WarmCleanup(h.node.clone());
+    let job = unique("job");
+    let app = |cmd: &str| json!({"cmd": cmd, "cpus": 0.25, "mem": 48});
+    let mut first = None;
+    for i in 0..20 {
+        let id = unique("run");
+        h.driver
+            .start(warm_spec(
+                &id,
+                &h.node,
+                &job,
+                app(&format!(
+                    "echo \"run-{i} $MESOS_TASK_ID\"; echo oops-{i} >&2"
+                )),
+            ))
+            .await
+            .unwrap();
+        let st = wait_for(&mut h.rx, &id, TaskState::Finished, Duration::from_secs(60)).await;
+        assert_eq!(st.exit_code, Some(0), "{st:?}");
+        assert_eq!(
+            read_log(&h.driver, &id, LogStream::Stdout).await,
+            format!("run-{i} {id}\n")
+        );
+        assert_eq!(
+            read_log(&h.driver, &id, LogStream::Stderr).await,
+            format!("oops-{i}\n")
+        );
+        let containers = warm_containers(&job, &h.node);
+        assert_eq!(containers.len(), 1, "run {i}: {containers:?}");
+        let c = &containers[0];
+        assert_eq!(c.2, "running");
+        match &first {
+            None => first = Some(c.1.clone()),
+            Some(f) => assert_eq!(f, &c.1, "run {i} got another container"),
+        }
+        // A terminal run is forgotten as usual; the container is the job's and stays.
+        if i % 2 == 0 {
+            h.driver.forget(&id);
+            assert!(matches!(
+                h.driver.logs(&id, LogStream::Stdout, None, false).await,
+                Err(DriverError::UnknownTask(_))
+            ));
+        }
+    }
+    let (name, cid, _) = warm_containers(&job, &h.node).remove(0);
+    // The container has the per-run limits, and nothing that makes it a task.
+    let c = h
+        .driver
+        .docker()
+        .inspect_container(&cid, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let labels = c.config.as_ref().unwrap().labels.clone().unwrap();
+    assert!(!labels.contains_key(LABEL_TASK_ID), "{labels:?}");
+    assert!(labels[LABEL_WARM_FINGERPRINT].len() == 16, "{labels:?}");
+    assert!(name.starts_with("berth-warm-"), "{name}");
+    let hc = c.host_config.unwrap();
+    assert_eq!(hc.memory, Some(48 * 1024 * 1024));
+    assert_eq!(hc.memory_swap, hc.memory);
+    assert_eq!(hc.cpu_shares, Some(256));
+    assert_eq!(hc.pids_limit, Some(4096));
+    assert_eq!(hc.log_config.unwrap().typ.as_deref(), Some("json-file"));
+    // Neither recover-style listing nor `list` takes the container for a task.
+    assert!(
+        h.driver
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.task_id.starts_with("run."))
+    );
+
+    let id = unique("run");
+    h.driver
+        .start(warm_spec(&id, &h.node, &job, app("echo failing; exit 3")))
+        .await
+        .unwrap();
+    let st = wait_for(&mut h.rx, &id, TaskState::Failed, Duration::from_secs(60)).await;
+    assert_eq!(st.exit_code, Some(3));
+    assert_eq!(st.message.as_deref(), Some("exited with code 3"));
+    assert_eq!(warm_containers(&job, &h.node).len(), 1);
+
+    // The shutdown path removes the warm containers no run uses.
+    h.driver.remove_leftovers().await;
+    assert!(warm_containers(&job, &h.node).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_warm_run_leaves_the_container_for_the_next_run() {
+    let Some(_lock) =
+        docker_ready("killing_a_warm_run_leaves_the_container_for_the_next_run").await
+    else {
+        return;
+    };
+    let mut h = harness().await;
+    let _cleanup = WarmCleanup(h.node.clone());
+    let job = unique("job");
+    let marker = format!("/tmp/{}", unique("term"));
+    // SIGTERM ends `sleep` at once.
+    let a = unique("run");
+    h.driver
+        .start(warm_spec(
+            &a,
+            &h.node,
+            &job,
+            json!({"cmd": format!("touch {marker}; sleep 1000")}),
+        ))
+        .await
+        .unwrap();
+    wait_for(&mut h.rx, &a, TaskState::Running, Duration::from_secs(60)).await;
+    let (name, cid, _) = warm_containers(&job, &h.node).remove(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Command::new("docker")
+        .args(["exec", &name, "test", "-e", &marker])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the run never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(h.driver.pid(&a).is_some());
+    let t = Instant::now();
+    h.driver.kill(&a, Duration::from_secs(10)).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let st = wait_for(&mut h.rx, &a, TaskState::Killed, Duration::from_secs(10)).await;
+    assert_eq!(st.exit_code, Some(143), "{st:?}");
+    let ps = docker(&["exec", &name, "ps"]);
+    assert!(!ps.contains("sleep 1000"), "{ps}");
+
+    // A run that ignores SIGTERM is SIGKILLed after the grace period.
+    let b = unique("run");
+    h.driver
+        .start(warm_spec(
+            &b,
+            &h.node,
+            &job,
+            json!({"cmd": "trap '' TERM; sleep 1000; echo survived"}),
+        ))
+        .await
+        .unwrap();
+    wait_for(&mut h.rx, &b, TaskState::Running, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    h.driver
+        .kill(&b, Duration::from_millis(1500))
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+    let st = wait_for(&mut h.rx, &b, TaskState::Killed, Duration::from_secs(10)).await;
+    assert_eq!(st.exit_code, Some(137), "{st:?}");
+    assert_eq!(h.driver.pid(&b), None);
+    // Killing again is fine.
+    h.driver.kill(&b, Duration::ZERO).await.unwrap();
+
+    // The container survived both, and the next run uses it.
+    let c = h.driver.start(warm_spec(
+        &unique("run"),
+        &h.node,
+        &job,
+        json!({"cmd": "true"}),
+    ));
+    c.await.unwrap();
+    let containers = warm_containers(&job, &h.node);
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_eq!(containers[0].1, cid);
+    assert_eq!(containers[0].2, "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_or_dead_warm_container_is_replaced() {
+    let Some(_lock) = docker_ready("a_changed_or_dead_warm_container_is_replaced").await else {
+        return;
+    };
+    let (dir, node) = (tempfile::tempdir().unwrap(), unique("node"));
+    let (d, mut rx) = driver_with(dir.path(), &node, |c| {
+        c.warm_idle_timeout = Duration::from_secs(3)
+    })
+    .await;
+    let _cleanup = WarmCleanup(node.clone());
+    let job = unique("job");
+    let alt = "berth-test/busybox:warm-alt";
+    docker(&["tag", IMAGE, alt]);
+    let run = async |rx: &mut UnboundedReceiver<TaskStatus>, app: serde_json::Value| {
+        let id = unique("run");
+        d.start(warm_spec(&id, &node, &job, app)).await.unwrap();
+        let st = wait_for(rx, &id, TaskState::Finished, Duration::from_secs(60)).await;
+        assert_eq!(st.exit_code, Some(0));
+        let c = warm_containers(&job, &node);
+        c.into_iter().find(|c| c.2 == "running").unwrap().1
+    };
+    let a = run(&mut rx, json!({"cmd": "true", "mem": 32})).await;
+    let b = run(&mut rx, json!({"cmd": "true", "mem": 64})).await;
+    assert_ne!(a, b, "a mem change makes a new container");
+    let c = run(
+        &mut rx,
+        json!({"cmd": "true", "mem": 64,
+               "container": {"docker": {}}}),
+    )
+    .await;
+    assert_eq!(b, c, "same again: same container");
+    let id = unique("run");
+    let mut s = warm_spec(&id, &node, &job, json!({"cmd": "true", "mem": 64}));
+    s.app
+        .container
+        .as_mut()
+        .unwrap()
+        .docker
+        .as_mut()
+        .unwrap()
+        .image = alt.into();
+    d.start(s.clone()).await.unwrap();
+    wait_for(&mut rx, &id, TaskState::Finished, Duration::from_secs(60)).await;
+    let containers = warm_containers(&job, &node);
+    // The stale ones went when their last run ended.
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    let e = containers[0].1.clone();
+    assert_ne!(e, b, "an image change makes a new container");
+
+    // Killed behind the driver's back: the next run gets a new one.
+    docker(&["kill", &e]);
+    let id = unique("run");
+    s.task_id = id.clone();
+    d.start(s).await.unwrap();
+    wait_for(&mut rx, &id, TaskState::Finished, Duration::from_secs(60)).await;
+    let containers = warm_containers(&job, &node);
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_ne!(containers[0].1, e);
+    assert_eq!(containers[0].2, "running");
+
+    // Idle for longer than warm_idle_timeout: removed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !warm_containers(&job, &node).is_empty() {
+        assert!(Instant::now() < deadline, "the idle container stayed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = Command::new("docker").args(["rmi", alt]).output();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_driver_recovers_warm_runs_without_restarting_them() {
+    let Some(_lock) = docker_ready("a_new_driver_recovers_warm_runs_without_restarting_them").await
+    else {
+        return;
+    };
+    let mut h = harness().await;
+    let _cleanup = WarmCleanup(h.node.clone());
+    let job = unique("job");
+    let (long, short) = (unique("run"), unique("run"));
+    let count = format!("/tmp/{}", unique("count"));
+    let long_spec = warm_spec(
+        &long,
+        &h.node,
+        &job,
+        json!({"cmd": format!("echo started >> {count}; sleep 5; echo done; exit 5")}),
+    );
+    h.driver.start(long_spec.clone()).await.unwrap();
+    h.driver
+        .start(warm_spec(
+            &short,
+            &h.node,
+            &job,
+            json!({"cmd": "sleep 1; exit 4"}),
+        ))
+        .await
+        .unwrap();
+    wait_for(
+        &mut h.rx,
+        &long,
+        TaskState::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for(
+        &mut h.rx,
+        &short,
+        TaskState::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    let (name, cid, _) = warm_containers(&job, &h.node).remove(0);
+
+    // Agent A goes away (as with kill -9: nothing is stopped); the short run ends meanwhile.
+    let Harness {
+        driver,
+        rx,
+        dir,
+        node,
+    } = h;
+    drop(driver);
+    drop(rx);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (b, mut rx) = driver_for(dir.path(), &node).await;
+    let recovered = b.recover().await.unwrap();
+    let find = |id: &str| recovered.iter().find(|s| s.task_id == id).cloned();
+    assert_eq!(
+        find(&long).map(|s| s.state),
+        Some(TaskState::Running),
+        "{recovered:?}"
+    );
+    let s = find(&short).unwrap();
+    assert_eq!(
+        (s.state, s.exit_code),
+        (TaskState::Failed, Some(4)),
+        "{s:?}"
+    );
+    assert_eq!(recovered.len(), 2, "{recovered:?}");
+    assert!(b.pid(&long).is_some());
+    // A start retried by the agent is a no-op.
+    b.start(long_spec).await.unwrap();
+
+    let st = wait_for(&mut rx, &long, TaskState::Failed, Duration::from_secs(30)).await;
+    assert_eq!(st.exit_code, Some(5));
+    assert_eq!(read_log(&b, &long, LogStream::Stdout).await, "done\n");
+    let runs = docker(&["exec", &name, "cat", &count]);
+    assert_eq!(runs.lines().count(), 1, "ran once: {runs:?}");
+    let containers = warm_containers(&job, &node);
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_eq!(containers[0].1, cid, "same container");
+    // The recovered driver keeps using it.
+    let next = unique("run");
+    b.start(warm_spec(&next, &node, &job, json!({"cmd": "true"})))
+        .await
+        .unwrap();
+    wait_for(&mut rx, &next, TaskState::Finished, Duration::from_secs(30)).await;
+    assert_eq!(warm_containers(&job, &node)[0].1, cid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_warm_runs_of_a_job_make_one_container() {
+    let Some(_lock) = docker_ready("concurrent_warm_runs_of_a_job_make_one_container").await else {
+        return;
+    };
+    let mut h = harness().await;
+    let _cleanup = WarmCleanup(h.node.clone());
+    let job = unique("job");
+    let ids: Vec<String> = (0..6).map(|_| unique("run")).collect();
+    let starts = ids.iter().map(|id| {
+        h.driver.start(warm_spec(
+            id,
+            &h.node,
+            &job,
+            json!({"cmd": "sleep 1; echo $MESOS_TASK_ID"}),
+        ))
+    });
+    for r in futures::future::join_all(starts).await {
+        r.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = h.driver.list().await.unwrap();
+        if list.len() == ids.len() && list.iter().all(|s| s.state.is_terminal()) {
+            assert!(
+                list.iter()
+                    .all(|s| s.state == TaskState::Finished && s.exit_code == Some(0)),
+                "{list:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "runs did not end: {list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &ids {
+        assert_eq!(
+            read_log(&h.driver, id, LogStream::Stdout).await,
+            format!("{id}\n")
+        );
+    }
+    let containers = warm_containers(&job, &h.node);
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    while h.rx.try_recv().is_ok() {}
 }

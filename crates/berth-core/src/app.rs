@@ -420,6 +420,12 @@ pub const LABEL_PLACEMENT: &str = "BERTH_PLACEMENT";
 /// App label: `pinned` gives each task whole cores of its own (`shared`: the default).
 pub const LABEL_CPU_MODE: &str = "BERTH_CPU_MODE";
 
+/// App label of a job run: the name of the job it is a run of.
+pub const LABEL_JOB_NAME: &str = "BERTH_JOB";
+/// App label of a job run: `warm` runs it inside one long-lived container of its job on
+/// the node (Docker driver) instead of a container of its own.
+pub const LABEL_RUN_MODE: &str = "BERTH_RUN_MODE";
+
 /// App label: rotate each of the task's log files at this size (`10m`, `512k`, `1g`, bytes),
 /// instead of the agent's `--log-max-size`.
 pub const LABEL_LOG_MAX_SIZE: &str = "BERTH_LOG_MAX_SIZE";
@@ -576,6 +582,19 @@ impl AppDefinition {
         })
     }
 
+    /// The job's name when this is a job run in warm mode (labels `BERTH_RUN_MODE=warm`,
+    /// any case, and a non-empty `BERTH_JOB`).
+    pub fn warm_job(&self) -> Option<&str> {
+        let warm = self
+            .label_value(LABEL_RUN_MODE)
+            .is_some_and(|m| m.eq_ignore_ascii_case("warm"));
+        if warm {
+            self.label_value(LABEL_JOB_NAME)
+        } else {
+            None
+        }
+    }
+
     /// Label `BERTH_UID`: whether each task runs as a UID unique on its node (`auto`).
     pub fn auto_uid(&self) -> Result<bool, String> {
         Ok(self.label_choice(LABEL_UID, &["auto"])?.is_some())
@@ -713,6 +732,21 @@ mod tests {
         assert_eq!(app.kill_selection, "YOUNGEST_FIRST");
         assert_eq!(app.networks[0].mode, "host");
         assert_eq!(app.driver(), DriverKind::Exec);
+    }
+
+    #[test]
+    fn warm_job_needs_both_labels() {
+        let app = |labels: &str| -> AppDefinition {
+            serde_json::from_str(&format!(r#"{{"id":"/a","labels":{labels}}}"#)).unwrap()
+        };
+        let warm = app(r#"{"BERTH_JOB":"nightly","BERTH_RUN_MODE":"Warm"}"#);
+        assert_eq!(warm.warm_job(), Some("nightly"));
+        assert_eq!(app(r#"{"BERTH_JOB":"nightly"}"#).warm_job(), None);
+        assert_eq!(
+            app(r#"{"BERTH_JOB":"nightly","BERTH_RUN_MODE":"per-run"}"#).warm_job(),
+            None
+        );
+        assert_eq!(app(r#"{"BERTH_RUN_MODE":"warm"}"#).warm_job(), None);
     }
 
     #[test]

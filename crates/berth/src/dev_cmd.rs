@@ -134,6 +134,10 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
             }
         }
         futures::future::join_all(ends).await;
+        // What drivers keep for tasks to come (the Docker driver's warm containers).
+        for d in &drivers {
+            d.remove_leftovers().await;
+        }
     }
     Ok(())
 }

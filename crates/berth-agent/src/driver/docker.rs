@@ -15,7 +15,9 @@
 //! On-disk layout, `<data_dir>/`:
 //! - `tasks/<task_id>/container_info`  JSON bind-mounted read-only into the container
 //! - `tasks/<task_id>/killed`          marker: the task was killed on request (TASK_KILLED)
-//! - `uids.json`                       task id -> UID allocated for `BERTH_UID=auto`
+//! - `tasks/<task_id>/warm.json`       a warm job run: its container and exec (see [`warm`])
+//! - `warm/<container>/<task_id>/`     a warm run's `stdout`, `stderr`, `exit_code`
+//! - `uids.json`                       task id (or warm container) -> UID for `BERTH_UID=auto`
 //!
 //! Shared containers (no pinned cores, no `cpuset-cpus` parameter) run on the online cores
 //! minus the node's pinned ones ([`Driver::set_pinned_cores`] plus this driver's own pinned
@@ -52,6 +54,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
+
+mod warm;
+pub use warm::{LABEL_WARM_FINGERPRINT, LABEL_WARM_JOB, RUNS_MOUNT, warm_container_name};
 
 /// Container label holding the task id (every Berth container has it).
 pub const LABEL_TASK_ID: &str = "berth.task_id";
@@ -151,6 +156,8 @@ pub struct DockerConfig {
     pub resync_interval: Duration,
     /// How long `connect` waits for dockerd to answer.
     pub connect_timeout: Duration,
+    /// A warm container (job runs in warm mode) without a run for this long is removed.
+    pub warm_idle_timeout: Duration,
 }
 
 impl DockerConfig {
@@ -168,6 +175,7 @@ impl DockerConfig {
             lxcfs_dir: PathBuf::from("/var/lib/lxcfs"),
             resync_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            warm_idle_timeout: Duration::from_secs(600),
         }
     }
 
@@ -207,6 +215,8 @@ struct Inner {
     /// even if the pinned cores did not change (an earlier agent set their cpuset).
     recovered_shared: AtomicBool,
     watcher_started: AtomicBool,
+    /// Warm mode's containers and per-job locks.
+    warm: warm::WarmState,
     /// Dropped with the driver: stops the watcher.
     _stop: watch::Sender<()>,
     stop_rx: watch::Receiver<()>,
@@ -223,6 +233,8 @@ struct Entry {
     cpuset: Vec<u32>,
     /// No own cpuset (not pinned, no `cpuset-cpus` parameter): runs on the shared cores.
     shared: bool,
+    /// A job run in warm mode: an exec in its job's container, not a container.
+    warm: Option<warm::WarmRun>,
 }
 
 /// What `container_info` says (also handy for tests).
@@ -278,6 +290,7 @@ impl DockerDriver {
                 cpuset_moves: tokio::sync::Mutex::new(()),
                 recovered_shared: AtomicBool::new(false),
                 watcher_started: AtomicBool::new(false),
+                warm: Default::default(),
                 _stop: stop,
                 stop_rx,
             }),
@@ -332,6 +345,10 @@ impl DockerDriver {
         let id = spec.task_id.clone();
         // Validate everything before anything is reported or created.
         let plan = build_plan(&spec, &inner.config).map_err(DriverError::InvalidSpec)?;
+        if let Some(job) = spec.app.warm_job() {
+            let job = job.to_string();
+            return self.start_warm(spec, plan, job).await;
+        }
         {
             let mut tasks = inner.tasks.lock();
             if tasks.contains_key(&id) {
@@ -346,6 +363,7 @@ impl DockerDriver {
                     kill_requested: false,
                     cpuset: spec.cpuset.clone(),
                     shared: plan.shared,
+                    warm: None,
                 },
             );
         }
@@ -415,6 +433,10 @@ impl DockerDriver {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let run = inner.tasks.lock().get(task_id).and_then(|e| e.warm.clone());
+        if let Some(run) = run {
+            return inner.kill_run(task_id, &run, grace, started).await;
+        }
         let name = container_name(task_id);
         let stop_signal = match inner
             .docker
@@ -467,6 +489,9 @@ impl DockerDriver {
     ) -> Result<LogChunks, DriverError> {
         let unknown = || DriverError::UnknownTask(task_id.to_string());
         validate_task_id(task_id).map_err(|_| unknown())?;
+        if let Some(run) = self.inner.warm_run(task_id) {
+            return Ok(self.inner.run_logs(task_id, &run, stream, tail, follow));
+        }
         let name = container_name(task_id);
         // Only Berth's container of this task (a forgotten task's container may still exist).
         let c = match self
@@ -594,10 +619,12 @@ impl DockerDriver {
                 kill_requested: killed,
                 cpuset,
                 shared,
+                warm: None,
             });
             out.push(st);
         }
-        // UIDs of tasks whose containers are gone are free again.
+        inner.recover_warm(&mut out, &mut seen).await?;
+        // UIDs of tasks (and warm containers) whose containers are gone are free again.
         {
             let mut uids = inner.uids.lock();
             let map = inner.load_uids(&mut uids);
@@ -616,7 +643,7 @@ impl DockerDriver {
     /// to remove, unless the task is still running (or its id is not one of ours).
     fn forget_bookkeeping(&self, task_id: &str) -> Option<String> {
         let inner = &self.inner;
-        {
+        let warm = {
             let mut tasks = inner.tasks.lock();
             if let Some(e) = tasks.get(task_id)
                 && !e.status.state.is_terminal()
@@ -624,9 +651,14 @@ impl DockerDriver {
                 tracing::warn!(task_id, "not forgetting a task that is still running");
                 return None;
             }
-            tasks.remove(task_id);
-        }
+            tasks.remove(task_id).and_then(|e| e.warm)
+        };
         if validate_task_id(task_id).is_err() {
+            return None;
+        }
+        // A warm run leaves files only: its container is the job's.
+        if let Some(run) = warm.or_else(|| inner.load_run(task_id)) {
+            inner.forget_run(task_id, &run);
             return None;
         }
         inner.release_uid(task_id);
@@ -866,6 +898,9 @@ impl Inner {
         for id in ids {
             self.update_cpuset(&id, &container_name(&id)).await;
         }
+        for name in self.warm.shared_containers() {
+            self.update_cpuset(&name, &name).await;
+        }
     }
 
     /// [`Self::move_shared_containers`] for one container.
@@ -1038,7 +1073,10 @@ impl Inner {
             let tasks = self.tasks.lock();
             match tasks.get(id) {
                 None => return,
-                Some(e) if e.launching || e.status.state.is_terminal() => return,
+                // Warm runs are watched by their own monitor (no container of their own).
+                Some(e) if e.launching || e.status.state.is_terminal() || e.warm.is_some() => {
+                    return;
+                }
                 Some(e) => e.kill_requested,
             }
         };
@@ -1150,6 +1188,11 @@ impl Inner {
         let filters = self.label_filters();
         let resync = self.config.resync_interval;
         let stop = self.stop_rx.clone();
+        handle.spawn(warm::sweep_warm(
+            weak.clone(),
+            stop.clone(),
+            self.config.warm_idle_timeout,
+        ));
         handle.spawn(watch_events(weak, docker, filters, resync, stop));
     }
 
@@ -2291,6 +2334,11 @@ impl Driver for DockerDriver {
         })
     }
 
+    /// Removes the warm containers no run uses.
+    fn remove_leftovers(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.inner.remove_unused_warm())
+    }
+
     /// Remembers the node's pinned cores; when they changed (or containers were recovered
     /// since the last call), moves the running shared containers to the new shared cores.
     fn set_pinned_cores(&self, cores: &[u32]) {
@@ -2342,7 +2390,14 @@ impl Driver for DockerDriver {
         command: &str,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<(), String>> {
-        let name = container_name(&spec.task_id);
+        // A warm run's commands run in its job's container.
+        let name = self
+            .inner
+            .tasks
+            .lock()
+            .get(&spec.task_id)
+            .and_then(|e| e.warm.as_ref().map(|r| r.container_id.clone()))
+            .unwrap_or_else(|| container_name(&spec.task_id));
         let env: Vec<String> = spec
             .environment()
             .into_iter()

@@ -229,6 +229,13 @@ pub trait Driver: Send + Sync + 'static {
         Box::pin(async {})
     }
 
+    /// Removes what the driver keeps on the node for tasks to come and no task uses now
+    /// (the Docker driver's warm containers): for a shutdown after which nobody will come
+    /// back. The default has nothing to remove.
+    fn remove_leftovers(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// A task's output. `tail: Some(n)` starts with the last `n` lines (`None`: everything);
     /// `follow` keeps the stream open and yields output as it is written (like `tail -f`),
     /// ending once the task is terminal and everything it wrote was sent. Unknown task:
