@@ -1565,6 +1565,22 @@ async fn warm_job_runs_share_one_container_and_per_run_jobs_get_one_each() {
         20,
         "one container per run"
     );
+    // A finished per-run run's container is removed; its output is kept for `berth job logs`.
+    let old = &cold[10];
+    let container = format!("berth-{}", old["taskId"].as_str().unwrap());
+    wait_until(T, "the finished run's container is removed", || {
+        let container = container.clone();
+        async move { inspect(&container).is_none() }
+    })
+    .await;
+    let logs = api
+        .get(&format!("/api/v1/jobs/cold20/runs/{}/logs", old["id"]))
+        .await;
+    assert_eq!(logs.status, 200, "{}", logs.text);
+    assert_eq!(
+        logs.text.trim(),
+        format!("run {}", old["taskId"].as_str().unwrap())
+    );
     // A failing warm run reports its exit code; the container stays and is reused.
     let r = api
         .post(

@@ -55,6 +55,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
+mod kept_logs;
 mod warm;
 pub use warm::{LABEL_WARM_FINGERPRINT, LABEL_WARM_JOB, RUNS_MOUNT, warm_container_name};
 
@@ -492,6 +493,17 @@ impl DockerDriver {
         if let Some(run) = self.inner.warm_run(task_id) {
             return Ok(self.inner.run_logs(task_id, &run, stream, tail, follow));
         }
+        // A finished job run whose container is gone: its kept output.
+        let kept = kept_logs::dir(&self.inner.config.data_dir, task_id);
+        if !self.inner.tasks.lock().contains_key(task_id) && kept.is_dir() {
+            return Ok(crate::logfile::stream_file(
+                kept.join(stream.as_str()),
+                tail,
+                follow,
+                Box::new(|| true),
+                Duration::from_millis(200),
+            ));
+        }
         let name = container_name(task_id);
         // Only Berth's container of this task (a forgotten task's container may still exist).
         let c = match self
@@ -675,6 +687,7 @@ impl DockerDriver {
         };
         handle.spawn(remove_exited_container(
             self.inner.docker.clone(),
+            self.inner.config.data_dir.clone(),
             name,
             task_id.to_string(),
         ));
@@ -691,8 +704,9 @@ fn docker_size(bytes: u64) -> String {
     }
 }
 
-/// Removes a forgotten task's container, unless it runs (then it is left, and said).
-async fn remove_exited_container(docker: Docker, name: String, task_id: String) {
+/// Removes a forgotten task's container, unless it runs (then it is left, and said). A job
+/// run's output is kept first (see [`kept_logs`]).
+async fn remove_exited_container(docker: Docker, data_dir: PathBuf, name: String, task_id: String) {
     match docker
         .inspect_container(&name, None::<InspectContainerOptions>)
         .await
@@ -701,7 +715,16 @@ async fn remove_exited_container(docker: Docker, name: String, task_id: String) 
             tracing::warn!(task_id, "forgotten task's container is running; leaving it");
         }
         Ok(c) => {
+            let job_run = c
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.as_ref())
+                .and_then(|l| l.get(LABEL_APP_ID))
+                .is_some_and(|a| kept_logs::is_job_run(a));
             let id = c.id.unwrap_or(name);
+            if job_run {
+                kept_logs::keep_container_logs(&docker, &data_dir, &id, &task_id).await;
+            }
             let opts = RemoveContainerOptions {
                 force: true,
                 ..Default::default()
@@ -2329,7 +2352,8 @@ impl Driver for DockerDriver {
         let task_id = task_id.to_string();
         Box::pin(async move {
             if let Some(name) = name {
-                remove_exited_container(self.inner.docker.clone(), name, task_id).await;
+                let data_dir = self.inner.config.data_dir.clone();
+                remove_exited_container(self.inner.docker.clone(), data_dir, name, task_id).await;
             }
         })
     }

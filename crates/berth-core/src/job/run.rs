@@ -4,16 +4,13 @@
 
 use super::{Job, RunMode};
 use crate::app::{
-    AppDefinition, Container, DockerParameter, DockerSpec, EnvValue, Network, Volume,
+    AppDefinition, Container, DockerParameter, DockerSpec, EnvValue, LABEL_JOB_NAME,
+    LABEL_RUN_MODE, Network, Volume,
 };
 
 /// Tasks of job runs belong to this pseudo app id prefix (`job:<name>`), which no Marathon
 /// app id can have (app ids are paths), so app controllers never mistake them for theirs.
 pub const JOB_APP_PREFIX: &str = "job:";
-/// Label naming the job a run belongs to.
-pub const LABEL_RUN_JOB: &str = "BERTH_JOB";
-/// Label saying how the run is executed (`warm`: inside the job's kept container).
-pub const LABEL_RUN_MODE_NAME: &str = "BERTH_RUN_MODE";
 
 /// The pseudo app id of `job`'s run tasks.
 pub fn job_app_id(job: &str) -> String {
@@ -57,9 +54,9 @@ impl Job {
             (None, Some(argv))
         };
         let mut labels = std::collections::BTreeMap::new();
-        labels.insert(LABEL_RUN_JOB.to_string(), self.name.clone());
+        labels.insert(LABEL_JOB_NAME.to_string(), self.name.clone());
         if self.run_mode == RunMode::Warm {
-            labels.insert(LABEL_RUN_MODE_NAME.to_string(), "warm".to_string());
+            labels.insert(LABEL_RUN_MODE.to_string(), "warm".to_string());
         }
         let base = AppDefinition::default();
         let mut networks = base.networks.clone();
@@ -160,10 +157,10 @@ mod tests {
         assert_eq!((def.cpus, def.mem), (0.5, 64.0));
         assert_eq!(def.env.get("X"), Some(&EnvValue::Plain("1".into())));
         assert_eq!(
-            def.labels.get(LABEL_RUN_JOB).map(String::as_str),
+            def.labels.get(LABEL_JOB_NAME).map(String::as_str),
             Some("etl.daily")
         );
-        assert!(!def.labels.contains_key(LABEL_RUN_MODE_NAME));
+        assert!(!def.labels.contains_key(LABEL_RUN_MODE));
         assert_eq!(def.version.as_deref(), Some("run-1"));
         assert_eq!(def.driver(), crate::app::DriverKind::Exec);
         assert_eq!(job_of_app_id(&def.id), Some("etl.daily"));
@@ -197,7 +194,7 @@ mod tests {
         assert_eq!(def.driver(), crate::app::DriverKind::Docker);
         assert_eq!(def.networks.len(), 1);
         assert_eq!(
-            def.labels.get(LABEL_RUN_MODE_NAME).map(String::as_str),
+            def.labels.get(LABEL_RUN_MODE).map(String::as_str),
             Some("warm")
         );
     }

@@ -403,8 +403,10 @@ impl Inner {
         live.or_else(|| self.load_run(id))
     }
 
-    /// Drops what a forgotten warm run left: its files, never the container.
+    /// Drops what a forgotten warm run left: its files (its output is kept), never the container.
     pub(super) fn forget_run(&self, id: &str, run: &WarmRun) {
+        // `berth job logs` still shows the run's output (the files move out first).
+        super::kept_logs::keep_files(&self.config.data_dir, id, &run.run_dir);
         let _ = fs::remove_dir_all(&run.run_dir);
         let _ = fs::remove_dir_all(self.config.tasks_dir().join(id));
         // The container's directory goes with the container, or now if that went first.
