@@ -288,6 +288,12 @@ async fn an_exec_task_gets_its_secret_and_nothing_else_shows_it() {
         ("/api/v1/secrets", "name", "prod/db-password"),
         ("/api/v1/tokens", "id", "none"),
         ("/api/v1/namespaces", "id", "sec"),
+        ("/api/v1/jobs", "name", "sec-job"),
+        ("/api/v1/jobs", "id", "1"),
+        ("/scheduler", "name", "sec-job"),
+        ("/scheduler", "percentile", "median"),
+        ("/v1/scheduler", "name", "sec-job"),
+        ("/v1/scheduler", "percentile", "median"),
     ];
     let paths = with_embeds(every_get_path(&api, &fill).await);
     assert!(paths.len() > 20, "{paths:?}");
