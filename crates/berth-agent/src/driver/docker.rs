@@ -350,23 +350,8 @@ impl DockerDriver {
             let job = job.to_string();
             return self.start_warm(spec, plan, job).await;
         }
-        {
-            let mut tasks = inner.tasks.lock();
-            if tasks.contains_key(&id) {
-                return Ok(());
-            }
-            tasks.insert(
-                id.clone(),
-                Entry {
-                    status: status(&id, TaskState::Staging, None, None),
-                    pid: None,
-                    launching: true,
-                    kill_requested: false,
-                    cpuset: spec.cpuset.clone(),
-                    shared: plan.shared,
-                    warm: None,
-                },
-            );
+        if !inner.claim_staging(&id, spec.cpuset.clone(), plan.shared) {
+            return Ok(());
         }
         inner.ensure_watcher();
         if !spec.cpuset.is_empty() {
@@ -761,6 +746,28 @@ impl From<std::io::Error> for LaunchError {
 }
 
 impl Inner {
+    /// Records task `id` as staging, unless the driver already has it (a start retried):
+    /// then `false`, and the caller leaves it as it is.
+    fn claim_staging(&self, id: &str, cpuset: Vec<u32>, shared: bool) -> bool {
+        let mut tasks = self.tasks.lock();
+        if tasks.contains_key(id) {
+            return false;
+        }
+        tasks.insert(
+            id.to_string(),
+            Entry {
+                status: status(id, TaskState::Staging, None, None),
+                pid: None,
+                launching: true,
+                kill_requested: false,
+                cpuset,
+                shared,
+                warm: None,
+            },
+        );
+        true
+    }
+
     fn emit(&self, status: TaskStatus) {
         // The agent runtime may be shutting down; nothing to do then.
         let _ = self.sink.send(status);

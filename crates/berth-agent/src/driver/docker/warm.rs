@@ -308,23 +308,8 @@ impl DockerDriver {
         let inner = &self.inner;
         let id = spec.task_id.clone();
         let wp = warm_plan(&spec, plan, &job).map_err(DriverError::InvalidSpec)?;
-        {
-            let mut tasks = inner.tasks.lock();
-            if tasks.contains_key(&id) {
-                return Ok(());
-            }
-            tasks.insert(
-                id.clone(),
-                Entry {
-                    status: status(&id, TaskState::Staging, None, None),
-                    pid: None,
-                    launching: true,
-                    kill_requested: false,
-                    cpuset: spec.cpuset.clone(),
-                    shared: false,
-                    warm: None,
-                },
-            );
+        if !inner.claim_staging(&id, spec.cpuset.clone(), false) {
+            return Ok(());
         }
         inner.ensure_watcher();
         // Started by an earlier agent (a start retried without recover): re-attach, never
