@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod rbac;
 pub mod schedule;
 pub mod secret;
+pub mod service;
 pub mod task;
 pub mod time;
 pub mod validate;
