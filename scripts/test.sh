@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Berth's one test command: installs and starts what the tests need when it is missing
-# (Debian packages, dockerd, lxcfs, etcd, the busybox test image, marathon-python, chronos-python, schemathesis), then
+# (Debian packages, dockerd, lxcfs, etcd, the busybox test image, marathon-python, chronos-python, py-consul, schemathesis), then
 # runs formatting, lints and every test. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +49,7 @@ if [ -x scripts/test-image.sh ]; then
   scripts/test-image.sh
 fi
 
-# 3. marathon-python and chronos-python for the client compatibility tests, schemathesis for
+# 3. marathon-python, chronos-python and py-consul for the client compatibility tests, schemathesis for
 # the OpenAPI one.
 if ! .venv-compat/bin/python -c 'import marathon' >/dev/null 2>&1; then
   log "installing marathon-python 0.13.0 into .venv-compat"
@@ -60,6 +60,11 @@ if ! .venv-compat/bin/python -c 'import chronos, importlib.metadata as m; assert
   log "installing chronos-python 1.2.1 into .venv-compat"
   [ -x .venv-compat/bin/python ] || python3 -m venv .venv-compat
   .venv-compat/bin/pip install -q 'chronos-python==1.2.1'
+fi
+if ! .venv-compat/bin/python -c 'import consul, importlib.metadata as m; assert m.version("py-consul") == "1.8.0"' >/dev/null 2>&1; then
+  log "installing py-consul 1.8.0 into .venv-compat"
+  [ -x .venv-compat/bin/python ] || python3 -m venv .venv-compat
+  .venv-compat/bin/pip install -q 'py-consul==1.8.0'
 fi
 export BERTH_PYTHON="$PWD/.venv-compat/bin/python"
 # schemathesis for the OpenAPI conformance test (crates/berth/tests/openapi_schemathesis.rs).

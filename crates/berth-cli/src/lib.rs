@@ -1,5 +1,5 @@
-//! Berth's command-line client: the `app`, `task`, `deployment`, `events` and `node`
-//! subcommands of the `berth` binary, speaking Marathon's v2 API (and Berth's `/api/v1`).
+//! Berth's command-line client: the `app`, `task`, `deployment`, `events`, `node` and
+//! `service` subcommands of the `berth` binary, speaking Marathon's v2 API (and Berth's `/api/v1`).
 //!
 //! The binary flattens [`ClientOpts`] into its top-level parser, adds [`ClientCommand`]'s
 //! variants to its subcommands and calls [`run`]. On error it prints [`CliError::report`]
@@ -15,6 +15,7 @@ mod events;
 mod job;
 mod node;
 mod progress;
+mod service;
 mod table;
 mod task;
 mod view;
@@ -28,6 +29,7 @@ pub use error::{CliError, ErrorDetail};
 pub use events::{EventsArgs, SseEvent, SseParser};
 pub use job::{JobCmd, JobSubcommand};
 pub use node::{NodeCmd, NodeSubcommand};
+pub use service::{ServiceCmd, ServiceSubcommand};
 pub use table::{Table, truncate};
 pub use task::{TaskCmd, TaskSubcommand};
 
@@ -49,6 +51,8 @@ pub enum ClientCommand {
     Events(EventsArgs),
     /// Inspect, cordon and drain the cluster's nodes.
     Node(NodeCmd),
+    /// The service catalog: every app as a service with its healthy instances.
+    Service(ServiceCmd),
     /// Create, list and revoke API tokens (cluster-admin).
     Token(TokenCmd),
     /// Check a token against a server and keep both in the config file.
@@ -124,6 +128,7 @@ async fn run_inner(
         ClientCommand::Deployment(c) => deployment::run(&mut ctx, c.command).await,
         ClientCommand::Events(a) => events::run(&mut ctx, a).await,
         ClientCommand::Node(c) => node::run(&mut ctx, c.command).await,
+        ClientCommand::Service(c) => service::run(&mut ctx, c.command).await,
         ClientCommand::Token(c) => access::run_token(&mut ctx, c.command).await,
         ClientCommand::Login(a) => access::login(&mut ctx, a).await,
     };

@@ -119,6 +119,8 @@ impl Instance {
             (true, String::new())
         };
         let names = app.host_port_names();
+        // The app's service ports (the task record does not carry them).
+        let service_ports = app.service_ports();
         let ports = task
             .ports
             .iter()
@@ -126,7 +128,10 @@ impl Instance {
             .map(|(i, &port)| InstancePort {
                 port,
                 name: names.get(i).copied().flatten().map(str::to_string),
-                service_port: task.service_ports.get(i).copied().filter(|p| *p != 0),
+                service_port: service_ports
+                    .get(i)
+                    .and_then(|p| u16::try_from(*p).ok())
+                    .filter(|p| *p != 0),
             })
             .collect();
         Some(Instance {

@@ -398,6 +398,14 @@ impl AuthState {
             return Ok(Some(Principal::Anonymous));
         }
         let Some(value) = headers.get(header::AUTHORIZATION) else {
+            // Consul clients (consul-template, py-consul) send their token in a header of
+            // their own; `?token=` is turned into it by [`authorize`].
+            if let Some(token) = headers.get(CONSUL_TOKEN_HEADER) {
+                let token = token
+                    .to_str()
+                    .map_err(|_| unauthorized("the X-Consul-Token header is not valid text"))?;
+                return self.by_secret(token.trim()).map(Some);
+            }
             return Ok(None);
         };
         let value = value
@@ -508,6 +516,21 @@ pub fn write_secret_file(path: &Path, content: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// The header Consul clients carry their ACL token in.
+pub const CONSUL_TOKEN_HEADER: &str = "x-consul-token";
+
+/// Consul's read API (`/v1/catalog`, `/v1/health`) also takes the token as `?token=`.
+fn consul_query_token(path: &str, query: Option<&str>) -> Option<String> {
+    if !(path.starts_with("/v1/catalog/") || path.starts_with("/v1/health/")) {
+        return None;
+    }
+    query?
+        .split('&')
+        .find_map(|p| p.strip_prefix("token="))
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
 /// What a route needs from its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requirement {
@@ -582,6 +605,12 @@ pub async fn authorize(
         .map(|c| c.0.ip().to_string())
         .unwrap_or_default();
     let need = requirement(&method, &path);
+    if let Some(token) = consul_query_token(&path, req.uri().query())
+        && !req.headers().contains_key(CONSUL_TOKEN_HEADER)
+        && let Ok(v) = axum::http::HeaderValue::from_str(&token)
+    {
+        req.headers_mut().insert(CONSUL_TOKEN_HEADER, v);
+    }
     let audited = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
         && matches!(need, Requirement::User(_));
     let (principal, decision) = match s.auth.identify(req.headers()) {

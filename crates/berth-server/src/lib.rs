@@ -5,6 +5,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod catalog;
 pub mod controller;
 pub mod error;
 pub mod event_hub;
@@ -111,6 +112,8 @@ pub struct Inner {
     pub audit: audit::AuditLog,
     /// Seals and opens the secret store's values.
     pub secrets_key: secrets::SecretKey,
+    /// Service indexes and the signal blocking queries wait on.
+    pub catalog: catalog::Catalog,
 }
 
 pub type Shared = Arc<Inner>;
@@ -224,6 +227,7 @@ impl Inner {
         }
         if changed {
             self.wake.notify_one();
+            self.catalog.notify(self.state.read().revision);
         }
         if ch.jobs {
             self.job_wake.notify_one();
@@ -245,6 +249,8 @@ impl Inner {
                 // Every app's cached rendering is stale now.
                 st.all_apps_revision = st.revision;
                 st.reset_feeds();
+                drop(st);
+                self.catalog.notify(revision + 1);
                 tracing::warn!("state reloaded from the store after a failed write");
             }
             Err(e) => tracing::error!(error = %e, "reloading state failed"),
@@ -373,6 +379,7 @@ impl Server {
             auth,
             audit,
             secrets_key,
+            catalog: catalog::Catalog::new(),
         });
         let app = api::router(shared.clone())
             .layer(axum::middleware::from_fn_with_state(

@@ -285,6 +285,8 @@ pub struct Cluster {
     pub delays_checked_at: i64,
     /// Bumped by every change that clients can see (the key of cached renderings).
     pub revision: u64,
+    /// Bumped whenever an app is put or removed (the catalog's name map is rebuilt then).
+    pub apps_generation: u64,
     /// Per app: the revision of the last change to it, its tasks or its last failure.
     pub app_revisions: HashMap<String, u64>,
     /// Bumped when every app's cached rendering must be redone (a reload from the store).
@@ -340,6 +342,7 @@ impl Cluster {
             full_pass: false,
             delays_checked_at: 0,
             revision: 0,
+            apps_generation: 0,
             app_revisions: HashMap::new(),
             all_apps_revision: 0,
             deployment_apps: HashMap::new(),
@@ -361,6 +364,7 @@ impl Cluster {
     /// Makes `app` the current definition of its id, keeping the service port index true.
     /// Also keeps the namespace usage true.
     pub fn put_app(&mut self, app: Arc<AppDefinition>) {
+        self.apps_generation += 1;
         self.account_app(&app, true);
         if let Some(old) = self.apps.insert(app.id.clone(), app.clone()) {
             self.release_service_ports(&old);
@@ -379,6 +383,7 @@ impl Cluster {
     /// Forgets the app's current definition and frees its service ports.
     pub fn remove_app(&mut self, id: &str) -> Option<Arc<AppDefinition>> {
         let old = self.apps.remove(id)?;
+        self.apps_generation += 1;
         self.release_service_ports(&old);
         self.account_app(&old, false);
         Some(old)

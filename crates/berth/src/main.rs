@@ -70,6 +70,8 @@ enum Command {
     Events(EventsArgs),
     /// Inspect nodes.
     Node(NodeCmd),
+    /// The service catalog: services, their instances and health.
+    Service(berth_cli::ServiceCmd),
     /// Create, list and revoke API tokens (cluster-admin).
     Token(berth_cli::TokenCmd),
     /// Check a token against the server and keep both in ~/.config/berth/config.json (0600).
@@ -224,6 +226,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Deployment(cmd) => client(opts, ClientCommand::Deployment(cmd)).await,
         Command::Events(args) => client(opts, ClientCommand::Events(args)).await,
         Command::Node(cmd) => client(opts, ClientCommand::Node(cmd)).await,
+        Command::Service(cmd) => client(opts, ClientCommand::Service(cmd)).await,
         Command::Token(cmd) => client(opts, ClientCommand::Token(cmd)).await,
         Command::Login(args) => client(opts, ClientCommand::Login(args)).await,
         Command::Shim { .. } => Ok(()),

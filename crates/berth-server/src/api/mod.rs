@@ -6,6 +6,7 @@ mod agent;
 mod apps;
 mod berth;
 mod chronos;
+mod consul;
 mod events;
 mod groups;
 mod jobs;
@@ -13,6 +14,7 @@ mod logs;
 mod namespaces;
 mod openapi;
 mod secrets;
+mod services;
 mod system;
 mod tasks;
 
@@ -115,6 +117,11 @@ routes! {
     GET "/api/v1/secrets/{*name}" ["/api/v1/secrets/{name}"] => secrets::get;
     PUT "/api/v1/secrets/{*name}" ["/api/v1/secrets/{name}"] => secrets::put;
     DELETE "/api/v1/secrets/{*name}" ["/api/v1/secrets/{name}"] => secrets::delete;
+    GET "/api/v1/services" => services::list;
+    GET "/api/v1/services/{name}" => services::get;
+    GET "/v1/catalog/services" => consul::services;
+    GET "/v1/catalog/service/{name}" => consul::catalog_service;
+    GET "/v1/health/service/{name}" => consul::health_service;
     GET "/api/v1/namespaces" => namespaces::list;
     GET "/api/v1/namespaces/{id}" => namespaces::get;
     PUT "/api/v1/namespaces/{id}" => namespaces::put;
