@@ -5,6 +5,7 @@
 pub mod app;
 pub mod constraint;
 pub mod deployment;
+pub mod dns;
 pub mod error;
 pub mod event;
 pub mod job;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod controller;
+pub mod dns;
 pub mod error;
 pub mod event_hub;
 pub mod follower;
@@ -64,6 +65,8 @@ pub struct ServerConfig {
     pub leadership: Option<LeaderInfo>,
     /// The etcd cluster the state is in (`GET /api/v1/cluster` shows its members).
     pub etcd: Option<berth_store::EtcdStore>,
+    /// DNS over the catalog (`None`: no DNS server).
+    pub dns: Option<dns::DnsConfig>,
 }
 
 impl ServerConfig {
@@ -83,6 +86,7 @@ impl ServerConfig {
             tasks: tenancy::TaskDefaults::default(),
             fence: None,
             leadership: None,
+            dns: None,
             etcd: None,
         }
     }
@@ -319,6 +323,8 @@ fn note_changes(st: &mut Cluster, ch: &Changes) {
 pub struct Server {
     pub shared: Shared,
     pub addr: SocketAddr,
+    /// Where DNS is served (UDP and TCP), when it is.
+    pub dns_addr: Option<SocketAddr>,
 }
 
 impl Server {
@@ -337,6 +343,14 @@ impl Server {
             // The advertised address follows the real port when port 0 was asked for.
             config.advertise = addr.to_string();
         }
+        let dns_sockets = match &config.dns {
+            Some(d) => Some(
+                dns::bind(d.listen)
+                    .await
+                    .map_err(|e| StartError::Bind(format!("{} (DNS)", d.listen), e.to_string()))?,
+            ),
+            None => None,
+        };
         state::check_store_format(store.as_ref()).await?;
         let mut cluster = Cluster::load(store.as_ref(), config.seed)
             .await
@@ -403,7 +417,19 @@ impl Server {
         });
         tokio::spawn(controller::run(shared.clone()));
         tokio::spawn(controller::jobs::run(shared.clone()));
-        Ok(Server { shared, addr })
+        let dns_addr = match (dns_sockets, &shared.config.dns) {
+            (Some(sockets), Some(d)) => {
+                let addr = sockets.addr;
+                dns::spawn(shared.clone(), sockets, d.zone.clone());
+                Some(addr)
+            }
+            _ => None,
+        };
+        Ok(Server {
+            shared,
+            addr,
+            dns_addr,
+        })
     }
 }
 

@@ -33,6 +33,8 @@ pub struct DevArgs {
     /// `berth dev`). Root is allowed in every namespace without a policy of its own.
     #[arg(long, value_parser = crate::server_cmd::parse_user)]
     pub default_task_user: Option<String>,
+    #[command(flatten)]
+    pub dns: crate::server_cmd::DnsArgs,
 }
 
 /// `berth dev` is a single-user loopback tool: tasks run as its user, root included.
@@ -81,6 +83,7 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
             data_dir: None,
         },
         &dev_task_defaults(args.default_task_user.clone()),
+        args.dns.config()?,
     )
     .await?;
     if auth_on && args.node.join.join_token.is_none() && args.node.join.join_token_file.is_none() {
@@ -107,6 +110,14 @@ pub async fn run(mut args: DevArgs) -> Result<()> {
         if temp.is_some() { " (temporary)" } else { "" }
     );
     println!("  {}", docker_line(&docker));
+    if let Some(dns) = server.dns_addr {
+        println!(
+            "  DNS: {dns} (UDP and TCP), zone {}",
+            berth_core::dns::Zone::new(&args.dns.dns_domain, args.dns.dns_ttl)
+                .map(|z| z.name())
+                .unwrap_or_default()
+        );
+    }
     if auth_on {
         println!(
             "  authentication on: admin token in {}",

@@ -109,6 +109,7 @@ pub async fn run(
         &args.tasks.defaults(),
         Some(Arc::new(store.clone())),
         Some((leadership.fence(), info, store)),
+        args.dns.config()?,
     )
     .await?;
     tracing::info!(addr = %server.addr, scheme, "berth server listening as the leader");

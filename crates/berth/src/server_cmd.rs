@@ -53,6 +53,34 @@ pub struct ServerArgs {
     pub secrets_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub tasks: TaskArgs,
+    #[command(flatten)]
+    pub dns: DnsArgs,
+}
+
+/// DNS over the service catalog (docs/discovery.md, "DNS").
+#[derive(clap::Args, Debug, Clone)]
+pub struct DnsArgs {
+    /// Serve DNS for the service catalog on this address, UDP and TCP (e.g.
+    /// 127.0.0.1:8600); off when not given.
+    #[arg(long)]
+    pub dns_listen: Option<SocketAddr>,
+    /// The zone DNS answers for: `web-prod.<domain>.`, `_web-prod._tcp.<domain>.`.
+    #[arg(long, default_value = "berth")]
+    pub dns_domain: String,
+    /// TTL of DNS answers, in seconds (short, so clients follow health changes).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub dns_ttl: u32,
+}
+
+impl DnsArgs {
+    pub fn config(&self) -> Result<Option<berth_server::dns::DnsConfig>> {
+        let Some(listen) = self.dns_listen else {
+            return Ok(None);
+        };
+        let zone = berth_core::dns::Zone::new(&self.dns_domain, self.dns_ttl)
+            .map_err(|e| anyhow::anyhow!("--dns-domain: {e}"))?;
+        Ok(Some(berth_server::dns::DnsConfig { listen, zone }))
+    }
 }
 
 /// `--store`: the embedded store or an etcd cluster.
@@ -185,6 +213,8 @@ pub fn config(
     c
 }
 
+// Each argument is one of the server's flags, as in `start_with_tls`.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     listen: SocketAddr,
     data_dir: &std::path::Path,
@@ -193,6 +223,7 @@ pub async fn start(
     limits: &LimitArgs,
     auth: berth_server::auth::AuthConfig,
     tasks: &TaskDefaults,
+    dns: Option<berth_server::dns::DnsConfig>,
 ) -> Result<Server> {
     start_with_tls(
         listen,
@@ -206,6 +237,7 @@ pub async fn start(
         tasks,
         None,
         None,
+        dns,
     )
     .await
 }
@@ -229,6 +261,7 @@ pub async fn start_with_tls(
         berth_server::LeaderInfo,
         berth_store::EtcdStore,
     )>,
+    dns: Option<berth_server::dns::DnsConfig>,
 ) -> Result<Server> {
     prepare_data_dir(data_dir)?;
     auth.data_dir = Some(data_dir.to_path_buf());
@@ -244,6 +277,7 @@ pub async fn start_with_tls(
     }
     config.auth = auth;
     config.tls = tls;
+    config.dns = dns;
     config.secrets_key_file =
         Some(secrets_key_file.unwrap_or_else(|| data_dir.join("secrets.key")));
     let server = Server::start(config, store).await?;
@@ -289,6 +323,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         &args.tasks.defaults(),
         None,
         None,
+        args.dns.config()?,
     )
     .await?;
     tracing::info!(addr = %server.addr, scheme, data_dir = %args.data_dir.display(), "berth server listening");
