@@ -86,7 +86,7 @@ log "cargo test"
 cargo test --workspace 2>&1 | tee /tmp/berth-test-output.log
 
 # 5. cargo-fuzz targets of berth-core's parsers (fuzz/: app JSON and validation, constraints,
-#    timestamps, the BERTH_* labels), BERTH_FUZZ_SECONDS (20) each from the seeds in
+#    timestamps, the BERTH_* labels, DNS queries), BERTH_FUZZ_SECONDS (20) each from the seeds in
 #    fuzz/seeds/; a crash (a panic, or one input taking over 10 s) fails the run and leaves its
 #    input in fuzz/artifacts/<target>/.
 #    libFuzzer needs -Z flags: the nightly toolchain when it is installed, else the stable one
