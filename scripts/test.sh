@@ -20,8 +20,9 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 # The etcd store's tests run against a real etcd (each test starts its own member).
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-# dig, for the DNS tests.
+# dig, for the DNS tests; nginx, for the template tests.
 command -v dig >/dev/null 2>&1 || missing+=(bind9-dnsutils)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   as_root apt-get update -qq

@@ -18,6 +18,7 @@ mod progress;
 mod service;
 mod table;
 mod task;
+mod template;
 mod view;
 mod watch;
 
@@ -32,6 +33,7 @@ pub use node::{NodeCmd, NodeSubcommand};
 pub use service::{ServiceCmd, ServiceSubcommand};
 pub use table::{Table, truncate};
 pub use task::{TaskCmd, TaskSubcommand};
+pub use template::TemplateArgs;
 
 use serde_json::Value;
 use std::io::{IsTerminal, Write};
@@ -53,6 +55,8 @@ pub enum ClientCommand {
     Node(NodeCmd),
     /// The service catalog: every app as a service with its healthy instances.
     Service(ServiceCmd),
+    /// Render config files (nginx, HAProxy) from the catalog and reload on change.
+    Template(TemplateArgs),
     /// Create, list and revoke API tokens (cluster-admin).
     Token(TokenCmd),
     /// Check a token against a server and keep both in the config file.
@@ -129,6 +133,7 @@ async fn run_inner(
         ClientCommand::Events(a) => events::run(&mut ctx, a).await,
         ClientCommand::Node(c) => node::run(&mut ctx, c.command).await,
         ClientCommand::Service(c) => service::run(&mut ctx, c.command).await,
+        ClientCommand::Template(a) => template::run(&mut ctx, a).await,
         ClientCommand::Token(c) => access::run_token(&mut ctx, c.command).await,
         ClientCommand::Login(a) => access::login(&mut ctx, a).await,
     };

@@ -72,6 +72,8 @@ enum Command {
     Node(NodeCmd),
     /// The service catalog: services, their instances and health.
     Service(berth_cli::ServiceCmd),
+    /// Render config files (nginx, HAProxy) from the catalog; check, swap and reload on change.
+    Template(berth_cli::TemplateArgs),
     /// Create, list and revoke API tokens (cluster-admin).
     Token(berth_cli::TokenCmd),
     /// Check a token against the server and keep both in ~/.config/berth/config.json (0600).
@@ -227,6 +229,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Events(args) => client(opts, ClientCommand::Events(args)).await,
         Command::Node(cmd) => client(opts, ClientCommand::Node(cmd)).await,
         Command::Service(cmd) => client(opts, ClientCommand::Service(cmd)).await,
+        Command::Template(args) => client(opts, ClientCommand::Template(args)).await,
         Command::Token(cmd) => client(opts, ClientCommand::Token(cmd)).await,
         Command::Login(args) => client(opts, ClientCommand::Login(args)).await,
         Command::Shim { .. } => Ok(()),
