@@ -174,25 +174,39 @@ pub async fn services(State(s): State<Shared>, uri: Uri) -> ApiResult<Response> 
     Ok(consul_response(json!(tags), index))
 }
 
+/// One service's instances as Consul entries (`entry` shapes one), for the tag filter and,
+/// with `passing`, healthy ones only.
+async fn service_entries(
+    s: Shared,
+    p: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    kind: &str,
+    passing_allowed: bool,
+    entry: fn(&Service, &Instance, u64) -> Value,
+) -> ApiResult<Response> {
+    let name = service_name(p)?;
+    let (q, b) = params(&uri)?;
+    let tags = q.all("tag");
+    let passing = passing_allowed && q.flag("passing", false)?;
+    let query = format!("consul/{kind}/{name}?{passing}&{}", tags.join(","));
+    let (index, service) = catalog::answer(&s, &query, b, |st, names| {
+        filtered(st, names, &name, &tags, passing)
+    })
+    .await?;
+    let entries: Vec<Value> = service
+        .iter()
+        .flat_map(|s| s.instances.iter().map(|i| entry(s, i, index)))
+        .collect();
+    Ok(consul_response(Value::Array(entries), index))
+}
+
 /// `GET /v1/catalog/service/{name}`: every instance, healthy or not (`tag` filters).
 pub async fn catalog_service(
     State(s): State<Shared>,
     p: Result<Path<String>, PathRejection>,
     uri: Uri,
 ) -> ApiResult<Response> {
-    let name = service_name(p)?;
-    let (q, b) = params(&uri)?;
-    let tags = q.all("tag");
-    let query = format!("consul/catalog/{name}?{}", tags.join(","));
-    let (index, service) = catalog::answer(&s, &query, b, |st, names| {
-        filtered(st, names, &name, &tags, false)
-    })
-    .await?;
-    let entries: Vec<Value> = service
-        .iter()
-        .flat_map(|s| s.instances.iter().map(|i| catalog_entry(s, i, index)))
-        .collect();
-    Ok(consul_response(Value::Array(entries), index))
+    service_entries(s, p, uri, "catalog", false, catalog_entry).await
 }
 
 /// `GET /v1/health/service/{name}`: instances with their checks (`passing`: healthy only;
@@ -202,18 +216,5 @@ pub async fn health_service(
     p: Result<Path<String>, PathRejection>,
     uri: Uri,
 ) -> ApiResult<Response> {
-    let name = service_name(p)?;
-    let (q, b) = params(&uri)?;
-    let tags = q.all("tag");
-    let passing = q.flag("passing", false)?;
-    let query = format!("consul/health/{name}?{passing}&{}", tags.join(","));
-    let (index, service) = catalog::answer(&s, &query, b, |st, names| {
-        filtered(st, names, &name, &tags, passing)
-    })
-    .await?;
-    let entries: Vec<Value> = service
-        .iter()
-        .flat_map(|s| s.instances.iter().map(|i| health_entry(s, i, index)))
-        .collect();
-    Ok(consul_response(Value::Array(entries), index))
+    service_entries(s, p, uri, "health", true, health_entry).await
 }
