@@ -294,6 +294,10 @@ async fn an_exec_task_gets_its_secret_and_nothing_else_shows_it() {
         ("/scheduler", "percentile", "median"),
         ("/v1/scheduler", "name", "sec-job"),
         ("/v1/scheduler", "percentile", "median"),
+        // The catalog shows the app's instances (labels, never env).
+        ("/api/v1/services", "name", "app-sec"),
+        ("/v1/catalog", "name", "app-sec"),
+        ("/v1/health", "name", "app-sec"),
     ];
     let paths = with_embeds(every_get_path(&api, &fill).await);
     assert!(paths.len() > 20, "{paths:?}");

@@ -184,9 +184,11 @@ fn reloads(counter: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// Kills the template daemon and the agent, and removes the app's containers.
+/// Kills the template daemon and the agent, and (with `containers`) removes the Docker
+/// app's containers.
 struct Guard {
     children: Vec<Child>,
+    containers: bool,
 }
 
 impl Drop for Guard {
@@ -194,6 +196,9 @@ impl Drop for Guard {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if !self.containers {
+            return;
         }
         let out = Command::new("docker")
             .args(["ps", "-aq", "--filter", "name=berth-tpl_web"])
@@ -270,6 +275,7 @@ async fn nginx_follows_the_catalog_through_berth_template() {
         .expect("spawning berth agent");
     let mut guard = Guard {
         children: vec![agent],
+        containers: true,
     };
     c.wait_node_ready().await;
 
@@ -473,6 +479,7 @@ async fn bench_propagation_to_nginx() {
     .expect("daemon");
     let _guard = Guard {
         children: vec![daemon],
+        containers: false,
     };
     wait_until(T, "nginx serves 3", || async {
         served(nginx.port).await == three
@@ -543,4 +550,86 @@ async fn bench_propagation_to_nginx() {
             .map(|d| d.as_secs_f64() * 1000.0)
             .unwrap_or(0.0)
     );
+}
+
+/// A reload that fails is retried with backoff (the new file stays) until it succeeds, and
+/// a burst of changes is rendered as one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_reload_is_retried_until_it_succeeds() {
+    let c = Cluster::start("template-retry").await;
+    let r = c
+        .api
+        .post("/v2/apps", &cmd_app("/tpl/retry", "exec sleep 3600", 1))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    c.api.wait_running("/tpl/retry", 1, T).await;
+    let dir = c.path().join("retry");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (src, dest, flag, counter) = (
+        dir.join("t.j2"),
+        dir.join("out.txt"),
+        dir.join("reload-works"),
+        dir.join("reloads"),
+    );
+    std::fs::write(
+        &src,
+        "{% for i in service('retry-tpl') %}{{ i.id }}\n{% endfor %}",
+    )
+    .expect("template");
+    let reload = format!(
+        "test -f {} && echo reloaded >> {}",
+        flag.display(),
+        counter.display()
+    );
+    let log = dir.join("template.log");
+    let daemon = berth_template(
+        &c,
+        &[
+            "--template",
+            &format!("{}:{}", src.display(), dest.display()),
+            "--reload",
+            &reload,
+            "--wait",
+            "300ms:2s",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).expect("log"))
+    .spawn()
+    .expect("berth template");
+    let _guard = Guard {
+        children: vec![daemon],
+        containers: false,
+    };
+    wait_until(T, "the file is rendered", || async {
+        std::fs::read_to_string(&dest).is_ok_and(|s| s.lines().count() == 1)
+    })
+    .await;
+    // Scale 1 -> 3 in quick steps: one burst.
+    for n in [2, 3] {
+        let r = c
+            .api
+            .put("/v2/apps/tpl/retry?force=true", &json!({"instances": n}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    wait_until(T, "3 instances in the file", || async {
+        std::fs::read_to_string(&dest).is_ok_and(|s| s.lines().count() == 3)
+    })
+    .await;
+    // The reload fails (no flag): retried, never counted.
+    wait_until(T, "a retry is logged", || async {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.matches("retrying in").count() >= 2)
+    })
+    .await;
+    assert_eq!(reloads(&counter), 0);
+    std::fs::write(&flag, b"").expect("flag");
+    wait_until(T, "the retried reload succeeds", || async {
+        reloads(&counter) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(reloads(&counter), 1, "once it worked it is not run again");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("wrote"), "{text}");
 }
