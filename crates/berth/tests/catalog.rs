@@ -37,12 +37,9 @@ fn consul_index(r: &common::Reply) -> u64 {
 
 /// Runs `berth <args>` against the cluster; its stdout (the command must succeed).
 fn cli(c: &Cluster, args: &[&str]) -> String {
-    let out = std::process::Command::new(common::BERTH)
+    let out = c
+        .client_command()
         .args(args)
-        .env("BERTH_ADDR", c.url())
-        .env("BERTH_TOKEN", c.admin_token())
-        .env("BERTH_CONFIG", c.path().join("cli-config.json"))
-        .env_remove("BERTH_LOG")
         .output()
         .expect("running berth");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{BERTH, Cluster, cmd_app, free_port, wait_for, wait_until};
+use common::{Cluster, cmd_app, free_port, wait_for, wait_until};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -168,13 +168,8 @@ fn ids_of(body: &serde_json::Value) -> BTreeSet<String> {
 }
 
 fn berth_template(c: &Cluster, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BERTH);
-    cmd.arg("template")
-        .args(args)
-        .env("BERTH_ADDR", c.url())
-        .env("BERTH_TOKEN", c.admin_token())
-        .env("BERTH_CONFIG", c.path().join("cli-config.json"))
-        .env_remove("BERTH_LOG");
+    let mut cmd = c.client_command();
+    cmd.arg("template").args(args);
     cmd
 }
 
@@ -382,47 +377,37 @@ async fn nginx_follows_the_catalog_through_berth_template() {
     // A broken template, and a config nginx refuses: the file and nginx stay as they were.
     let good = std::fs::read(&dest).expect("current file");
     let nginx_pid = nginx.pid();
-    let broken = dir.join("broken.j2");
-    std::fs::write(
-        &broken,
+    // `berth template --once` of `text` onto the live file must fail; returns its stderr.
+    let once_fails = |name: &str, text: &str| {
+        let src = dir.join(name);
+        std::fs::write(&src, text).expect("template");
+        let spec = format!("{}:{}", src.display(), dest.display());
+        let out = berth_template(
+            &c,
+            &[
+                "--once",
+                "--template",
+                &spec,
+                "--check",
+                &check,
+                "--reload",
+                &reload,
+            ],
+        )
+        .output()
+        .expect("berth template");
+        assert!(!out.status.success(), "{name} must fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = once_fails(
+        "broken.j2",
         "upstream web {\n{% for i in service('web-tpl') %}\n",
-    )
-    .expect("broken");
-    let out = berth_template(
-        &c,
-        &[
-            "--once",
-            "--template",
-            &format!("{}:{}", broken.display(), dest.display()),
-            "--check",
-            &check,
-            "--reload",
-            &reload,
-        ],
-    )
-    .output()
-    .expect("berth template");
-    assert!(!out.status.success(), "a broken template must fail");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(stderr.contains("broken.j2"), "{stderr}");
-    let refused = dir.join("refused.j2");
-    std::fs::write(&refused, "upstream web {\n{% for i in service('web-tpl') %}  server {{ i.address }}:{{ i.port }} no_such_param;\n{% endfor %}}\n").expect("refused");
-    let out = berth_template(
-        &c,
-        &[
-            "--once",
-            "--template",
-            &format!("{}:{}", refused.display(), dest.display()),
-            "--check",
-            &check,
-            "--reload",
-            &reload,
-        ],
-    )
-    .output()
-    .expect("berth template");
-    assert!(!out.status.success(), "a config nginx refuses must fail");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = once_fails(
+        "refused.j2",
+        "upstream web {\n{% for i in service('web-tpl') %}  server {{ i.address }}:{{ i.port }} no_such_param;\n{% endfor %}}\n",
+    );
     assert!(stderr.contains("check refused"), "{stderr}");
     assert_eq!(
         std::fs::read(&dest).expect("file"),

@@ -572,6 +572,18 @@ impl Cluster {
     /// `berth agent` for node `node` (id and hostname) joining this cluster: its server, the
     /// join token, the CA when TLS is on, `<dir>/<data_dir>`, an endpoint on any free
     /// loopback port. Callers add resources, drivers, ports and where its output goes.
+    /// `berth` as a client of this cluster (its address and admin token; never the config
+    /// file of whoever runs the tests); add the subcommand and its arguments.
+    pub fn client_command(&self) -> Command {
+        let mut cmd = Command::new(BERTH);
+        cmd.env("BERTH_ADDR", self.url())
+            .env("BERTH_TOKEN", self.admin_token())
+            .env("BERTH_CONFIG", self.path().join("cli-config.json"))
+            .env_remove("BERTH_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
     pub fn agent_command(&self, node: &str, data_dir: &str) -> Command {
         let mut cmd = Command::new(BERTH);
         cmd.args(["agent", "--server", &self.url(), "--data-dir"])
