@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::{Api, Cluster, Reply};
+use common::{Api, Cluster, Reply, wait_for};
 use reqwest::Method;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 fn scheduled(name: &str) -> Value {
     json!({"name": name, "command": "echo hi", "owner": "ops@example.com",
@@ -85,6 +86,20 @@ async fn chronos_routes_errors_and_persistence() {
         (stored.starts_with("R3/2") || stored.starts_with("R2/2")) && stored.ends_with("/PT10M"),
         "{stored}"
     );
+    // Due at once, its first run is queued within a controller pass: wait for that, so the
+    // kill -9 below compares against a schedule nothing is about to move.
+    let stored = wait_for(
+        Duration::from_secs(30),
+        "the first run of soon is queued",
+        || async {
+            let s = api.get_ok("/v1/scheduler/job/soon").await["schedule"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            s.starts_with("R2/2").then_some(s)
+        },
+    )
+    .await;
 
     // Bad input: 400 in Chronos' shape, never a 5xx.
     let r = api
